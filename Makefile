@@ -1,0 +1,47 @@
+# Two commands matter: `make serve` and `make test`. Both are idempotent.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXAMPLE := examples/build/iris.joblib
+EXAMPLE_DATA := examples/build/iris-example.csv
+
+.PHONY: serve test check lint typecheck install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamp files: reinstall only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[sklearn,postgres]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(EXAMPLE): examples/train_iris.py | $(VENV)/.installed
+	$(BIN)/python examples/train_iris.py examples/build
+
+serve: $(VENV)/.installed $(EXAMPLE)
+	$(BIN)/shipyard models register $(EXAMPLE) --name iris --signature-from $(EXAMPLE_DATA) \
+		--alias production --skip-unchanged --description "Iris classifier (quickstart example)"
+	$(BIN)/shipyard server --host 127.0.0.1 --port 8000
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+check: test
+
+clean:
+	rm -rf $(VENV) .shipyard examples/build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,22 @@
+"""The control-plane application: registry routes, OpenAPI, one error mapping."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from shipyard import __version__
+from shipyard.api.errors import install_error_handlers
+from shipyard.api.models import router as models_router
+from shipyard.registry.service import Registry
+
+
+def create_app(registry: Registry) -> FastAPI:
+    app = FastAPI(
+        title="Shipyard",
+        version=__version__,
+        description="Control plane: model registry (and later deployments, rollouts, jobs).",
+    )
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.include_router(models_router)
+    return app

@@ -1,0 +1,179 @@
+"""Control-plane REST routes for models, versions, aliases and tags."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from shipyard.errors import InvalidInput
+from shipyard.registry import records
+from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
+from shipyard.registry.service import Registry
+
+router = APIRouter(prefix="/api", tags=["registry"])
+
+
+class TagValue(BaseModel):
+    value: str
+
+
+class AliasTarget(BaseModel):
+    version: int
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def _version_ref(name: str, version: str) -> ModelRef:
+    parsed = parse_version_or_alias(version)
+    if isinstance(parsed, int):
+        return ModelRef(check_model_name(name), version=parsed)
+    return ModelRef(check_model_name(name), alias=parsed)
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/models")
+def list_models(
+    request: Request,
+    prefix: str | None = None,
+    tag: Annotated[str | None, Query(description="`key` or `key=value`")] = None,
+    alias: str | None = None,
+    include_archived: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page_token: str | None = None,
+) -> records.ModelPage:
+    return _registry(request).models.list_models(
+        prefix=prefix,
+        tag=tag,
+        alias=alias,
+        include_archived=include_archived,
+        limit=limit,
+        page_token=page_token,
+    )
+
+
+@router.get("/models/{name}")
+def get_model(request: Request, name: str) -> records.Model:
+    return _registry(request).models.get_model(name)
+
+
+@router.post("/models/{name}/archive")
+def archive_model(request: Request, name: str) -> records.Model:
+    return _registry(request).models.archive_model(name)
+
+
+@router.put("/models/{name}/tags/{key}")
+def set_model_tag(request: Request, name: str, key: str, body: TagValue) -> records.Model:
+    return _registry(request).models.set_model_tag(name, key, body.value)
+
+
+@router.delete("/models/{name}/tags/{key}")
+def delete_model_tag(request: Request, name: str, key: str) -> records.Model:
+    return _registry(request).models.delete_model_tag(name, key)
+
+
+@router.get("/models/{name}/versions")
+def list_versions(
+    request: Request,
+    name: str,
+    include_archived: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page_token: str | None = None,
+) -> records.VersionPage:
+    return _registry(request).models.list_versions(
+        name, include_archived=include_archived, limit=limit, page_token=page_token
+    )
+
+
+@router.post("/models/{name}/versions", status_code=201)
+def register_version(
+    request: Request,
+    name: str,
+    artifact: Annotated[UploadFile, File(description="The model file, or a .tar of a folder.")],
+    options: Annotated[str, Form(description="RegistrationOptions as JSON.")] = "{}",
+    folder: Annotated[bool, Form(description="The artifact is a tar of a model folder.")] = False,
+    example: Annotated[UploadFile | None, File(description="Example .csv or .parquet.")] = None,
+) -> records.ModelVersion:
+    try:
+        parsed = records.RegistrationOptions.model_validate({**json.loads(options), "name": name})
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise InvalidInput(f"invalid options: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="shipyard-upload-") as scratch:
+        model_path = _receive_artifact(artifact, Path(scratch), folder)
+        example_path = _receive_file(example, Path(scratch) / "example") if example else None
+        return _registry(request).register(model_path, parsed, example_path)
+
+
+def _safe_name(upload: UploadFile, fallback: str) -> str:
+    name = Path(upload.filename or fallback).name
+    return name if name not in ("", ".", "..") else fallback
+
+
+def _receive_file(upload: UploadFile, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / _safe_name(upload, "upload")
+    with target.open("wb") as out:
+        shutil.copyfileobj(upload.file, out, length=1 << 20)
+    return target
+
+
+def _receive_artifact(upload: UploadFile, scratch: Path, folder: bool) -> Path:
+    received = _receive_file(upload, scratch / "upload")
+    if not folder:
+        return received
+    unpacked = scratch / "model"
+    try:
+        with tarfile.open(received) as archive:
+            # The "data" filter refuses absolute paths, links out of the tree and devices.
+            archive.extractall(unpacked, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise InvalidInput(f"artifact is not a readable tar archive: {exc}") from exc
+    return unpacked
+
+
+@router.get("/models/{name}/versions/{version}")
+def get_version(request: Request, name: str, version: str) -> records.ModelVersion:
+    """A version by number, or by alias (`latest` is the newest live version)."""
+    return _registry(request).models.get_version(_version_ref(name, version))
+
+
+@router.post("/models/{name}/versions/{version}/archive")
+def archive_version(request: Request, name: str, version: str) -> records.ModelVersion:
+    return _registry(request).models.archive_version(_version_ref(name, version))
+
+
+@router.put("/models/{name}/versions/{version}/tags/{key}")
+def set_version_tag(
+    request: Request, name: str, version: str, key: str, body: TagValue
+) -> records.ModelVersion:
+    return _registry(request).models.set_version_tag(_version_ref(name, version), key, body.value)
+
+
+@router.delete("/models/{name}/versions/{version}/tags/{key}")
+def delete_version_tag(request: Request, name: str, version: str, key: str) -> records.ModelVersion:
+    return _registry(request).models.delete_version_tag(_version_ref(name, version), key)
+
+
+@router.put("/models/{name}/aliases/{alias}")
+def set_alias(request: Request, name: str, alias: str, body: AliasTarget) -> records.Alias:
+    return _registry(request).models.set_alias(name, alias, body.version)
+
+
+@router.delete("/models/{name}/aliases/{alias}", status_code=204)
+def delete_alias(request: Request, name: str, alias: str) -> Response:
+    _registry(request).models.delete_alias(name, alias)
+    return Response(status_code=204)

@@ -1,0 +1,47 @@
+"""The `shipyard` command. Heavy imports happen inside commands so --help is instant."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from shipyard.cli import models, server
+
+app = typer.Typer(
+    name="shipyard",
+    help="Deploy machine-learning models and keep them healthy in production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models.app, name="models")
+app.command("server")(server.server)
+
+
+def main() -> None:
+    """Console entry point: ShipyardError becomes one line on stderr and exit code 1."""
+    from shipyard.errors import ShipyardError
+
+    try:
+        app(standalone_mode=False)
+    except ShipyardError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and anything unexpected: one line, non-zero
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

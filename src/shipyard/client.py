@@ -1,0 +1,251 @@
+"""Python SDK: `shipyard.Client(url)` over the control-plane REST API.
+
+`LocalClient` offers the same methods directly on a local home (no server),
+which is what the CLI uses when SHIPYARD_URL is not set.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from shipyard.errors import Conflict, InvalidInput, NotFound, ShipyardError
+from shipyard.registry import records
+from shipyard.registry.lineage import detect_code_commit, source_uri
+from shipyard.registry.refs import ModelRef, parse_ref
+
+if TYPE_CHECKING:
+    from shipyard.config import Settings
+    from shipyard.registry.service import Registry
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+_ERRORS_BY_STATUS: dict[int, type[ShipyardError]] = {
+    400: InvalidInput,
+    404: NotFound,
+    409: Conflict,
+    422: InvalidInput,
+}
+
+
+class ServerError(ShipyardError):
+    """The server answered with an error this client has no closer class for."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status
+
+
+def _version_segment(ref: ModelRef) -> str:
+    if ref.version is not None:
+        return str(ref.version)
+    return ref.alias or "latest"
+
+
+class Client:
+    """Talks to a Shipyard server's control plane."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None):
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ShipyardError(f"cannot reach Shipyard at {self._http.base_url}: {exc}") from exc
+        if response.is_error:
+            try:
+                message = str(response.json()["error"])
+            except (ValueError, KeyError, TypeError):
+                message = response.text or response.reason_phrase
+            error_class = _ERRORS_BY_STATUS.get(response.status_code)
+            if error_class is not None:
+                raise error_class(message)
+            raise ServerError(response.status_code, message)
+        return response
+
+    def _get(self, path: str, record: type[RecordT], **params: Any) -> RecordT:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return record.model_validate(self._call("GET", path, params=clean).json())
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/health").json()
+        return result
+
+    def list_models(
+        self,
+        *,
+        prefix: str | None = None,
+        tag: str | None = None,
+        alias: str | None = None,
+        include_archived: bool = False,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> records.ModelPage:
+        return self._get(
+            "/api/models",
+            records.ModelPage,
+            prefix=prefix,
+            tag=tag,
+            alias=alias,
+            include_archived=include_archived,
+            limit=limit,
+            page_token=page_token,
+        )
+
+    def get_model(self, name: str) -> records.Model:
+        return self._get(f"/api/models/{name}", records.Model)
+
+    def list_versions(
+        self,
+        name: str,
+        *,
+        include_archived: bool = False,
+        limit: int = 100,
+        page_token: str | None = None,
+    ) -> records.VersionPage:
+        return self._get(
+            f"/api/models/{name}/versions",
+            records.VersionPage,
+            include_archived=include_archived,
+            limit=limit,
+            page_token=page_token,
+        )
+
+    def get_version(self, ref: str | ModelRef) -> records.ModelVersion:
+        """`NAME` (latest), `NAME:VERSION` or `NAME@ALIAS`."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        return self._get(
+            f"/api/models/{ref.name}/versions/{_version_segment(ref)}", records.ModelVersion
+        )
+
+    def register(
+        self,
+        path: str | Path,
+        options: records.RegistrationOptions,
+        example: str | Path | None = None,
+    ) -> records.ModelVersion:
+        """Upload a model file or folder (sent as a tar) and register it."""
+        path = Path(path)
+        if not path.exists():
+            raise InvalidInput(f"no such file or folder: {path}")
+        options = options.model_copy(deep=True)
+        if not options.lineage.source_uri:
+            options.lineage.source_uri = source_uri(path)
+        if options.lineage.code_commit is None:
+            options.lineage.code_commit = detect_code_commit(path)
+        with tempfile.TemporaryDirectory(prefix="shipyard-client-") as scratch:
+            upload = path
+            if path.is_dir():
+                upload = Path(scratch) / f"{path.name or 'model'}.tar"
+                with tarfile.open(upload, "w") as archive:
+                    archive.add(path, arcname=".")
+            with ExitStack() as files_open:
+                files: dict[str, Any] = {
+                    "artifact": (upload.name, files_open.enter_context(upload.open("rb")))
+                }
+                if example is not None:
+                    example_path = Path(example)
+                    example_file = files_open.enter_context(example_path.open("rb"))
+                    files["example"] = (example_path.name, example_file)
+                response = self._call(
+                    "POST",
+                    f"/api/models/{options.name}/versions",
+                    files=files,
+                    data={
+                        "options": options.model_dump_json(),
+                        "folder": str(path.is_dir()).lower(),
+                    },
+                    timeout=None,
+                )
+        return records.ModelVersion.model_validate(response.json())
+
+    def set_alias(self, name: str, alias: str, version: int) -> records.Alias:
+        response = self._call(
+            "PUT", f"/api/models/{name}/aliases/{alias}", json={"version": version}
+        )
+        return records.Alias.model_validate(response.json())
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._call("DELETE", f"/api/models/{name}/aliases/{alias}")
+
+    def archive_version(self, ref: str | ModelRef) -> records.ModelVersion:
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        response = self._call(
+            "POST", f"/api/models/{ref.name}/versions/{_version_segment(ref)}/archive"
+        )
+        return records.ModelVersion.model_validate(response.json())
+
+    def archive_model(self, name: str) -> records.Model:
+        return records.Model.model_validate(
+            self._call("POST", f"/api/models/{name}/archive").json()
+        )
+
+
+class LocalClient:
+    """The same methods as `Client`, working on a local registry in-process."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    @classmethod
+    def open(cls, settings: Settings) -> LocalClient:
+        from shipyard.registry.service import Registry
+
+        return cls(Registry.open(settings))
+
+    def __enter__(self) -> LocalClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def list_models(self, **filters: Any) -> records.ModelPage:
+        return self.registry.models.list_models(**filters)
+
+    def get_model(self, name: str) -> records.Model:
+        return self.registry.models.get_model(name)
+
+    def list_versions(self, name: str, **filters: Any) -> records.VersionPage:
+        return self.registry.models.list_versions(name, **filters)
+
+    def get_version(self, ref: str | ModelRef) -> records.ModelVersion:
+        return self.registry.models.get_version(parse_ref(ref) if isinstance(ref, str) else ref)
+
+    def register(
+        self,
+        path: str | Path,
+        options: records.RegistrationOptions,
+        example: str | Path | None = None,
+    ) -> records.ModelVersion:
+        return self.registry.register(Path(path), options, Path(example) if example else None)
+
+    def set_alias(self, name: str, alias: str, version: int) -> records.Alias:
+        return self.registry.models.set_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.registry.models.delete_alias(name, alias)
+
+    def archive_version(self, ref: str | ModelRef) -> records.ModelVersion:
+        return self.registry.models.archive_version(parse_ref(ref) if isinstance(ref, str) else ref)
+
+    def archive_model(self, name: str) -> records.Model:
+        return self.registry.models.archive_model(name)

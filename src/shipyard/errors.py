@@ -1,0 +1,61 @@
+"""One exception hierarchy for all of Shipyard.
+
+Each class carries the HTTP status it maps to; transports translate these in
+exactly one place and never invent statuses of their own. The core never
+imports a web framework.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ShipyardError(Exception):
+    """Base of every error Shipyard raises on purpose."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ShipyardError):
+    """The caller sent something malformed or inconsistent."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+
+class NotFound(ShipyardError):
+    """A model, version, alias or other named thing does not exist."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
+class Conflict(ShipyardError):
+    """The request clashes with the current state (duplicate, archived, immutable)."""
+
+    status = HTTPStatus.CONFLICT
+
+
+class UnsupportedModel(InvalidInput):
+    """A file or folder is not a model of any flavor Shipyard knows."""
+
+
+class MissingExtra(ShipyardError):
+    """An optional framework is needed but not installed."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'shipyard[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class IntegrityError(ShipyardError):
+    """Stored bytes do not match their recorded sha256: refuse to use them."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR

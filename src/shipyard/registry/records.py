@@ -1,0 +1,104 @@
+"""The registry's public records: what the API returns and the client reads back.
+
+Pydantic here is fine: these cross the control plane, never the infer path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shipyard.signature import Signature
+
+
+class Lineage(BaseModel):
+    """Where a version came from."""
+
+    source_uri: str = ""
+    code_commit: str | None = None
+    data_uri: str | None = None
+    data_hash: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArtifactInfo(BaseModel):
+    digest: str = Field(description="sha256 of the artifact manifest (content address).")
+    size: int = Field(description="Total bytes of the model's files.")
+
+
+class ReferenceSample(BaseModel):
+    digest: str
+    rows: int
+
+
+class ModelVersion(BaseModel):
+    """One immutable version of a model."""
+
+    model: str
+    version: int
+    flavor: str
+    flavor_details: dict[str, Any] = Field(default_factory=dict)
+    artifact: ArtifactInfo
+    unsafe_format: bool = Field(
+        default=False, description="The format runs code when loaded (pickle, plain Python)."
+    )
+    signature: Signature | None = None
+    reference_sample: ReferenceSample | None = None
+    lineage: Lineage = Field(default_factory=Lineage)
+    description: str = ""
+    aliases: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_by: str = ""
+    created_at: datetime
+    archived: bool = False
+
+
+class Model(BaseModel):
+    """A named model and a summary of its versions."""
+
+    name: str
+    description: str = ""
+    latest_version: int | None = Field(
+        default=None, description="Newest version that is not archived."
+    )
+    version_count: int = 0
+    aliases: dict[str, int] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    archived: bool = False
+
+
+class ModelPage(BaseModel):
+    models: list[Model]
+    next_page_token: str | None = None
+
+
+class VersionPage(BaseModel):
+    versions: list[ModelVersion]
+    next_page_token: str | None = None
+
+
+class Alias(BaseModel):
+    model: str
+    alias: str
+    version: int
+
+
+class RegistrationOptions(BaseModel):
+    """How to register a model file or folder as a new version."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list, description="Aliases to point at it.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on the new version.")
+    description: str = ""
+    lineage: Lineage = Field(default_factory=Lineage)
+    created_by: str = ""
+    skip_unchanged: bool = Field(
+        default=False,
+        description="If the newest live version with identical artifact bytes exists, "
+        "return it instead of creating a new version.",
+    )

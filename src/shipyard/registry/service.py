@@ -1,0 +1,56 @@
+"""The registry as one object: database, artifact store, and registration."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from shipyard.artifacts import ArtifactStore
+from shipyard.config import Settings
+from shipyard.registry import records
+from shipyard.registry.db import create_engine, migrate, session_factory
+from shipyard.registry.importing import register_model
+from shipyard.registry.repository import ModelRepository
+
+
+def default_user(settings: Settings) -> str:
+    if settings.user:
+        return settings.user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass
+class Registry:
+    """Everything the control plane needs to read and change the registry."""
+
+    engine: sa.Engine
+    models: ModelRepository
+    artifacts: ArtifactStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> Registry:
+        """Connect, bring the schema up to date, and open the artifact store."""
+        engine = create_engine(settings.resolved_database_url)
+        migrate(engine)
+        return cls(
+            engine=engine,
+            models=ModelRepository(session_factory(engine)),
+            artifacts=ArtifactStore(settings.resolved_artifact_root, settings.cache_dir),
+        )
+
+    def register(
+        self,
+        path: Path,
+        options: records.RegistrationOptions,
+        example_path: Path | None = None,
+    ) -> records.ModelVersion:
+        return register_model(self.models, self.artifacts, path, options, example_path)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,119 @@
+"""The registry's schema as SQLAlchemy tables.
+
+Alembic migrations are the only way this schema reaches a database; these
+definitions are what queries are written against and what the migration test
+compares the migrated database to.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite drops the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: sa.JSON}
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    # The number of the newest version; bumped under a row lock so concurrent
+    # registrations get distinct, gap-free numbers.
+    last_version: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    versions: Mapped[list[VersionRow]] = relationship(
+        back_populates="model", order_by="VersionRow.version"
+    )
+    aliases: Mapped[list[AliasRow]] = relationship(order_by="AliasRow.alias")
+    tags: Mapped[list[ModelTagRow]] = relationship(order_by="ModelTagRow.key")
+
+
+class VersionRow(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (sa.UniqueConstraint("model_id", "version", name="uq_model_versions"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id"), index=True)
+    version: Mapped[int]
+    flavor: Mapped[str] = mapped_column(sa.String(50))
+    flavor_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    artifact_digest: Mapped[str] = mapped_column(sa.String(64))
+    artifact_size: Mapped[int] = mapped_column(sa.BigInteger)
+    unsafe_format: Mapped[bool] = mapped_column(default=False)
+    signature: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
+    reference_sample_digest: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    reference_sample_rows: Mapped[int | None] = mapped_column(default=None)
+    source_uri: Mapped[str] = mapped_column(sa.Text, default="")
+    code_commit: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    data_uri: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    data_hash: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    model: Mapped[ModelRow] = relationship(back_populates="versions")
+    tags: Mapped[list[VersionTagRow]] = relationship(order_by="VersionTagRow.key")
+
+
+class AliasRow(Base):
+    __tablename__ = "model_aliases"
+    __table_args__ = (sa.UniqueConstraint("model_id", "alias", name="uq_model_aliases"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id"), index=True)
+    alias: Mapped[str] = mapped_column(sa.String(100))
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    version: Mapped[VersionRow] = relationship()
+
+
+class ModelTagRow(Base):
+    __tablename__ = "model_tags"
+
+    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+class VersionTagRow(Base):
+    __tablename__ = "model_version_tags"
+
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("model_versions.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text, default="")

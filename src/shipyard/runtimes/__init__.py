@@ -1,0 +1,1 @@
+"""One module per model framework behind one small interface (see base.py)."""

@@ -1,0 +1,86 @@
+"""Model signatures: the named, typed, shaped tensors a model takes and gives.
+
+Datatypes use the Open Inference Protocol (KServe V2) names so one vocabulary
+serves the registry, the protocols and signature enforcement.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+
+_NUMPY_TO_DATATYPE: dict[str, Datatype] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+
+
+class TensorSpec(BaseModel):
+    """One input or output: its name, V2 datatype and shape (-1 = any size)."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(default_factory=lambda: [-1])
+
+
+class Signature(BaseModel):
+    """What a model version accepts and returns."""
+
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+
+
+def datatype_from_numpy(dtype: np.dtype[np.generic] | str | type) -> Datatype:
+    """Map a numpy dtype to its V2 datatype; strings and objects are BYTES."""
+    name = np.dtype(dtype).name
+    if name in _NUMPY_TO_DATATYPE:
+        return _NUMPY_TO_DATATYPE[name]
+    return "BYTES"
+
+
+def datatype_from_arrow(arrow_type: pa.DataType) -> Datatype:
+    """Map an Arrow type (as read from CSV or Parquet) to its V2 datatype."""
+    if pa.types.is_dictionary(arrow_type):
+        return datatype_from_arrow(arrow_type.value_type)
+    if pa.types.is_boolean(arrow_type):
+        return "BOOL"
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+        return datatype_from_numpy(arrow_type.to_pandas_dtype())
+    return "BYTES"
+
+
+def inputs_from_table(table: pa.Table) -> list[TensorSpec]:
+    """One column-shaped input per column of an example table."""
+    return [
+        TensorSpec(name=field.name, datatype=datatype_from_arrow(field.type), shape=[-1])
+        for field in table.schema
+    ]

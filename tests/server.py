@@ -1,0 +1,75 @@
+"""Start a real `shipyard server` subprocess, wait until it is ready, kill its tree.
+
+The server binds port 0 and the helper reads the port uvicorn reports, so there
+is no free-port race and no sleeping: readiness is the "running on" log line.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_RUNNING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[str]
+    log: list[str] = field(default_factory=list)
+
+
+def _pump(stream: object, lines: queue.Queue[str | None], log: list[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        log.append(line)
+        lines.put(line)
+    lines.put(None)
+
+
+def shipyard_command() -> list[str]:
+    return [sys.executable, "-m", "shipyard.cli.main"]
+
+
+@contextmanager
+def running_server(
+    env: dict[str, str], *extra_args: str, cwd: Path | None = None, timeout: float = 60
+) -> Iterator[RunningServer]:
+    """Run `shipyard server --port 0` with `env` added to the environment."""
+    process = subprocess.Popen(
+        [*shipyard_command(), "server", "--host", "127.0.0.1", "--port", "0", *extra_args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so the whole tree can be killed
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    log: list[str] = []
+    threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True).start()
+    try:
+        url = None
+        while url is None:
+            try:
+                line = lines.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError("server did not start in time:\n" + "".join(log)) from None
+            if line is None:
+                raise RuntimeError("server exited during start:\n" + "".join(log))
+            match = _RUNNING.search(line)
+            if match:
+                url = match.group(1)
+        yield RunningServer(url=url, process=process, log=log)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
