@@ -55,7 +55,8 @@ def running_server(
     )
     lines: queue.Queue[str | None] = queue.Queue()
     log: list[str] = []
-    threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True).start()
+    pump = threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True)
+    pump.start()
     try:
         url = None
         while url is None:
@@ -73,3 +74,6 @@ def running_server(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+        pump.join(timeout=30)  # the pipe is at EOF once the process tree is gone
+        if process.stdout is not None:
+            process.stdout.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 
 from shipyard.config import Settings
@@ -13,11 +14,13 @@ PROCESSES = 4
 VERSIONS_EACH = 6
 
 
-def _register_many(settings_json: str, worker: int, barrier: Barrier) -> list[int]:
+def _register_many(
+    settings_json: str, worker: int, barrier: Barrier, results: Queue[tuple[int, list[int]]]
+) -> None:
     registry = Registry.open(Settings.model_validate_json(settings_json))
     try:
         barrier.wait(timeout=60)  # start together so the registrations collide
-        return [
+        numbers = [
             registry.models.create_version(
                 "contended",
                 NewVersion(
@@ -28,20 +31,36 @@ def _register_many(settings_json: str, worker: int, barrier: Barrier) -> list[in
             ).version
             for attempt in range(VERSIONS_EACH)
         ]
+        results.put((worker, numbers))
     finally:
         registry.close()
 
 
-def test_concurrent_registrations_get_distinct_gap_free_versions(settings: Settings) -> None:
-    Registry.open(settings).close()  # migrate once, like a server that started first
+def _register_from_processes(settings: Settings) -> dict[int, list[int]]:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
-    with context.Pool(PROCESSES) as pool:
-        results = pool.starmap(
-            _register_many,
-            [(settings.model_dump_json(), worker, barrier) for worker in range(PROCESSES)],
+    results: Queue[tuple[int, list[int]]] = context.Queue()
+    processes = [
+        context.Process(
+            target=_register_many, args=(settings.model_dump_json(), worker, barrier, results)
         )
-    numbers = sorted(n for numbers in results for n in numbers)
+        for worker in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    collected = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    results.close()
+    results.join_thread()
+    return collected
+
+
+def test_concurrent_registrations_get_distinct_gap_free_versions(settings: Settings) -> None:
+    Registry.open(settings).close()  # migrate once, like a server that started first
+    results = _register_from_processes(settings)
+    numbers = sorted(n for numbers in results.values() for n in numbers)
     assert numbers == list(range(1, PROCESSES * VERSIONS_EACH + 1))
 
     registry = Registry.open(settings)
@@ -49,7 +68,7 @@ def test_concurrent_registrations_get_distinct_gap_free_versions(settings: Setti
         listed = registry.models.list_versions("contended", limit=1000).versions
         assert [v.version for v in listed] == numbers
         # Each worker's versions carry its own artifacts: nothing was crossed over.
-        for worker, worker_numbers in enumerate(results):
+        for worker, worker_numbers in results.items():
             for number in worker_numbers:
                 assert listed[number - 1].artifact.digest.startswith(f"{worker:032x}")
     finally:
@@ -57,13 +76,6 @@ def test_concurrent_registrations_get_distinct_gap_free_versions(settings: Setti
 
 
 def test_concurrent_first_migrations_do_not_collide(settings: Settings) -> None:
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(PROCESSES)
-    with context.Pool(PROCESSES) as pool:
-        results = pool.starmap(
-            _register_many,
-            [(settings.model_dump_json(), worker, barrier) for worker in range(PROCESSES)],
-        )
-    assert sorted(n for numbers in results for n in numbers) == list(
-        range(1, PROCESSES * VERSIONS_EACH + 1)
-    )
+    results = _register_from_processes(settings)  # every process migrates an empty database
+    numbers = sorted(n for numbers in results.values() for n in numbers)
+    assert numbers == list(range(1, PROCESSES * VERSIONS_EACH + 1))

@@ -1,0 +1,105 @@
+"""MLflow model folders: read `MLmodel` (flavors, signature, input example) without MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.signature import Datatype, Signature, TensorSpec, datatype_from_numpy
+
+_COLUMN_TYPES: dict[str, Datatype] = {
+    "double": "FP64",
+    "float": "FP32",
+    "long": "INT64",
+    "integer": "INT32",
+    "boolean": "BOOL",
+    "string": "BYTES",
+    "binary": "BYTES",
+    "datetime": "BYTES",
+}
+# MLflow flavors whose saved form holds no executable code.
+_SAFE_FLAVORS = {"onnx"}
+
+
+def _specs(encoded: str | None, default_prefix: str) -> list[TensorSpec]:
+    if not encoded:
+        return []
+    specs = []
+    for index, spec in enumerate(json.loads(encoded)):
+        name = spec.get("name") or f"{default_prefix}-{index}"
+        if spec.get("type") == "tensor":
+            tensor = spec["tensor-spec"]
+            specs.append(
+                TensorSpec(
+                    name=name,
+                    datatype=datatype_from_numpy(tensor["dtype"]),
+                    shape=[int(d) for d in tensor.get("shape", [-1])],
+                )
+            )
+        else:
+            datatype = _COLUMN_TYPES.get(str(spec.get("type")), "BYTES")
+            specs.append(TensorSpec(name=name, datatype=datatype, shape=[-1]))
+    return specs
+
+
+def _example_table(folder: Path, info: dict[str, Any], signature: Signature | None) -> pa.Table:
+    """MLflow's saved input example as a table (split-orient frames or plain arrays)."""
+    document = json.loads((folder / info["artifact_path"]).read_text())
+    if isinstance(document, dict) and "columns" in document and "data" in document:
+        rows = document["data"]
+        return pa.table({c: [row[i] for row in rows] for i, c in enumerate(document["columns"])})
+    if isinstance(document, dict) and "inputs" in document:
+        document = document["inputs"]
+    if isinstance(document, list) and document and isinstance(document[0], list):
+        names = [f"input-0_{i}" for i in range(len(document[0]))]
+        return pa.table({n: [row[i] for row in document] for i, n in enumerate(names)})
+    if isinstance(document, list) and document and isinstance(document[0], dict):
+        return pa.Table.from_pylist(document)
+    raise ValueError("unrecognised input example layout")
+
+
+class MLflowFlavor:
+    name = "mlflow"
+    extra = "mlflow"
+
+    def inspect(self, path: Path) -> Inspection:
+        if not path.is_dir() or not (path / "MLmodel").is_file():
+            raise NotThisFlavor("not a folder with an MLmodel file")
+        try:
+            meta = yaml.safe_load((path / "MLmodel").read_text())
+        except yaml.YAMLError as exc:
+            raise NotThisFlavor(f"MLmodel is not valid YAML: {exc}") from None
+        flavors: dict[str, Any] = meta.get("flavors") or {}
+        if not flavors:
+            raise NotThisFlavor("MLmodel lists no flavors")
+        signature = None
+        if meta.get("signature"):
+            signature = Signature(
+                inputs=_specs(meta["signature"].get("inputs"), "input"),
+                outputs=_specs(meta["signature"].get("outputs"), "output"),
+            )
+        example = None
+        info = meta.get("saved_input_example_info")
+        if info and info.get("artifact_path"):
+            try:
+                example = _example_table(path, info, signature)
+            except (OSError, ValueError, KeyError, IndexError, pa.ArrowException):
+                example = None  # the example is a convenience; the model is still valid
+        model_flavors = [f for f in flavors if f != "python_function"]
+        return Inspection(
+            flavor=self.name,
+            signature=signature,
+            details={
+                "flavors": list(flavors),
+                "model_flavor": model_flavors[0] if model_flavors else "python_function",
+                "loader_module": (flavors.get("python_function") or {}).get("loader_module"),
+                "mlflow_version": meta.get("mlflow_version"),
+            },
+            input_example=example,
+            unsafe_format=not set(model_flavors) <= _SAFE_FLAVORS or not model_flavors,
+        )

@@ -1,0 +1,93 @@
+"""scikit-learn models saved with joblib/pickle, or with skops (the safe format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shipyard.errors import MissingExtra, UnsupportedModel
+from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.signature import Signature, TensorSpec, datatype_from_numpy
+
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def estimator_signature(model: Any) -> Signature | None:
+    """What an sklearn-API estimator tells about its inputs and outputs."""
+    names = getattr(model, "feature_names_in_", None)
+    count = getattr(model, "n_features_in_", None)
+    if names is not None:
+        inputs = [TensorSpec(name=str(n), datatype="FP64", shape=[-1]) for n in names]
+    elif count is not None:
+        inputs = [TensorSpec(name="input-0", datatype="FP64", shape=[-1, int(count)])]
+    else:
+        return None
+    classes = getattr(model, "classes_", None)
+    predict_type = datatype_from_numpy(classes.dtype) if classes is not None else "FP64"
+    outputs = [TensorSpec(name="predict", datatype=predict_type, shape=[-1])]
+    if classes is not None and hasattr(model, "predict_proba"):
+        outputs.append(TensorSpec(name="predict_proba", datatype="FP64", shape=[-1, len(classes)]))
+    return Signature(inputs=inputs, outputs=outputs)
+
+
+def _describe(model: Any, flavor: str, fmt: str, path: Path, unsafe: bool) -> Inspection:
+    if not callable(getattr(model, "predict", None)):
+        raise NotThisFlavor(f"{path.name} holds a {type(model).__name__}, which has no predict()")
+    import sklearn
+
+    return Inspection(
+        flavor=flavor,
+        signature=estimator_signature(model),
+        details={
+            "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
+            "format": fmt,
+            "library_version": sklearn.__version__,
+        },
+        unsafe_format=unsafe,
+    )
+
+
+class SklearnFlavor:
+    """joblib or pickle files. Loading runs code, so the format is marked unsafe."""
+
+    name = "sklearn"
+    extra = "sklearn"
+
+    def inspect(self, path: Path) -> Inspection:
+        if not path.is_file() or path.suffix.lower() not in PICKLE_SUFFIXES:
+            raise NotThisFlavor("not a .joblib/.pkl/.pickle file")
+        try:
+            import joblib
+        except ImportError:
+            raise MissingExtra("joblib", self.extra) from None
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # a corrupt pickle can raise almost anything
+            raise NotThisFlavor(f"cannot unpickle: {type(exc).__name__}: {exc}") from None
+        return _describe(model, self.name, path.suffix.lower().lstrip("."), path, unsafe=True)
+
+
+class SkopsFlavor:
+    """skops files: loaded only when every type inside is one skops trusts."""
+
+    name = "skops"
+    extra = "sklearn"
+
+    def inspect(self, path: Path) -> Inspection:
+        if not path.is_file() or path.suffix.lower() != ".skops":
+            raise NotThisFlavor("not a .skops file")
+        try:
+            import skops.io as sio
+        except ImportError:
+            raise MissingExtra("skops", self.extra) from None
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+        except Exception as exc:
+            raise NotThisFlavor(f"not a readable skops file: {exc}") from None
+        if untrusted:
+            raise UnsupportedModel(
+                f"{path} contains types skops does not trust: {', '.join(untrusted)}; "
+                "save it with trusted types only, or use another format"
+            )
+        model = sio.load(path)
+        return _describe(model, self.name, "skops", path, unsafe=False)
