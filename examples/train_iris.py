@@ -30,7 +30,9 @@ def main(output: Path) -> None:
         writer = csv.writer(example)
         writer.writerow(FEATURES)
         writer.writerows(iris.data.tolist())
-    print(f"wrote {output / 'iris.joblib'} (train accuracy {model.score(iris.data, iris.target):.3f})")
+    print(
+        f"wrote {output / 'iris.joblib'} (train accuracy {model.score(iris.data, iris.target):.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -102,9 +102,7 @@ def test_cli_talks_to_server_when_url_is_set(
     # The CLI gets a different, empty home: everything must go through the server.
     remote_env = {"SHIPYARD_URL": server.url, "SHIPYARD_HOME": str(tmp_path / "elsewhere")}
     model = write_sklearn_model(tmp_path)
-    registered = run_cli(
-        remote_env, "models", "register", str(model), "--name", "fraud", "--json"
-    )
+    registered = run_cli(remote_env, "models", "register", str(model), "--name", "fraud", "--json")
     assert registered.returncode == 0, registered.stderr
     assert json.loads(registered.stdout)["lineage"]["source_uri"] == model.resolve().as_uri()
     assert run_cli(remote_env, "models", "alias", "fraud", "production", "1").returncode == 0

@@ -99,7 +99,9 @@ def test_identical_bytes_are_stored_once_and_skip_unchanged_reuses(
 def test_tampered_artifact_is_refused(registry: Registry, tmp_path: Path) -> None:
     version = registry.register(write_sklearn_model(tmp_path), RegistrationOptions(name="fraud"))
     blobs = [
-        p for p in Path(registry.artifacts.root_uri).rglob("*") if p.is_file() and "blobs" in p.parts
+        p
+        for p in Path(registry.artifacts.root_uri).rglob("*")
+        if p.is_file() and "blobs" in p.parts
     ]
     model_blob = max(blobs, key=lambda p: p.stat().st_size)  # the model, not the manifest
     model_blob.write_bytes(model_blob.read_bytes()[:-1] + b"\x00")

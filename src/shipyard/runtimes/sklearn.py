@@ -10,6 +10,10 @@ from shipyard.runtimes.base import Inspection, NotThisFlavor
 from shipyard.signature import Signature, TensorSpec, datatype_from_numpy
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# skops trusts few types by default (not even sklearn's tree internals). Types
+# from these libraries are library classes, not user code, so we accept them;
+# anything else (a user's class, a builtin function) is refused.
+TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 
 
 def estimator_signature(model: Any) -> Signature | None:
@@ -84,10 +88,13 @@ class SkopsFlavor:
             untrusted = sio.get_untrusted_types(file=path)
         except Exception as exc:
             raise NotThisFlavor(f"not a readable skops file: {exc}") from None
-        if untrusted:
+        refused = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+        if refused:
             raise UnsupportedModel(
-                f"{path} contains types skops does not trust: {', '.join(untrusted)}; "
-                "save it with trusted types only, or use another format"
+                f"{path} contains types Shipyard will not load from a skops file: "
+                f"{', '.join(refused)} (only scikit-learn, NumPy and SciPy types are trusted)"
             )
-        model = sio.load(path)
-        return _describe(model, self.name, "skops", path, unsafe=False)
+        model = sio.load(path, trusted=untrusted)
+        inspection = _describe(model, self.name, "skops", path, unsafe=False)
+        inspection.details["trusted_types"] = untrusted
+        return inspection
