@@ -32,8 +32,8 @@ serve: $(VENV)/.installed $(EXAMPLE)
 	$(BIN)/shipyard server --host 127.0.0.1 --port 8000
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff format --check src tests examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -102,7 +102,10 @@ def test_archived_version_refuses_alias_and_aliased_version_refuses_archive(
 
 
 def test_archived_model_takes_no_new_versions(models: ModelRepository) -> None:
-    models.create_version("fraud", new_version())
+    models.create_version("fraud", new_version(aliases=["production"]))
+    with pytest.raises(Conflict, match=r"still has aliases \(production\)"):
+        models.archive_model("fraud")
+    models.delete_alias("fraud", "production")
     models.archive_model("fraud")
     with pytest.raises(Conflict, match="archived"):
         models.create_version("fraud", new_version("b"))

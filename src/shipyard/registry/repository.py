@@ -147,9 +147,13 @@ class ModelRepository:
     def archive_model(self, name: str) -> records.Model:
         with write_session(self._sessions) as session:
             row = self._model_row(session, name)
+            if row.aliases:
+                held = ", ".join(sorted(a.alias for a in row.aliases))
+                raise Conflict(
+                    f"model {name!r} still has aliases ({held}); delete them before archiving"
+                )
             if row.archived_at is None:
                 row.archived_at = row.updated_at = utcnow()
-                session.execute(sa.delete(AliasRow).where(AliasRow.model_id == row.id))
         return self.get_model(name)
 
     def set_model_tag(self, name: str, key: str, value: str) -> records.Model:
