@@ -44,6 +44,22 @@ _NUMPY_TO_DATATYPE: dict[str, Datatype] = {
 }
 
 
+# Keyed by Arrow's type names; avoids DataType.to_pandas_dtype, which needs pandas.
+_ARROW_TO_DATATYPE: dict[str, Datatype] = {
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "halffloat": "FP16",
+    "float": "FP32",
+    "double": "FP64",
+}
+
+
 class TensorSpec(BaseModel):
     """One input or output: its name, V2 datatype and shape (-1 = any size)."""
 
@@ -73,9 +89,7 @@ def datatype_from_arrow(arrow_type: pa.DataType) -> Datatype:
         return datatype_from_arrow(arrow_type.value_type)
     if pa.types.is_boolean(arrow_type):
         return "BOOL"
-    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
-        return datatype_from_numpy(arrow_type.to_pandas_dtype())
-    return "BYTES"
+    return _ARROW_TO_DATATYPE.get(str(arrow_type), "BYTES")
 
 
 def inputs_from_table(table: pa.Table) -> list[TensorSpec]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shipyard.config import Settings
 from shipyard.errors import IntegrityError, InvalidInput, UnsupportedModel
 from shipyard.registry.records import Lineage, RegistrationOptions
 from shipyard.registry.refs import ModelRef
@@ -131,3 +134,25 @@ def test_unknown_model_is_not_found(registry: Registry) -> None:
 
     with pytest.raises(NotFound):
         registry.models.get_version(ModelRef("ghost", version=1))
+
+
+def test_registration_needs_no_pandas(sqlite_settings: Settings, tmp_path: Path) -> None:
+    """pandas is not a core dependency: registering with an example must work without it."""
+    model = write_sklearn_model(tmp_path)
+    example = write_example_csv(tmp_path)
+    script = (
+        "import sys; sys.modules['pandas'] = None\n"  # any import of pandas now fails
+        "from pathlib import Path\n"
+        "from shipyard.config import Settings\n"
+        "from shipyard.registry.records import RegistrationOptions\n"
+        "from shipyard.registry.service import Registry\n"
+        f"registry = Registry.open(Settings(home=Path({str(sqlite_settings.home)!r})))\n"
+        f"version = registry.register(Path({str(model)!r}), RegistrationOptions(name='m'),"
+        f" Path({str(example)!r}))\n"
+        "print(version.signature.inputs[0].datatype)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "FP64"
