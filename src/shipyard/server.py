@@ -21,6 +21,7 @@ def build_app(settings: Settings) -> FastAPI:
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     app = build_app(settings)
     log.info(
         "registry %s, artifacts %s",
