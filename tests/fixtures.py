@@ -130,17 +130,15 @@ def write_mlflow_model(folder: Path) -> Path:
 
 
 PYTHON_MODEL = '''
-import json
-
-
 class Doubler:
-    """Doubles every number it is given."""
+    """Doubles its one input."""
 
     def load(self):
         self.factor = 2
 
-    def predict(self, rows):
-        return [[value * self.factor for value in row] for row in rows]
+    def predict(self, inputs):
+        (values,) = inputs.values()
+        return values * self.factor
 '''
 
 

@@ -1,16 +1,18 @@
 """The small interface every framework module implements.
 
-For registration a flavor only needs to *recognise* a file or folder and say
-what it can about the model (signature, details). Loading and predicting are
-the serving layer's concern and join this interface there.
+A flavor recognises a file or folder and says what it can about the model
+(`inspect`, used at registration), and loads it into a `Runtime` that predicts
+on a batch (`load`, used inside worker processes when serving).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from shipyard.signature import Signature
@@ -37,6 +39,27 @@ class Inspection:
     """True for formats that execute code when loaded (pickle, joblib, plain Python)."""
 
 
+Tensors = dict[str, np.ndarray]
+"""Named arrays: a batch of inputs or outputs, first dimension = rows."""
+
+
+class Runtime(Protocol):
+    """A loaded model, ready to predict. Lives in a worker process."""
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        """Predict on a batch of named inputs; return the named outputs asked for (all if None)."""
+        ...
+
+
+@dataclass
+class LoadSpec:
+    """What a flavor needs to load a model: where it is and what was recorded about it."""
+
+    path: Path
+    signature: Signature | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 class Flavor(Protocol):
     """Recognises one kind of model file or folder."""
 
@@ -50,4 +73,8 @@ class Flavor(Protocol):
         Raise shipyard.errors.MissingExtra when the path looks like this flavor
         but its library is not installed.
         """
+        ...
+
+    def load(self, spec: LoadSpec) -> Runtime:
+        """Load the model for serving; MissingExtra if the library is absent."""
         ...

@@ -26,6 +26,13 @@ FLAVORS: tuple[Flavor, ...] = (
 )
 
 
+def flavor_named(name: str) -> Flavor:
+    for flavor in FLAVORS:
+        if flavor.name == name:
+            return flavor
+    raise InvalidInput(f"unknown flavor {name!r}")
+
+
 def inspect_model(path: Path) -> Inspection:
     """Describe the model at `path`, or refuse it naming every flavor tried."""
     if not path.exists():

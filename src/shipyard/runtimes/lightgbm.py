@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shipyard.errors import MissingExtra
-from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
+from shipyard.runtimes.tabular import feature_matrix
 from shipyard.signature import Signature, TensorSpec
 
 _UNNAMED = re.compile(r"^Column_\d+$")
+
+
+class LightGBMRuntime:
+    def __init__(self, booster: Any, spec: LoadSpec) -> None:
+        self.booster = booster
+        self.signature = spec.signature
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        return {"predict": self.booster.predict(feature_matrix(inputs, self.signature))}
 
 
 class LightGBMFlavor:
@@ -50,3 +62,10 @@ class LightGBMFlavor:
                 "library_version": lightgbm.__version__,
             },
         )
+
+    def load(self, spec: LoadSpec) -> LightGBMRuntime:
+        try:
+            import lightgbm
+        except ImportError:
+            raise MissingExtra("lightgbm", self.extra) from None
+        return LightGBMRuntime(lightgbm.Booster(model_file=str(spec.path)), spec)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import yaml
 
-from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.errors import MissingExtra
+from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 from shipyard.signature import Datatype, Signature, TensorSpec, datatype_from_numpy
 
 _COLUMN_TYPES: dict[str, Datatype] = {
@@ -63,6 +66,35 @@ def _example_table(folder: Path, info: dict[str, Any], signature: Signature | No
     raise ValueError("unrecognised input example layout")
 
 
+class PyfuncRuntime:
+    """An MLflow pyfunc model: column inputs become a DataFrame, tensor inputs an array."""
+
+    def __init__(self, model: Any, spec: LoadSpec) -> None:
+        import pandas as pd
+
+        self._frame = pd.DataFrame
+        self.model = model
+        self.signature = spec.signature
+        self.columnar = spec.signature is not None and all(
+            s.shape == [-1] for s in spec.signature.inputs
+        )
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        if self.columnar and self.signature is not None:
+            data: Any = self._frame({s.name: inputs[s.name] for s in self.signature.inputs})
+        elif len(inputs) == 1:
+            (data,) = inputs.values()
+        else:
+            data = inputs
+        result = self.model.predict(data)
+        if hasattr(result, "to_dict") and hasattr(result, "columns"):  # a DataFrame
+            return {str(c): result[c].to_numpy() for c in result.columns}
+        if isinstance(result, dict):
+            return {str(k): np.asarray(v) for k, v in result.items()}
+        name = self.signature.outputs[0].name if self.signature and self.signature.outputs else None
+        return {name or "predict": np.asarray(result)}
+
+
 class MLflowFlavor:
     name = "mlflow"
     extra = "mlflow"
@@ -103,3 +135,10 @@ class MLflowFlavor:
             input_example=example,
             unsafe_format=not set(model_flavors) <= _SAFE_FLAVORS or not model_flavors,
         )
+
+    def load(self, spec: LoadSpec) -> PyfuncRuntime:
+        try:
+            import mlflow.pyfunc
+        except ImportError:
+            raise MissingExtra("mlflow", self.extra) from None
+        return PyfuncRuntime(mlflow.pyfunc.load_model(str(spec.path)), spec)

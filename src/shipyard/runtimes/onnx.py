@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from shipyard.errors import MissingExtra
-from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 from shipyard.signature import Datatype, Signature, TensorSpec
 
 # onnx.TensorProto element types -> V2 datatypes.
@@ -35,6 +36,32 @@ def _spec(value_info: Any) -> TensorSpec:
         datatype=_ELEMENT_TYPES.get(tensor.elem_type, "BYTES"),
         shape=shape,
     )
+
+
+class OnnxRuntime:
+    """onnxruntime on the CPU (a GPU provider is used when the installed build offers one)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input_types = {i.name: i.type for i in session.get_inputs()}
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        wanted = [n for n in self.output_names if outputs is None or n in outputs]
+        feed = {
+            name: array.astype(_ORT_TYPES.get(self.input_types.get(name, ""), array.dtype))
+            for name, array in inputs.items()
+        }
+        return dict(zip(wanted, self.session.run(wanted, feed), strict=True))
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+}
 
 
 class OnnxFlavor:
@@ -66,3 +93,19 @@ class OnnxFlavor:
                 "producer_name": model.producer_name,
             },
         )
+
+    def load(self, spec: LoadSpec) -> OnnxRuntime:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise MissingExtra("onnxruntime", self.extra) from None
+        options = onnxruntime.SessionOptions()
+        # One worker process per core is the unit of parallelism; don't oversubscribe.
+        options.intra_op_num_threads = 1
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in onnxruntime.get_available_providers()
+        ]
+        session = onnxruntime.InferenceSession(str(spec.path), options, providers=providers)
+        return OnnxRuntime(session)

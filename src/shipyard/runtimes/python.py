@@ -1,14 +1,24 @@
 """Plain-Python models: a class with `load()` and `predict()`, found by parsing only.
 
 Registration never imports or runs the user's file; serving does, in a worker.
+The contract: `predict(inputs)` receives a dict of numpy arrays (one per input,
+first dimension = rows) and returns an array (the output `predict`) or a dict
+of named arrays.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from shipyard.runtimes.base import Inspection, NotThisFlavor
+import numpy as np
+
+from shipyard.errors import InvalidInput
+from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 
 
 def find_model_class(source: str) -> str | None:
@@ -27,6 +37,17 @@ def find_model_class(source: str) -> str | None:
             if {"load", "predict"} <= methods:
                 return node.name
     return None
+
+
+class PythonRuntime:
+    def __init__(self, instance: Any) -> None:
+        self.instance = instance
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        result = self.instance.predict(inputs)
+        if isinstance(result, dict):
+            return {str(k): np.asarray(v) for k, v in result.items()}
+        return {"predict": np.asarray(result)}
 
 
 class PythonFlavor:
@@ -54,3 +75,19 @@ class PythonFlavor:
                     unsafe_format=True,
                 )
         raise NotThisFlavor("no class with both load() and predict()")
+
+    def load(self, spec: LoadSpec) -> PythonRuntime:
+        folder = spec.path if spec.path.is_dir() else spec.path.parent
+        module_file = folder / spec.details["module"]
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))  # so the model can import its helper modules
+        module_spec = importlib.util.spec_from_file_location(
+            f"shipyard_user_model_{abs(hash(module_file))}", module_file
+        )
+        if module_spec is None or module_spec.loader is None:
+            raise InvalidInput(f"cannot import {module_file}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        instance = getattr(module, spec.details["class"])()
+        instance.load()
+        return PythonRuntime(instance)

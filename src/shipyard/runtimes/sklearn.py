@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shipyard.errors import MissingExtra, UnsupportedModel
-from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
+from shipyard.runtimes.tabular import feature_matrix
 from shipyard.signature import Signature, TensorSpec, datatype_from_numpy
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -51,6 +56,32 @@ def _describe(model: Any, flavor: str, fmt: str, path: Path, unsafe: bool) -> In
     )
 
 
+def _wants(name: str, outputs: Sequence[str] | None) -> bool:
+    return outputs is None or name in outputs
+
+
+class EstimatorRuntime:
+    """Any estimator with the scikit-learn API: predict, and predict_proba where it has it."""
+
+    def __init__(self, model: Any, spec: LoadSpec) -> None:
+        self.model = model
+        self.signature = spec.signature
+        self.has_proba = hasattr(model, "predict_proba") and hasattr(model, "classes_")
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        features = feature_matrix(inputs, self.signature)
+        result: Tensors = {}
+        with warnings.catch_warnings():
+            # Fitted on a DataFrame, predicting on an array: the columns are already
+            # in signature order, so the feature-name warning says nothing useful.
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            if _wants("predict", outputs) or not self.has_proba:
+                result["predict"] = np.asarray(self.model.predict(features))
+            if self.has_proba and _wants("predict_proba", outputs):
+                result["predict_proba"] = np.asarray(self.model.predict_proba(features))
+        return result
+
+
 class SklearnFlavor:
     """joblib or pickle files. Loading runs code, so the format is marked unsafe."""
 
@@ -69,6 +100,13 @@ class SklearnFlavor:
         except Exception as exc:  # a corrupt pickle can raise almost anything
             raise NotThisFlavor(f"cannot unpickle: {type(exc).__name__}: {exc}") from None
         return _describe(model, self.name, path.suffix.lower().lstrip("."), path, unsafe=True)
+
+    def load(self, spec: LoadSpec) -> EstimatorRuntime:
+        try:
+            import joblib
+        except ImportError:
+            raise MissingExtra("joblib", self.extra) from None
+        return EstimatorRuntime(joblib.load(spec.path), spec)
 
 
 class SkopsFlavor:
@@ -98,3 +136,11 @@ class SkopsFlavor:
         inspection = _describe(model, self.name, "skops", path, unsafe=False)
         inspection.details["trusted_types"] = untrusted
         return inspection
+
+    def load(self, spec: LoadSpec) -> EstimatorRuntime:
+        try:
+            import skops.io as sio
+        except ImportError:
+            raise MissingExtra("skops", self.extra) from None
+        trusted = list(spec.details.get("trusted_types", []))
+        return EstimatorRuntime(sio.load(spec.path, trusted=trusted), spec)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shipyard.errors import MissingExtra
-from shipyard.runtimes.base import Inspection, NotThisFlavor
+from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
+from shipyard.runtimes.tabular import feature_matrix
 from shipyard.signature import Signature, TensorSpec
 
 
@@ -17,6 +20,22 @@ def _looks_like_xgboost_json(path: Path) -> bool:
     except (ValueError, OSError):
         return False
     return isinstance(document, dict) and "learner" in document
+
+
+class BoosterRuntime:
+    def __init__(self, booster: Any, spec: LoadSpec) -> None:
+        import xgboost
+
+        self._dmatrix = xgboost.DMatrix
+        self.booster = booster
+        self.signature = spec.signature
+        self.feature_names = booster.feature_names
+
+    def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
+        matrix = self._dmatrix(
+            feature_matrix(inputs, self.signature), feature_names=self.feature_names
+        )
+        return {"predict": self.booster.predict(matrix)}
 
 
 class XGBoostFlavor:
@@ -61,3 +80,12 @@ class XGBoostFlavor:
                 "library_version": xgboost.__version__,
             },
         )
+
+    def load(self, spec: LoadSpec) -> BoosterRuntime:
+        try:
+            import xgboost
+        except ImportError:
+            raise MissingExtra("xgboost", self.extra) from None
+        booster = xgboost.Booster()
+        booster.load_model(str(spec.path))
+        return BoosterRuntime(booster, spec)
