@@ -35,6 +35,19 @@ class Settings(BaseSettings):
         description="Name recorded as created_by; default is the operating-system user.",
     )
 
+    workers_per_model: int = Field(
+        default=1, ge=1, description="Worker processes per loaded model version."
+    )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Default per-request deadline in seconds (504 after)."
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest request body accepted (413)."
+    )
+    max_tensor_elements: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Most elements one input tensor may have."
+    )
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:

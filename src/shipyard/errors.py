@@ -59,3 +59,33 @@ class IntegrityError(ShipyardError):
     """Stored bytes do not match their recorded sha256: refuse to use them."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class PayloadTooLarge(ShipyardError):
+    """A request body or tensor is over the configured limit."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class ModelNotReady(ShipyardError):
+    """The model is still loading (or failed to load); try again shortly."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class WorkerCrashed(ShipyardError):
+    """The worker process running this request died; the server replaces it."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class DeadlineExceeded(ShipyardError):
+    """The request's deadline passed before the model answered."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+class ModelFailed(ShipyardError):
+    """The model itself raised: reported by type and message, never a traceback."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR

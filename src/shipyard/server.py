@@ -1,31 +1,69 @@
-"""Wires the server together: registry, control-plane app, uvicorn."""
+"""Wires the server together: registry, control plane, data plane, uvicorn."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
 
 from shipyard.api.app import create_app
 from shipyard.config import Settings
+from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.manager import ModelManager
+from shipyard.serving.rest import router as inference_router
 
 log = logging.getLogger("shipyard.server")
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """The full application for these settings (opens and migrates the registry)."""
-    return create_app(Registry.open(settings))
+def build_app(
+    settings: Settings,
+    registry: Registry | None = None,
+    default_model: ModelRef | None = None,
+) -> FastAPI:
+    """The full application: control plane and data plane over one registry.
+
+    `default_model` is what `/invocations` scores; it is loaded before the
+    server reports ready.
+    """
+    registry = registry or Registry.open(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = ModelManager(registry, workers_per_model=settings.workers_per_model)
+        app.state.dataplane = DataPlane(manager, timeout=settings.request_timeout)
+        if default_model is not None:
+            version = None
+            if default_model.version is not None:
+                version = str(default_model.version)
+            elif default_model.alias is not None:
+                version = default_model.alias
+            await manager.load(default_model.name, version)
+        try:
+            yield
+        finally:
+            await manager.close()
+            registry.close()
+
+    app = create_app(registry, lifespan=lifespan)
+    app.state.default_model = default_model.name if default_model else None
+    app.state.max_body_bytes = settings.max_body_bytes
+    app.state.max_tensor_elements = settings.max_tensor_elements
+    app.include_router(inference_router)
+    return app
+
+
+def run(app: FastAPI, *, host: str, port: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    app = build_app(settings)
-    log.info(
-        "registry %s, artifacts %s",
-        settings.redacted_database_url,
-        settings.resolved_artifact_root,
-    )
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    """`shipyard server`: the control plane and every registered model (loaded on demand)."""
+    log.info("registry %s", settings.redacted_database_url)
+    run(build_app(settings), host=host, port=port)

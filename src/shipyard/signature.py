@@ -6,7 +6,7 @@ serves the registry, the protocols and signature enforcement.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -98,3 +98,26 @@ def inputs_from_table(table: pa.Table) -> list[TensorSpec]:
         TensorSpec(name=field.name, datatype=datatype_from_arrow(field.type), shape=[-1])
         for field in table.schema
     ]
+
+
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+"""The numpy dtype each V2 datatype decodes to (BYTES: objects holding str or bytes)."""
+
+
+def describe(spec: TensorSpec) -> str:
+    """`FP64 [-1, 4]`: how error messages name what a model expects."""
+    return f"{spec.datatype} {spec.shape}"

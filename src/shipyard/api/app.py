@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
 from fastapi import FastAPI
 
 from shipyard import __version__
@@ -10,11 +14,16 @@ from shipyard.api.models import router as models_router
 from shipyard.registry.service import Registry
 
 
-def create_app(registry: Registry) -> FastAPI:
+def create_app(
+    registry: Registry,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Shipyard",
         version=__version__,
-        description="Control plane: model registry (and later deployments, rollouts, jobs).",
+        description="Control plane (model registry) and data plane (Open Inference Protocol "
+        "V2 and MLflow scoring).",
+        lifespan=lifespan,
     )
     app.state.registry = registry
     install_error_handlers(app)

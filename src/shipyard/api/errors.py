@@ -15,7 +15,9 @@ log = logging.getLogger("shipyard.api")
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    # Overload and not-ready answers tell the client when to come back.
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _shipyard_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from shipyard.cli import models, server
+from shipyard.cli import models, serve, server
 
 app = typer.Typer(
     name="shipyard",
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.command("server")(server.server)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

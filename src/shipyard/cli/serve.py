@@ -1,0 +1,45 @@
+"""`shipyard serve`: one model, from a file, a folder or a registry reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    model: str = typer.Argument(..., help="A model file or folder, or NAME[:VERSION|@ALIAS]."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="REST port."),
+    workers: int = typer.Option(1, help="Worker processes for the model."),
+    signature_from: Path | None = typer.Option(
+        None, help="Example .csv/.parquet giving a file's signature."
+    ),
+) -> None:
+    """Serve one model over Open Inference Protocol V2 and MLflow /invocations.
+
+    A path is served straight from a throwaway registry (nothing is written to
+    your home); a reference is served from the registry in SHIPYARD_HOME.
+    """
+    import tempfile
+
+    from shipyard.config import Settings
+    from shipyard.registry.records import RegistrationOptions
+    from shipyard.registry.refs import ModelRef, parse_ref
+    from shipyard.registry.service import Registry
+    from shipyard.server import build_app, run
+
+    settings = Settings()
+    settings = settings.model_copy(update={"workers_per_model": workers})
+    path = Path(model)
+    if path.exists():
+        scratch = tempfile.mkdtemp(prefix="shipyard-serve-")
+        settings = Settings(home=Path(scratch), workers_per_model=workers, user=settings.user)
+        registry = Registry.open(settings)
+        name = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem) or "model"
+        version = registry.register(path, RegistrationOptions(name=name), signature_from)
+        ref = ModelRef(name, version=version.version)
+    else:
+        ref = parse_ref(model)
+        registry = Registry.open(settings)
+    run(build_app(settings, registry, default_model=ref), host=host, port=port)

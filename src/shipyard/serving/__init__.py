@@ -1,0 +1,1 @@
+"""The data plane: protocol codecs, validation, worker processes, model lifecycle."""

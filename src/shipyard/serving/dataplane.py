@@ -1,0 +1,63 @@
+"""One data plane under every transport: resolve, validate, predict, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipyard.errors import InvalidInput
+from shipyard.serving.codec import output_datatype
+from shipyard.serving.manager import LoadedModel, ModelManager
+from shipyard.serving.types import InferRequest, InferResponse, Tensor
+from shipyard.serving.validation import conform
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+MAX_TIMEOUT_SECONDS = 600.0
+
+
+def request_timeout(parameters: dict[str, Any], default: float) -> float:
+    """The per-request deadline: `parameters.timeout` in seconds, else the server default."""
+    value = parameters.get("timeout")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidInput("parameters.timeout must be a positive number of seconds")
+    return min(float(value), MAX_TIMEOUT_SECONDS)
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.manager = manager
+        self.timeout = timeout
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        timeout = request_timeout(request.parameters, self.timeout)
+        loaded = await self.manager.get_ready(name, version, timeout)
+        inputs = conform(request.inputs, loaded.record.signature)
+        wanted = self._wanted_outputs(loaded, request)
+        result = await loaded.pool.predict(inputs, wanted, timeout)  # type: ignore[union-attr]
+        outputs = [
+            Tensor(out_name, output_datatype(array), array)
+            for out_name, array in result.items()
+            if wanted is None or out_name in wanted
+        ]
+        return InferResponse(
+            model_name=loaded.record.model,
+            model_version=str(loaded.record.version),
+            outputs=outputs,
+            id=request.id,
+        )
+
+    @staticmethod
+    def _wanted_outputs(loaded: LoadedModel, request: InferRequest) -> list[str] | None:
+        if not request.outputs:
+            return None
+        names = [o.name for o in request.outputs]
+        signature = loaded.record.signature
+        if signature is not None and signature.outputs:
+            known = {spec.name for spec in signature.outputs}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise InvalidInput(
+                    f"unknown output {unknown[0]!r}; the model gives {', '.join(sorted(known))}"
+                )
+        return names

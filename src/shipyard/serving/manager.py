@@ -1,0 +1,154 @@
+"""Which model versions are loaded, and loading or unloading them.
+
+A name resolves to its `production` alias, else its latest version; an
+explicit version is a number or an alias. Resolution is cached for a second,
+so moving an alias switches what a name serves without a restart, and a hot
+path does not hit the database per request. Loads run one at a time, so peak
+memory during start-up is one model's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shipyard.errors import ModelNotReady, NotFound, ShipyardError
+from shipyard.registry.records import ModelVersion
+from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
+from shipyard.registry.service import Registry
+from shipyard.serving.workers import WorkerPool, WorkerSpec
+
+log = logging.getLogger("shipyard.models")
+DEFAULT_ALIAS = "production"
+RESOLVE_TTL_SECONDS = 1.0
+
+State = Literal["loading", "ready", "failed", "unloaded"]
+
+
+@dataclass
+class LoadedModel:
+    record: ModelVersion
+    pool: WorkerPool | None = None
+    state: State = "loading"
+    reason: str = ""
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> str:
+        return f"{self.record.model}:{self.record.version}"
+
+
+class ModelManager:
+    """Loads versions into worker pools on demand and keeps track of them."""
+
+    def __init__(self, registry: Registry, workers_per_model: int = 1) -> None:
+        self.registry = registry
+        self.workers_per_model = workers_per_model
+        self.models: dict[str, LoadedModel] = {}
+        self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
+        self._load_lock = asyncio.Lock()
+
+    def _resolve_now(self, name: str, version: str | None) -> ModelVersion:
+        check_model_name(name)
+        if version is None:
+            try:
+                return self.registry.models.get_version(ModelRef(name, alias=DEFAULT_ALIAS))
+            except NotFound:
+                return self.registry.models.get_version(ModelRef(name))
+        parsed = parse_version_or_alias(version)
+        if isinstance(parsed, int):
+            return self.registry.models.get_version(ModelRef(name, version=parsed))
+        return self.registry.models.get_version(ModelRef(name, alias=parsed))
+
+    async def resolve(self, name: str, version: str | None = None) -> ModelVersion:
+        now = time.monotonic()
+        cached = self._resolved.get((name, version))
+        if cached is not None and now - cached[0] < RESOLVE_TTL_SECONDS:
+            return cached[1]
+        record = await asyncio.to_thread(self._resolve_now, name, version)
+        self._resolved[(name, version)] = (now, record)
+        return record
+
+    async def get_ready(self, name: str, version: str | None, timeout: float) -> LoadedModel:
+        """The loaded model a request addresses, loading it first if needed."""
+        record = await self.resolve(name, version)
+        loaded = self.models.get(f"{record.model}:{record.version}")
+        if loaded is None or loaded.state in ("failed", "unloaded"):
+            loaded = self.start_loading(record)
+        if loaded.state != "ready":
+            try:
+                await asyncio.wait_for(loaded.ready.wait(), timeout)
+            except TimeoutError:
+                raise ModelNotReady(f"{loaded.key} is still loading; retry shortly") from None
+        if loaded.state != "ready":
+            raise ModelNotReady(f"{loaded.key} is not available: {loaded.reason}")
+        return loaded
+
+    def start_loading(self, record: ModelVersion) -> LoadedModel:
+        key = f"{record.model}:{record.version}"
+        existing = self.models.get(key)
+        if existing is not None and existing.state in ("loading", "ready"):
+            return existing
+        loaded = LoadedModel(record)
+        self.models[key] = loaded
+        asyncio.get_running_loop().create_task(self._load(loaded))
+        return loaded
+
+    async def _load(self, loaded: LoadedModel) -> None:
+        async with self._load_lock:
+            if loaded.state != "loading":
+                return
+            started = time.perf_counter()
+            try:
+                path = await asyncio.to_thread(
+                    self.registry.artifacts.materialize, loaded.record.artifact.digest
+                )
+                signature = loaded.record.signature
+                pool = WorkerPool(
+                    WorkerSpec(
+                        key=loaded.key,
+                        flavor=loaded.record.flavor,
+                        path=str(path),
+                        signature=signature.model_dump() if signature else None,
+                        details=loaded.record.flavor_details,
+                    ),
+                    processes=self.workers_per_model,
+                )
+                await pool.start()
+            except ShipyardError as exc:
+                loaded.state, loaded.reason = "failed", exc.message
+                log.error("loading %s failed: %s", loaded.key, exc.message)
+            except Exception as exc:
+                loaded.state, loaded.reason = "failed", f"{type(exc).__name__}: {exc}"
+                log.exception("loading %s failed", loaded.key)
+            else:
+                loaded.pool, loaded.state = pool, "ready"
+                log.info("loaded %s in %.2f s", loaded.key, time.perf_counter() - started)
+            finally:
+                loaded.ready.set()
+
+    async def load(self, name: str, version: str | None = None) -> LoadedModel:
+        loaded = self.start_loading(await self.resolve(name, version))
+        await loaded.ready.wait()
+        if loaded.state != "ready":
+            raise ModelNotReady(f"{loaded.key} failed to load: {loaded.reason}")
+        return loaded
+
+    async def unload(self, name: str, version: str | None = None) -> None:
+        record = await self.resolve(name, version)
+        loaded = self.models.get(f"{record.model}:{record.version}")
+        if loaded is None or loaded.state == "unloaded":
+            raise NotFound(f"{record.model}:{record.version} is not loaded")
+        await loaded.ready.wait()
+        if loaded.pool is not None:
+            await loaded.pool.close()
+        loaded.pool, loaded.state = None, "unloaded"
+
+    async def close(self) -> None:
+        for loaded in list(self.models.values()):
+            if loaded.pool is not None:
+                await loaded.pool.close()
+                loaded.pool, loaded.state = None, "unloaded"

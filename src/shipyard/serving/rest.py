@@ -1,0 +1,259 @@
+"""REST transport of the data plane: Open Inference Protocol V2 and MLflow scoring.
+
+Handlers translate only: bytes in -> InferRequest -> DataPlane -> bytes out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from shipyard import __version__
+from shipyard.errors import InvalidInput, NotFound, PayloadTooLarge
+from shipyard.serving import codec, mlflow_protocol
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.manager import LoadedModel
+
+router = APIRouter(tags=["inference"])
+
+_V2_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                    "data": {},
+                                },
+                            },
+                        },
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_MLFLOW_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
+
+
+async def _body(request: Request) -> bytes:
+    limit: int = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _metadata(loaded_or_record: Any, versions: list[str]) -> dict[str, Any]:
+    record = (
+        loaded_or_record.record if isinstance(loaded_or_record, LoadedModel) else (loaded_or_record)
+    )
+    signature = record.signature
+    return {
+        "name": record.model,
+        "versions": versions,
+        "platform": record.flavor,
+        "inputs": [s.model_dump() for s in signature.inputs] if signature else [],
+        "outputs": [s.model_dump() for s in signature.outputs] if signature else [],
+    }
+
+
+# ---- server -----------------------------------------------------------------
+
+
+@router.get("/v2")
+async def server_metadata() -> dict[str, Any]:
+    return {
+        "name": "shipyard",
+        "version": __version__,
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    manager = _dataplane(request).manager
+    loading = [m.key for m in manager.models.values() if m.state == "loading"]
+    if loading:
+        return JSONResponse({"ready": False, "loading": loading}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+# ---- models -----------------------------------------------------------------
+
+
+async def _model_metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
+    manager = _dataplane(request).manager
+    record = await manager.resolve(name, version)
+    return _metadata(record, [str(record.version)])
+
+
+async def _model_ready(request: Request, name: str, version: str | None) -> Response:
+    manager = _dataplane(request).manager
+    record = await manager.resolve(name, version)
+    loaded = manager.models.get(f"{record.model}:{record.version}")
+    is_ready = loaded is not None and loaded.state == "ready"
+    return JSONResponse(
+        {"name": record.model, "version": str(record.version), "ready": is_ready},
+        status_code=200 if is_ready else 503,
+    )
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    body = await _body(request)
+    header = request.headers.get(codec.HEADER_LENGTH)
+    if header is not None and not header.isdigit():
+        raise InvalidInput("Inference-Header-Content-Length must be a whole number")
+    infer_request = codec.decode_request(
+        body, int(header) if header else None, request.app.state.max_tensor_elements
+    )
+    response = await _dataplane(request).infer(name, version, infer_request)
+    payload, json_length = codec.encode_response(response, infer_request)
+    headers = {"x-shipyard-model-version": f"{response.model_name}:{response.model_version}"}
+    if json_length is None:
+        return Response(payload, media_type="application/json", headers=headers)
+    headers[codec.HEADER_LENGTH] = str(json_length)
+    return Response(payload, media_type="application/octet-stream", headers=headers)
+
+
+@router.get("/v2/models/{name}")
+async def model_metadata(request: Request, name: str) -> dict[str, Any]:
+    return await _model_metadata(request, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}")
+async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
+    return await _model_metadata(request, name, version)
+
+
+@router.get("/v2/models/{name}/ready")
+async def model_ready(request: Request, name: str) -> Response:
+    return await _model_ready(request, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def version_ready(request: Request, name: str, version: str) -> Response:
+    return await _model_ready(request, name, version)
+
+
+@router.post("/v2/models/{name}/infer", openapi_extra=_V2_BODY)
+async def model_infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_V2_BODY)
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
+
+
+# ---- model repository extension -----------------------------------------------
+
+
+@router.post("/v2/repository/index")
+async def repository_index(request: Request) -> list[dict[str, str]]:
+    manager = _dataplane(request).manager
+    return [
+        {
+            "name": m.record.model,
+            "version": str(m.record.version),
+            "state": m.state.upper(),
+            "reason": m.reason,
+        }
+        for m in manager.models.values()
+    ]
+
+
+@router.post("/v2/repository/models/{name}/load")
+async def repository_load(request: Request, name: str) -> dict[str, str]:
+    loaded = await _dataplane(request).manager.load(name)
+    return {"name": loaded.record.model, "version": str(loaded.record.version), "state": "READY"}
+
+
+@router.post("/v2/repository/models/{name}/unload")
+async def repository_unload(request: Request, name: str) -> dict[str, str]:
+    await _dataplane(request).manager.unload(name)
+    return {"name": name, "state": "UNLOADED"}
+
+
+# ---- MLflow scoring protocol --------------------------------------------------
+
+
+@router.get("/ping")
+@router.get("/health")
+async def ping() -> Response:
+    return Response("\n", media_type="application/json")
+
+
+@router.get("/version")
+async def version() -> Response:
+    return Response(__version__, media_type="text/plain")
+
+
+@router.post("/invocations", openapi_extra=_MLFLOW_BODY)
+async def invocations(request: Request) -> Response:
+    name: str | None = request.app.state.default_model
+    if name is None:
+        raise NotFound(
+            "/invocations needs a default model: start with `shipyard serve MODEL`, "
+            "or call /v2/models/{name}/infer"
+        )
+    dataplane = _dataplane(request)
+    record = await dataplane.manager.resolve(name, None)
+    body = await _body(request)
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type == "text/csv":
+        tensors = mlflow_protocol.parse_csv(body, record.signature)
+    elif content_type == "application/json":
+        tensors = mlflow_protocol.parse_json(body, record.signature)
+    else:
+        raise InvalidInput(
+            f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
+        )
+    infer_request = mlflow_protocol.to_request(tensors, record.signature)
+    response = await dataplane.infer(name, str(record.version), infer_request)
+    return Response(
+        mlflow_protocol.encode_predictions(response.outputs),
+        media_type="application/json",
+        headers={"x-shipyard-model-version": f"{response.model_name}:{response.model_version}"},
+    )

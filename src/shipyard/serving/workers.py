@@ -1,0 +1,235 @@
+"""Worker processes that hold a loaded model and run its predict.
+
+Model code never runs on the event loop: each worker is a process with one
+pipe to the server. A reader thread per worker turns replies into future
+results. A worker that dies (segfault, OOM kill, os._exit) fails only the
+requests it held, with 503, and is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import DeadlineExceeded, ModelFailed, ModelNotReady, WorkerCrashed
+from shipyard.runtimes.base import Tensors
+
+log = logging.getLogger("shipyard.workers")
+_CONTEXT = multiprocessing.get_context("spawn")  # fork would copy the server's threads
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load one model version (picklable)."""
+
+    key: str
+    flavor: str
+    path: str
+    signature: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _warm_up(runtime: Any, signature: Any) -> None:
+    """One tiny predict so the first real request does not pay lazy initialisation."""
+    if signature is None or not signature.inputs:
+        return
+    from shipyard.signature import NUMPY_DTYPES
+
+    inputs = {}
+    for spec in signature.inputs:
+        if spec.datatype == "BYTES" or any(d == 0 for d in spec.shape):
+            return
+        shape = [1 if d == -1 else d for d in spec.shape]
+        inputs[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+    try:
+        runtime.predict(inputs)
+    except Exception as exc:  # a model may reject zeros; that is not a load failure
+        log.info("warm-up predict of %s skipped: %s", type(runtime).__name__, exc)
+
+
+def worker_main(connection: Connection, spec: WorkerSpec) -> None:
+    """Entry point of a worker process: load, report, then answer requests forever."""
+    from pathlib import Path
+
+    from shipyard.runtimes.base import LoadSpec
+    from shipyard.runtimes.detect import flavor_named
+    from shipyard.signature import Signature
+
+    signature = Signature.model_validate(spec.signature) if spec.signature else None
+    try:
+        runtime = flavor_named(spec.flavor).load(
+            LoadSpec(Path(spec.path), signature, dict(spec.details))
+        )
+        _warm_up(runtime, signature)
+    except BaseException as exc:
+        connection.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    connection.send(("ready", None))
+    while True:
+        try:
+            request_id, inputs, outputs = connection.recv()
+        except EOFError:
+            return  # the server went away
+        try:
+            result = runtime.predict(inputs, outputs)
+            reply: tuple[int, bool, Any] = (request_id, True, result)
+        except Exception as exc:
+            reply = (request_id, False, f"{type(exc).__name__}: {exc}")
+        connection.send(reply)
+
+
+class Worker:
+    """The server's handle on one worker process."""
+
+    def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
+        self.spec = spec
+        self.loop = loop
+        self.connection, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(
+            target=worker_main, args=(child, spec), daemon=True, name=f"shipyard-{spec.key}"
+        )
+        self.process.start()
+        child.close()
+        self.pending: dict[int, asyncio.Future[Tensors]] = {}
+        self.alive = False
+        self._send_lock = threading.Lock()
+        self.on_death: Any = None
+
+    def wait_ready(self) -> None:
+        """Block (in a thread) until the model is loaded; raise ModelNotReady if it failed."""
+        try:
+            state, detail = self.connection.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            raise ModelNotReady(
+                f"{self.spec.key}: worker died while loading (exit code {self.process.exitcode})"
+            ) from None
+        if state != "ready":
+            self.process.join(timeout=5)
+            raise ModelNotReady(f"{self.spec.key} failed to load: {detail}")
+        self.alive = True
+        threading.Thread(target=self._read_replies, daemon=True).start()
+
+    def _read_replies(self) -> None:
+        while True:
+            try:
+                request_id, ok, payload = self.connection.recv()
+            except (EOFError, OSError):
+                self.loop.call_soon_threadsafe(self._died)
+                return
+            self.loop.call_soon_threadsafe(self._resolve, request_id, ok, payload)
+
+    def _resolve(self, request_id: int, ok: bool, payload: Any) -> None:
+        future = self.pending.pop(request_id, None)
+        if future is None or future.done():
+            return  # its deadline passed; nobody is waiting
+        if ok:
+            future.set_result(payload)
+        else:
+            future.set_exception(ModelFailed(f"model raised {payload}"))
+
+    def _died(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.process.join(timeout=1)
+        code = self.process.exitcode
+        log.warning("worker for %s died (exit code %s)", self.spec.key, code)
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(
+                    WorkerCrashed(f"the worker serving {self.spec.key} crashed; retry the request")
+                )
+        self.pending.clear()
+        if self.on_death is not None:
+            self.on_death(self)
+
+    def submit(self, request_id: int, inputs: Tensors, outputs: list[str] | None) -> None:
+        future: asyncio.Future[Tensors] = self.loop.create_future()
+        self.pending[request_id] = future
+        try:
+            with self._send_lock:
+                self.connection.send((request_id, inputs, outputs))
+        except (OSError, ValueError):
+            self.pending.pop(request_id, None)
+            raise WorkerCrashed(f"the worker serving {self.spec.key} is gone") from None
+
+    def stop(self) -> None:
+        self.alive = False
+        self.connection.close()
+        self.process.terminate()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+
+
+class WorkerPool:
+    """N worker processes for one model version; requests go to the least busy."""
+
+    def __init__(self, spec: WorkerSpec, processes: int = 1) -> None:
+        self.spec = spec
+        self.size = max(1, processes)
+        self.workers: list[Worker] = []
+        self._ids = itertools.count()
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has loaded and warmed the model."""
+        for _ in range(self.size):
+            await self._add_worker()
+
+    async def _add_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        worker = Worker(self.spec, loop)
+        try:
+            await loop.run_in_executor(None, worker.wait_ready)
+        except BaseException:
+            worker.stop()
+            raise
+        worker.on_death = self._replace
+        if self._closed:
+            worker.stop()
+            return
+        self.workers.append(worker)
+
+    def _replace(self, dead: Worker) -> None:
+        if dead in self.workers:
+            self.workers.remove(dead)
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._add_worker())
+        task.add_done_callback(self._log_replacement)
+
+    def _log_replacement(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not replace worker for %s: %s", self.spec.key, task.exception())
+
+    async def predict(self, inputs: Tensors, outputs: list[str] | None, timeout: float) -> Tensors:
+        live = [w for w in self.workers if w.alive]
+        if not live:
+            raise ModelNotReady(f"{self.spec.key} has no live worker right now; retry shortly")
+        worker = min(live, key=lambda w: len(w.pending))
+        request_id = next(self._ids)
+        worker.submit(request_id, inputs, outputs)
+        future = worker.pending[request_id]
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            worker.pending.pop(request_id, None)
+            raise DeadlineExceeded(f"{self.spec.key} did not answer within {timeout:g} s") from None
+
+    async def close(self) -> None:
+        self._closed = True
+        workers, self.workers = self.workers, []
+        loop = asyncio.get_running_loop()
+        for worker in workers:
+            await loop.run_in_executor(None, worker.stop)
