@@ -44,8 +44,17 @@ def running_server(
     env: dict[str, str], *extra_args: str, cwd: Path | None = None, timeout: float = 60
 ) -> Iterator[RunningServer]:
     """Run `shipyard server --port 0` with `env` added to the environment."""
+    with running_shipyard(env, "server", *extra_args, cwd=cwd, timeout=timeout) as server:
+        yield server
+
+
+@contextmanager
+def running_shipyard(
+    env: dict[str, str], command: str, *args: str, cwd: Path | None = None, timeout: float = 60
+) -> Iterator[RunningServer]:
+    """Run `shipyard COMMAND ARGS --host 127.0.0.1 --port 0` until it reports its URL."""
     process = subprocess.Popen(
-        [*shipyard_command(), "server", "--host", "127.0.0.1", "--port", "0", *extra_args],
+        [*shipyard_command(), command, *args, "--host", "127.0.0.1", "--port", "0"],
         env={**os.environ, **env},
         cwd=cwd,
         stdout=subprocess.PIPE,

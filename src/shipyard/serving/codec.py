@@ -57,10 +57,20 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
             f"{where}: 'data' has {parsed.size} elements but shape {list(shape)} "
             f"needs {math.prod(shape)}"
         )
+    target = NUMPY_DTYPES[datatype]
+    # numpy's astype wraps integers and overflows floats to inf silently: check ranges.
+    if parsed.size and target.kind in "iu" and parsed.dtype.kind in "iu":
+        info = np.iinfo(target)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise InvalidInput(f"{where}: values do not fit {datatype}")
     try:
-        return parsed.astype(NUMPY_DTYPES[datatype], copy=False).reshape(shape)
+        with np.errstate(over="ignore"):  # overflow to inf is caught just below
+            array = parsed.astype(target, copy=False).reshape(shape)
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"{where}: values do not fit {datatype} ({_short(exc)})") from None
+    if target.kind == "f" and parsed.size and np.isinf(array).any():
+        raise InvalidInput(f"{where}: values do not fit {datatype}")
+    return array
 
 
 def _from_binary(
