@@ -141,6 +141,7 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
+    await _dataplane(request).manager.resolve(name, version)  # unknown model: 404 before parsing
     body = await _body(request)
     header = request.headers.get(codec.HEADER_LENGTH)
     if header is not None and not header.isdigit():
