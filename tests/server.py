@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _RUNNING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
+_GRPC = re.compile(r"gRPC running on (\S+)")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RunningServer:
     url: str
     process: subprocess.Popen[str]
     log: list[str] = field(default_factory=list)
+    grpc_target: str | None = None
 
 
 def _pump(stream: object, lines: queue.Queue[str | None], log: list[str]) -> None:
@@ -54,7 +56,17 @@ def running_shipyard(
 ) -> Iterator[RunningServer]:
     """Run `shipyard COMMAND ARGS --host 127.0.0.1 --port 0` until it reports its URL."""
     process = subprocess.Popen(
-        [*shipyard_command(), command, *args, "--host", "127.0.0.1", "--port", "0"],
+        [
+            *shipyard_command(),
+            command,
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+        ],
         env={**os.environ, **env},
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -68,6 +80,7 @@ def running_shipyard(
     pump.start()
     try:
         url = None
+        grpc_target = None
         while url is None:
             try:
                 line = lines.get(timeout=timeout)
@@ -75,10 +88,13 @@ def running_shipyard(
                 raise RuntimeError("server did not start in time:\n" + "".join(log)) from None
             if line is None:
                 raise RuntimeError("server exited during start:\n" + "".join(log))
+            grpc_match = _GRPC.search(line)
+            if grpc_match:
+                grpc_target = grpc_match.group(1)
             match = _RUNNING.search(line)
             if match:
                 url = match.group(1)
-        yield RunningServer(url=url, process=process, log=log)
+        yield RunningServer(url=url, process=process, log=log, grpc_target=grpc_target)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ from shipyard.config import Settings
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.grpc_v2.servicer import start_grpc_server
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.rest import router as inference_router
 
@@ -24,11 +25,13 @@ def build_app(
     settings: Settings,
     registry: Registry | None = None,
     default_model: ModelRef | None = None,
+    grpc_address: tuple[str, int] | None = None,
 ) -> FastAPI:
     """The full application: control plane and data plane over one registry.
 
     `default_model` is what `/invocations` scores; it is loaded before the
-    server reports ready.
+    server reports ready. With `grpc_address` the gRPC data plane runs beside
+    REST on the same event loop.
     """
     registry = registry or Registry.open(settings)
 
@@ -43,9 +46,21 @@ def build_app(
             elif default_model.alias is not None:
                 version = default_model.alias
             await manager.load(default_model.name, version)
+        grpc_server = None
+        if grpc_address is not None:
+            grpc_server, port = await start_grpc_server(
+                app.state.dataplane,
+                grpc_address[0],
+                grpc_address[1],
+                max_message_bytes=settings.max_body_bytes,
+                max_elements=settings.max_tensor_elements,
+            )
+            log.info("gRPC running on %s:%d", grpc_address[0], port)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
             await manager.close()
             registry.close()
 
@@ -57,13 +72,18 @@ def build_app(
     return app
 
 
-def run(app: FastAPI, *, host: str, port: int) -> None:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def run(app: FastAPI, *, host: str, port: int) -> None:
+    configure_logging()
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
+def serve(settings: Settings, *, host: str, port: int, grpc_port: int | None) -> None:
     """`shipyard server`: the control plane and every registered model (loaded on demand)."""
     log.info("registry %s", settings.redacted_database_url)
-    run(build_app(settings), host=host, port=port)
+    grpc_address = (host, grpc_port) if grpc_port is not None else None
+    run(build_app(settings, grpc_address=grpc_address), host=host, port=port)

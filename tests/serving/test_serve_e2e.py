@@ -3,6 +3,9 @@ V2 REST binary and MLflow /invocations; answers equal the in-process predict."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +219,82 @@ def test_metadata_and_readiness(served: tuple[Case, RunningServer]) -> None:
     assert metadata["name"] == name
     assert metadata["versions"] == ["1"]
     assert httpx.get(f"{server.url}/v2/models/ghost").status_code == 404
+
+
+TRITON_SCRIPT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as triton
+
+target, model, inputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = triton.InferenceServerClient(url=target)
+assert client.is_server_live() and client.is_model_ready(model)
+tensors = []
+for name, (datatype, values) in inputs.items():
+    array = np.array(values, dtype={"FP64": np.float64, "FP32": np.float32}[datatype])
+    tensor = triton.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    tensors.append(tensor)
+result = client.infer(model, tensors, model_version="1", request_id="g-1")
+response = result.get_response()
+print(json.dumps({
+    "id": response.id,
+    "versions": list(client.get_model_metadata(model).versions),
+    "outputs": {o.name: [o.datatype, result.as_numpy(o.name).tolist()] for o in response.outputs},
+}))
+"""
+
+
+def test_grpc_with_a_third_party_client(served: tuple[Case, RunningServer]) -> None:
+    """tritonclient speaks the Open Inference Protocol over gRPC; it must work unchanged.
+
+    It runs in its own process: its generated protobuf module registers the same
+    `inference.*` message names as ours, and one process cannot hold both.
+    """
+    case, server = served
+    assert server.grpc_target is not None
+    inputs = {n: [_datatype(a), a.tolist()] for n, a in case.inputs.items()}
+    result = subprocess.run(
+        [sys.executable, "-c", TRITON_SCRIPT, server.grpc_target, _v2_name(case),
+         json.dumps(inputs)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["id"] == "g-1"
+    assert answer["versions"] == ["1"]
+    outputs = {
+        name: np.array(values, dtype=np.float32 if datatype == "FP32" else None)
+        for name, (datatype, values) in answer["outputs"].items()
+    }
+    _assert_outputs(outputs, case.expected)
+
+
+def test_grpc_typed_contents(served: tuple[Case, RunningServer]) -> None:
+    """Our own stubs, sending typed contents (not raw bytes), get typed contents back."""
+    import grpc
+
+    from shipyard.serving.grpc_v2 import inference_pb2 as pb
+    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+
+    case, server = served
+    assert server.grpc_target is not None
+    request = pb.ModelInferRequest(model_name=_v2_name(case))
+    for name, array in case.inputs.items():
+        tensor = request.inputs.add(name=name, datatype=_datatype(array), shape=array.shape)
+        field = "fp32_contents" if array.dtype == np.float32 else "fp64_contents"
+        getattr(tensor.contents, field).extend(array.reshape(-1).tolist())
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        outputs = {}
+        for output in response.outputs:
+            field = {"FP64": "fp64_contents", "FP32": "fp32_contents", "INT64": "int64_contents"}
+            values = getattr(output.contents, field[output.datatype])
+            dtype = np.float32 if output.datatype == "FP32" else None
+            outputs[output.name] = np.array(values, dtype=dtype).reshape(tuple(output.shape))
+        _assert_outputs(outputs, case.expected)
+        with pytest.raises(grpc.RpcError) as missing:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                pb.ModelInferRequest(model_name="ghost"), timeout=10
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

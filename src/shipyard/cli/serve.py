@@ -11,6 +11,7 @@ def serve(
     model: str = typer.Argument(..., help="A model file or folder, or NAME[:VERSION|@ALIAS]."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="REST port."),
+    grpc_port: int = typer.Option(8001, help="gRPC port (-1 turns gRPC off)."),
     workers: int = typer.Option(1, help="Worker processes for the model."),
     signature_from: Path | None = typer.Option(
         None, help="Example .csv/.parquet giving a file's signature."
@@ -27,8 +28,9 @@ def serve(
     from shipyard.registry.records import RegistrationOptions
     from shipyard.registry.refs import ModelRef, parse_ref
     from shipyard.registry.service import Registry
-    from shipyard.server import build_app, run
+    from shipyard.server import build_app, configure_logging, run
 
+    configure_logging()
     settings = Settings()
     settings = settings.model_copy(update={"workers_per_model": workers})
     path = Path(model)
@@ -42,4 +44,6 @@ def serve(
     else:
         ref = parse_ref(model)
         registry = Registry.open(settings)
-    run(build_app(settings, registry, default_model=ref), host=host, port=port)
+    grpc_address = (host, grpc_port) if grpc_port >= 0 else None
+    app = build_app(settings, registry, default_model=ref, grpc_address=grpc_address)
+    run(app, host=host, port=port)

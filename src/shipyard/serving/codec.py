@@ -73,7 +73,7 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
     return array
 
 
-def _from_binary(
+def array_from_bytes(
     chunk: memoryview, datatype: str, shape: tuple[int, ...], where: str
 ) -> np.ndarray:
     count = math.prod(shape)
@@ -149,7 +149,7 @@ def decode_request(
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(f"{where}: binary_data_size does not fit the binary body")
-            array = _from_binary(binary[offset : offset + size], datatype, shape, where)
+            array = array_from_bytes(binary[offset : offset + size], datatype, shape, where)
             offset += size
         elif "data" in raw:
             array = _from_json_data(raw["data"], datatype, shape, where)
@@ -198,7 +198,7 @@ def _json_data(array: np.ndarray) -> list[Any]:
     return flat.tolist()
 
 
-def _binary_data(array: np.ndarray, datatype: str) -> bytes:
+def array_to_bytes(array: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
         parts = []
         for item in array.reshape(-1):
@@ -224,7 +224,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
             "shape": tensor.shape,
         }
         if request.binary_output or tensor.name in binary_names:
-            chunk = _binary_data(tensor.data, tensor.datatype)
+            chunk = array_to_bytes(tensor.data, tensor.datatype)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:

@@ -1,0 +1,147 @@
+"""gRPC transport of the data plane: `inference.GRPCInferenceService` on grpc.aio."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from shipyard import __version__
+from shipyard.errors import ShipyardError
+from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.grpc_v2 import inference_pb2 as pb
+from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+from shipyard.serving.grpc_v2.converters import request_from_proto, response_to_proto
+
+log = logging.getLogger("shipyard.grpc")
+
+# The one table from Shipyard's HTTP statuses to gRPC codes.
+STATUS_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+Reply = TypeVar("Reply")
+
+
+def _translate_errors(
+    method: Callable[[Any, Any, Any], Awaitable[Reply]],
+) -> Callable[[Any, Any, Any], Awaitable[Reply]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Any) -> Reply:
+        try:
+            return await method(self, request, context)
+        except ShipyardError as exc:
+            code = STATUS_CODES.get(int(exc.status), grpc.StatusCode.INTERNAL)
+            await context.abort(code, exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("gRPC %s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, max_elements: int) -> None:
+        self.dataplane = dataplane
+        self.manager = dataplane.manager
+        self.max_elements = max_elements
+
+    @_translate_errors
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @_translate_errors
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        loading = any(m.state == "loading" for m in self.manager.models.values())
+        return pb.ServerReadyResponse(ready=not loading)
+
+    @_translate_errors
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        record = await self.manager.resolve(request.name, request.version or None)
+        loaded = self.manager.models.get(f"{record.model}:{record.version}")
+        return pb.ModelReadyResponse(ready=loaded is not None and loaded.state == "ready")
+
+    @_translate_errors
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(
+            name="shipyard", version=__version__, extensions=["model_repository"]
+        )
+
+    @_translate_errors
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        record = await self.manager.resolve(request.name, request.version or None)
+        signature = record.signature
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=record.model,
+            versions=[str(record.version)],
+            platform=record.flavor,
+            inputs=[tensors(name=s.name, datatype=s.datatype, shape=s.shape)
+                    for s in (signature.inputs if signature else [])],
+            outputs=[tensors(name=s.name, datatype=s.datatype, shape=s.shape)
+                     for s in (signature.outputs if signature else [])],
+        )  # fmt: skip
+
+    @_translate_errors
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self.manager.resolve(request.model_name, request.model_version or None)
+        infer_request = request_from_proto(request, self.max_elements)
+        response = await self.dataplane.infer(
+            request.model_name, request.model_version or None, infer_request
+        )
+        return response_to_proto(response, infer_request)
+
+    @_translate_errors
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=m.record.model, version=str(m.record.version),
+                      state=m.state.upper(), reason=m.reason)
+                for m in self.manager.models.values()
+                if not request.ready or m.state == "ready"
+            ]
+        )  # fmt: skip
+
+    @_translate_errors
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self.manager.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_translate_errors
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+async def start_grpc_server(
+    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, max_elements: int
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving on host:port (0 = any free port); returns the server and its port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        InferenceServicer(dataplane, max_elements), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound
