@@ -75,3 +75,8 @@ def test_one_column_as_n_by_1_is_accepted() -> None:
 def test_no_signature_passes_through() -> None:
     given = [tensor("anything", "FP32", [1.0], "float32")]
     assert list(conform(given, None)) == ["anything"]
+
+
+def test_empty_tensors_never_reach_the_model() -> None:
+    with pytest.raises(InvalidInput, match="input 'input-0' is empty"):
+        conform([Tensor("input-0", "FP64", np.zeros((0, 4)))], MATRIX)

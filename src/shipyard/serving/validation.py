@@ -47,6 +47,9 @@ def _conform_one(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
 
 def conform(inputs: list[Tensor], signature: Signature | None) -> Tensors:
     """Check and cast request tensors to the signature; return name -> array for the model."""
+    for tensor in inputs:
+        if tensor.data.size == 0:
+            raise InvalidInput(f"input {tensor.name!r} is empty: send at least one row")
     if signature is None or not signature.inputs:
         return {tensor.name: tensor.data for tensor in inputs}
     given = {tensor.name: tensor for tensor in inputs}
