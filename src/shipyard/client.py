@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+import numpy as np
 from pydantic import BaseModel
 
 from shipyard.errors import Conflict, InvalidInput, NotFound, ShipyardError
 from shipyard.registry import records
 from shipyard.registry.lineage import detect_code_commit, source_uri
 from shipyard.registry.refs import ModelRef, parse_ref
+from shipyard.signature import datatype_from_numpy
 
 if TYPE_CHECKING:
     from shipyard.config import Settings
@@ -195,6 +197,43 @@ class Client:
         return records.Model.model_validate(
             self._call("POST", f"/api/models/{name}/archive").json()
         )
+
+    # ---- data plane -------------------------------------------------------
+
+    @staticmethod
+    def _v2_path(ref: ModelRef) -> str:
+        if ref.is_model:
+            return f"/v2/models/{ref.name}"
+        return f"/v2/models/{ref.name}/versions/{_version_segment(ref)}"
+
+    def model_metadata(self, ref: str | ModelRef) -> dict[str, Any]:
+        """V2 model metadata: name, versions, platform, inputs, outputs."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        result: dict[str, Any] = self._call("GET", self._v2_path(ref)).json()
+        return result
+
+    def infer(
+        self, ref: str | ModelRef, inputs: dict[str, np.ndarray]
+    ) -> tuple[str, dict[str, np.ndarray]]:
+        """Predict over V2 REST: returns the version that answered and its named outputs."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        body = {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(array.shape),
+                    "datatype": datatype_from_numpy(array.dtype),
+                    "data": array.reshape(-1).tolist(),
+                }
+                for name, array in inputs.items()
+            ]
+        }
+        document = self._call("POST", f"{self._v2_path(ref)}/infer", json=body, timeout=None).json()
+        outputs = {
+            output["name"]: np.array(output["data"]).reshape(output["shape"])
+            for output in document["outputs"]
+        }
+        return str(document["model_version"]), outputs
 
 
 class LocalClient:

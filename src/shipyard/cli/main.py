@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from shipyard.cli import models, serve, server
+from shipyard.cli import models, predict, serve, server
 
 app = typer.Typer(
     name="shipyard",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.command("server")(server.server)
 app.command("serve")(serve.serve)
+app.command("predict")(predict.predict)
 
 
 def main() -> None:
