@@ -147,3 +147,16 @@ def write_python_model(folder: Path) -> Path:
     path = folder / "doubler.py"
     path.write_text(PYTHON_MODEL)
     return path
+
+
+def write_torchscript_model(folder: Path) -> Path:
+    """A scripted linear layer with fixed weights: y = x @ W.T + b."""
+    import torch
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(len(FEATURES), 2).double()
+    scripted = torch.jit.script(layer)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "linear.pt"
+    scripted.save(str(path))
+    return path

@@ -161,3 +161,17 @@ def test_skops_with_foreign_types_is_refused(tmp_path: Path) -> None:
     sio.dump(FunctionTransformer(func=json.dumps), tmp_path / "sneaky.skops")
     with pytest.raises(UnsupportedModel, match=r"will not load from a skops file: json\.dumps"):
         inspect_model(tmp_path / "sneaky.skops")
+
+
+def test_torchscript(tmp_path: Path) -> None:
+    found = inspect_model(fixtures.write_torchscript_model(tmp_path))
+    assert found.flavor == "torchscript"
+    assert found.details["forward_arguments"] == ["input"]
+
+
+def test_plain_torch_save_is_not_torchscript(tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "state.pt")
+    with pytest.raises(UnsupportedModel, match="torchscript: not a TorchScript archive"):
+        inspect_model(tmp_path / "state.pt")

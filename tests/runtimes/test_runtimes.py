@@ -104,3 +104,13 @@ def test_plain_python(tmp_path: Path) -> None:
     path = fixtures.write_python_model(tmp_path)
     result = load(path).predict({"values": np.array([1.0, 2.5])})
     np.testing.assert_array_equal(result["predict"], [2.0, 5.0])
+
+
+def test_torchscript(tmp_path: Path) -> None:
+    import torch
+
+    path = fixtures.write_torchscript_model(tmp_path)
+    features, _ = fixtures.training_data(rows=4, seed=9)
+    expected = torch.jit.load(str(path))(torch.from_numpy(features)).detach().numpy()
+    result = load(path).predict({"input": features})
+    np.testing.assert_array_equal(result["predict"], expected)

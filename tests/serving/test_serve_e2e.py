@@ -95,6 +95,14 @@ def _python(tmp: Path) -> Case:
     return Case(path, {"values": values}, {"predict": values * 2}, columnar=False)
 
 
+def _torchscript(tmp: Path) -> Case:
+    import torch
+
+    path = fixtures.write_torchscript_model(tmp)
+    predicted = torch.jit.load(str(path))(torch.from_numpy(ROWS)).detach().numpy()
+    return Case(path, {"input": ROWS}, {"predict": predicted}, columnar=False)
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "sklearn": _sklearn,
     "skops": _skops,
@@ -102,6 +110,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "lightgbm": _lightgbm,
     "onnx": _onnx,
     "mlflow": _mlflow,
+    "torchscript": _torchscript,
     "python": _python,
 }
 

@@ -11,6 +11,7 @@ from shipyard.runtimes.mlflow import MLflowFlavor
 from shipyard.runtimes.onnx import OnnxFlavor
 from shipyard.runtimes.python import PythonFlavor
 from shipyard.runtimes.sklearn import SklearnFlavor, SkopsFlavor
+from shipyard.runtimes.torch import TorchScriptFlavor
 from shipyard.runtimes.xgboost import XGBoostFlavor
 
 # MLflow first: its folders may hold files other flavors would claim. Python
@@ -22,6 +23,7 @@ FLAVORS: tuple[Flavor, ...] = (
     XGBoostFlavor(),
     LightGBMFlavor(),
     OnnxFlavor(),
+    TorchScriptFlavor(),
     PythonFlavor(),
 )
 
