@@ -105,3 +105,44 @@ def test_unknown_model_and_version_are_404(server: RunningServer) -> None:
         f"{server.url}/v2/models/trouble/versions/9/infer", json={"inputs": []}, timeout=10
     )
     assert missing.status_code == 404
+
+
+def test_grpc_message_over_the_limit_is_resource_exhausted(server: RunningServer) -> None:
+    import grpc
+
+    from shipyard.serving.grpc_v2 import inference_pb2 as pb
+    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+
+    assert server.grpc_target is not None
+    request = pb.ModelInferRequest(model_name="trouble")
+    request.inputs.add(name="v", datatype="FP64", shape=[20_000])
+    request.raw_input_contents.append(b"\x00" * 160_000)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "100000" in str(refused.value.details())
+        small = pb.ModelInferRequest(model_name="trouble")
+        small.inputs.add(name="v", datatype="FP64", shape=[1]).contents.fp64_contents.append(0)
+        assert stub.ModelInfer(small, timeout=10).outputs[0].contents.fp64_contents == [0]
+
+
+def test_grpc_reflection_lists_the_service(server: RunningServer) -> None:
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    assert server.grpc_target is not None
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {s.name for s in answer.list_services_response.service}
+        assert "inference.GRPCInferenceService" in names
+
+
+def test_data_plane_is_in_the_openapi_document(server: RunningServer) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
+                 "/invocations", "/v2/health/ready", "/api/models"):  # fmt: skip
+        assert path in paths

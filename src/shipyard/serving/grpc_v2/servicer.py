@@ -139,6 +139,10 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
+    from grpc_reflection.v1alpha import reflection
+
+    service_name = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+    reflection.enable_server_reflection([service_name, reflection.SERVICE_NAME], server)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
         InferenceServicer(dataplane, max_elements), server
     )
