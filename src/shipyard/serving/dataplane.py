@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, ModelNotReady
 from shipyard.serving.codec import output_datatype
 from shipyard.serving.manager import LoadedModel, ModelManager
 from shipyard.serving.types import InferRequest, InferResponse, Tensor
@@ -34,7 +34,10 @@ class DataPlane:
         loaded = await self.manager.get_ready(name, version, timeout)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
-        result = await loaded.pool.predict(inputs, wanted, timeout)  # type: ignore[union-attr]
+        pool = loaded.pool
+        if pool is None:  # unloaded between the readiness check and now
+            raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
+        result = await pool.predict(inputs, wanted, timeout)
         outputs = [
             Tensor(out_name, output_datatype(array), array)
             for out_name, array in result.items()

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse, Response
 
 from shipyard import __version__
 from shipyard.errors import InvalidInput, NotFound, PayloadTooLarge
+from shipyard.registry.records import ModelVersion
 from shipyard.serving import codec, mlflow_protocol
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.manager import LoadedModel
 
 router = APIRouter(tags=["inference"])
 
@@ -80,14 +80,11 @@ async def _body(request: Request) -> bytes:
     return bytes(body)
 
 
-def _metadata(loaded_or_record: Any, versions: list[str]) -> dict[str, Any]:
-    record = (
-        loaded_or_record.record if isinstance(loaded_or_record, LoadedModel) else (loaded_or_record)
-    )
+def _metadata(record: ModelVersion) -> dict[str, Any]:
     signature = record.signature
     return {
         "name": record.model,
-        "versions": versions,
+        "versions": [str(record.version)],
         "platform": record.flavor,
         "inputs": [s.model_dump() for s in signature.inputs] if signature else [],
         "outputs": [s.model_dump() for s in signature.outputs] if signature else [],
@@ -126,7 +123,7 @@ async def ready(request: Request) -> Response:
 async def _model_metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
     manager = _dataplane(request).manager
     record = await manager.resolve(name, version)
-    return _metadata(record, [str(record.version)])
+    return _metadata(record)
 
 
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
