@@ -175,3 +175,25 @@ def test_plain_torch_save_is_not_torchscript(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "state.pt")
     with pytest.raises(UnsupportedModel, match="torchscript: not a TorchScript archive"):
         inspect_model(tmp_path / "state.pt")
+
+
+def test_missing_framework_names_the_extra(tmp_path: Path) -> None:
+    """Without xgboost installed, an XGBoost file is refused with the pip extra to install."""
+    import subprocess
+    import sys
+
+    path = fixtures.write_xgboost_model(tmp_path, ".ubj")
+    script = (
+        "import sys; sys.modules['xgboost'] = None\n"
+        "from pathlib import Path\n"
+        "from shipyard.errors import MissingExtra\n"
+        "from shipyard.runtimes.detect import inspect_model\n"
+        "try:\n"
+        f"    inspect_model(Path({str(path)!r}))\n"
+        "except MissingExtra as exc:\n"
+        "    print(exc.message)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == (
+        "xgboost is not installed; install it with: pip install 'shipyard[xgboost]'"
+    )

@@ -128,7 +128,11 @@ def to_request(tensors: Tensors, signature: Signature | None) -> InferRequest:
 
 
 def encode_predictions(outputs: list[Tensor]) -> bytes:
-    def plain(array: np.ndarray) -> Any:
+    def plain(value: Any) -> Any:
+        array = np.asarray(value)
+        if array.ndim == 0:
+            item = array.item()
+            return item.decode() if isinstance(item, bytes) else item
         if array.dtype.kind in "OSU":
             return [x.decode() if isinstance(x, bytes) else x for x in array.tolist()]
         return array.tolist()
