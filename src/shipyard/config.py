@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     workers_per_model: int = Field(
         default=1, ge=1, description="Worker processes per loaded model version."
     )
+    max_batch_size: int = Field(
+        default=64, ge=1, description="Most rows one dynamic batch may hold (1 = no batching)."
+    )
+    max_queue: int = Field(
+        default=256, ge=1, description="Requests that may wait per model before 503s."
+    )
     request_timeout: float = Field(
         default=30.0, gt=0, description="Default per-request deadline in seconds (504 after)."
     )

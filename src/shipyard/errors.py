@@ -89,3 +89,9 @@ class ModelFailed(ShipyardError):
     """The model itself raised: reported by type and message, never a traceback."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class Overloaded(ShipyardError):
+    """Too much queued already, or the deadline cannot be met: refused at once."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE

@@ -37,7 +37,12 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = ModelManager(registry, workers_per_model=settings.workers_per_model)
+        manager = ModelManager(
+            registry,
+            workers_per_model=settings.workers_per_model,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue,
+        )
         app.state.dataplane = DataPlane(manager, timeout=settings.request_timeout)
         if default_model is not None:
             version = None

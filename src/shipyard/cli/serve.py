@@ -31,12 +31,17 @@ def serve(
     from shipyard.server import build_app, configure_logging, run
 
     configure_logging()
-    settings = Settings()
-    settings = settings.model_copy(update={"workers_per_model": workers})
+    settings = Settings(workers_per_model=workers)
     path = Path(model)
     if path.exists():
-        scratch = tempfile.mkdtemp(prefix="shipyard-serve-")
-        settings = Settings(home=Path(scratch), workers_per_model=workers, user=settings.user)
+        # A throwaway registry, whatever SHIPYARD_DATABASE_URL/ARTIFACT_ROOT say.
+        scratch = Path(tempfile.mkdtemp(prefix="shipyard-serve-"))
+        settings = Settings(
+            home=scratch,
+            database_url=f"sqlite:///{scratch / 'registry.db'}",
+            artifact_root=str(scratch / "artifacts"),
+            workers_per_model=workers,
+        )
         registry = Registry.open(settings)
         name = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem) or "model"
         version = registry.register(path, RegistrationOptions(name=name), signature_from)

@@ -44,9 +44,17 @@ class LoadedModel:
 class ModelManager:
     """Loads versions into worker pools on demand and keeps track of them."""
 
-    def __init__(self, registry: Registry, workers_per_model: int = 1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        workers_per_model: int = 1,
+        max_batch_size: int = 64,
+        max_queue: int = 256,
+    ) -> None:
         self.registry = registry
         self.workers_per_model = workers_per_model
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
         self.models: dict[str, LoadedModel] = {}
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
@@ -116,6 +124,8 @@ class ModelManager:
                         details=loaded.record.flavor_details,
                     ),
                     processes=self.workers_per_model,
+                    max_batch_rows=self.max_batch_size,
+                    max_queue=self.max_queue,
                 )
                 await pool.start()
             except ShipyardError as exc:

@@ -9,18 +9,28 @@ requests it held, with 503, and is replaced.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
+import math
 import multiprocessing
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from shipyard.errors import DeadlineExceeded, ModelFailed, ModelNotReady, WorkerCrashed
+from shipyard.errors import (
+    DeadlineExceeded,
+    ModelFailed,
+    ModelNotReady,
+    Overloaded,
+    WorkerCrashed,
+)
 from shipyard.runtimes.base import Tensors
+from shipyard.serving.batching import Pending, concat, split, take_batch
 
 log = logging.getLogger("shipyard.workers")
 _CONTEXT = multiprocessing.get_context("spawn")  # fork would copy the server's threads
@@ -152,7 +162,9 @@ class Worker:
         if self.on_death is not None:
             self.on_death(self)
 
-    def submit(self, request_id: int, inputs: Tensors, outputs: list[str] | None) -> None:
+    def submit(
+        self, request_id: int, inputs: Tensors, outputs: list[str] | None
+    ) -> asyncio.Future[Tensors]:
         future: asyncio.Future[Tensors] = self.loop.create_future()
         self.pending[request_id] = future
         try:
@@ -161,6 +173,7 @@ class Worker:
         except (OSError, ValueError):
             self.pending.pop(request_id, None)
             raise WorkerCrashed(f"the worker serving {self.spec.key} is gone") from None
+        return future
 
     def stop(self) -> None:
         self.alive = False
@@ -173,12 +186,29 @@ class Worker:
 
 
 class WorkerPool:
-    """N worker processes for one model version; requests go to the least busy."""
+    """N worker processes for one model version, fed by a bounded queue.
 
-    def __init__(self, spec: WorkerSpec, processes: int = 1) -> None:
+    A worker runs one batch at a time. Requests that arrive while every worker
+    is busy wait in the queue and leave it together as one batch (see
+    batching.py). Admission happens on arrival: a full queue, or a wait that
+    cannot meet the request's deadline, is refused at once with 503.
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        processes: int = 1,
+        max_batch_rows: int = 64,
+        max_queue: int = 256,
+    ) -> None:
         self.spec = spec
         self.size = max(1, processes)
+        self.max_batch_rows = max(1, max_batch_rows)
+        self.max_queue = max(1, max_queue)
         self.workers: list[Worker] = []
+        self.queue: deque[Pending] = deque()
+        self.batch_seconds = 0.0
+        """Moving average of one batch's service time, for deadline admission."""
         self._ids = itertools.count()
         self._closed = False
 
@@ -200,6 +230,7 @@ class WorkerPool:
             worker.stop()
             return
         self.workers.append(worker)
+        self._dispatch()
 
     def _replace(self, dead: Worker) -> None:
         if dead in self.workers:
@@ -213,19 +244,88 @@ class WorkerPool:
         if not task.cancelled() and task.exception() is not None:
             log.error("could not replace worker for %s: %s", self.spec.key, task.exception())
 
-    async def predict(self, inputs: Tensors, outputs: list[str] | None, timeout: float) -> Tensors:
-        live = [w for w in self.workers if w.alive]
-        if not live:
+    def _admit(self, live: int, timeout: float) -> None:
+        if live == 0:
             raise ModelNotReady(f"{self.spec.key} has no live worker right now; retry shortly")
-        worker = min(live, key=lambda w: len(w.pending))
-        request_id = next(self._ids)
-        worker.submit(request_id, inputs, outputs)
-        future = worker.pending[request_id]
+        if len(self.queue) >= self.max_queue:
+            raise Overloaded(
+                f"{self.spec.key} is overloaded ({len(self.queue)} requests queued); retry shortly"
+            )
+        batches_ahead = math.ceil((len(self.queue) + 1) / self.max_batch_rows / live)
+        expected = batches_ahead * self.batch_seconds
+        if expected > timeout:
+            raise Overloaded(
+                f"{self.spec.key} cannot answer within {timeout:g} s "
+                f"(about {expected:.2f} s of work is queued); retry shortly"
+            )
+
+    async def predict(self, inputs: Tensors, outputs: list[str] | None, timeout: float) -> Tensors:
+        live = sum(1 for w in self.workers if w.alive)
+        self._admit(live, timeout)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
+        item = Pending(inputs, tuple(outputs) if outputs else None, future, loop.time() + timeout)
+        self.queue.append(item)
+        self._dispatch()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            worker.pending.pop(request_id, None)
+            if item in self.queue:
+                self.queue.remove(item)  # never start work nobody waits for
             raise DeadlineExceeded(f"{self.spec.key} did not answer within {timeout:g} s") from None
+
+    def _dispatch(self) -> None:
+        """Give every idle worker the next batch from the queue."""
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            if not self.queue:
+                return
+            if not worker.alive or worker.pending:
+                continue
+            now = loop.time()
+            while self.queue and (self.queue[0].future.done() or self.queue[0].deadline < now):
+                self.queue.popleft()  # its caller has stopped waiting
+            if not self.queue:
+                return
+            batch = take_batch(self.queue, self.max_batch_rows)
+            wanted = list(batch[0].outputs) if batch[0].outputs else None
+            try:
+                result = worker.submit(next(self._ids), concat(batch), wanted)
+            except WorkerCrashed as exc:
+                self._fail(batch, exc)
+                continue
+            started = loop.time()
+            result.add_done_callback(functools.partial(self._finish, batch, started))
+
+    def _finish(self, batch: list[Pending], started: float, done: asyncio.Future[Tensors]) -> None:
+        elapsed = asyncio.get_running_loop().time() - started
+        self.batch_seconds = (
+            elapsed if not self.batch_seconds else (0.8 * self.batch_seconds + 0.2 * elapsed)
+        )
+        error = done.exception()
+        if error is None:
+            parts = split(done.result(), batch)
+            if parts is not None:
+                for item, part in zip(batch, parts, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(part)
+                self._dispatch()
+                return
+            error = ModelFailed("model outputs are not one row per input row")
+        if len(batch) > 1 and isinstance(error, ModelFailed):
+            # One request may have poisoned the batch: rerun each alone, first in line.
+            for item in reversed(batch):
+                item.solo = True
+                self.queue.appendleft(item)
+        else:
+            self._fail(batch, error)
+        self._dispatch()
+
+    @staticmethod
+    def _fail(batch: list[Pending], error: BaseException) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     async def close(self) -> None:
         self._closed = True
@@ -233,3 +333,5 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         for worker in workers:
             await loop.run_in_executor(None, worker.stop)
+        self._fail(list(self.queue), ModelNotReady(f"{self.spec.key} was unloaded"))
+        self.queue.clear()
