@@ -41,6 +41,11 @@ class LoadedModel:
         return f"{self.record.model}:{self.record.version}"
 
 
+def _ignore_refresh_errors(task: asyncio.Task[ModelVersion]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("refreshing a model name failed: %s", task.exception())
+
+
 class ModelManager:
     """Loads versions into worker pools on demand and keeps track of them."""
 
@@ -57,6 +62,7 @@ class ModelManager:
         self.max_queue = max_queue
         self.models: dict[str, LoadedModel] = {}
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
+        self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
 
     def _resolve_now(self, name: str, version: str | None) -> ModelVersion:
@@ -72,13 +78,41 @@ class ModelManager:
         return self.registry.models.get_version(ModelRef(name, alias=parsed))
 
     async def resolve(self, name: str, version: str | None = None) -> ModelVersion:
-        now = time.monotonic()
-        cached = self._resolved.get((name, version))
-        if cached is not None and now - cached[0] < RESOLVE_TTL_SECONDS:
-            return cached[1]
-        record = await asyncio.to_thread(self._resolve_now, name, version)
-        self._resolved[(name, version)] = (now, record)
-        return record
+        """The version a name addresses, kept off the hot path.
+
+        A fresh answer comes from memory. A stale one (older than the TTL) is
+        still returned at once while a single background query refreshes it, so
+        no request waits on the database after the first, and a burst of
+        requests never sends a burst of queries.
+        """
+        key = (name, version)
+        cached = self._resolved.get(key)
+        if cached is None:
+            return await self._refresh(key)
+        if time.monotonic() - cached[0] >= RESOLVE_TTL_SECONDS and key not in self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh(key))
+            task.add_done_callback(_ignore_refresh_errors)
+        return cached[1]
+
+    async def _refresh(self, key: tuple[str, str | None]) -> ModelVersion:
+        running = self._refreshing.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[ModelVersion] = asyncio.get_running_loop().create_future()
+        self._refreshing[key] = future
+        try:
+            record = await asyncio.to_thread(self._resolve_now, *key)
+        except BaseException as exc:
+            self._resolved.pop(key, None)  # a vanished model or alias stops resolving
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            self._resolved[key] = (time.monotonic(), record)
+            future.set_result(record)
+            return record
+        finally:
+            del self._refreshing[key]
 
     async def get_ready(self, name: str, version: str | None, timeout: float) -> LoadedModel:
         """The loaded model a request addresses, loading it first if needed."""
