@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=256, ge=1, description="Requests that may wait per model before 503s."
     )
+    cache_entries: int = Field(
+        default=0, ge=0, description="Result cache size in answers; 0 turns the cache off."
+    )
+    cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="Result cache bytes.")
+    cache_ttl: float = Field(default=60.0, gt=0, description="Seconds a cached answer lives.")
     request_timeout: float = Field(
         default=30.0, gt=0, description="Default per-request deadline in seconds (504 after)."
     )

@@ -13,6 +13,7 @@ from shipyard.api.app import create_app
 from shipyard.config import Settings
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
+from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.grpc_v2.servicer import start_grpc_server
 from shipyard.serving.manager import ModelManager
@@ -43,7 +44,10 @@ def build_app(
             max_batch_size=settings.max_batch_size,
             max_queue=settings.max_queue,
         )
-        app.state.dataplane = DataPlane(manager, timeout=settings.request_timeout)
+        cache = None
+        if settings.cache_entries:
+            cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
+        app.state.dataplane = DataPlane(manager, timeout=settings.request_timeout, cache=cache)
         if default_model is not None:
             version = None
             if default_model.version is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shipyard.errors import InvalidInput, ModelNotReady
+from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.codec import output_datatype
 from shipyard.serving.manager import LoadedModel, ModelManager
 from shipyard.serving.types import InferRequest, InferResponse, Tensor
@@ -25,19 +26,31 @@ def request_timeout(parameters: dict[str, Any], default: float) -> float:
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        cache: ResultCache | None = None,
+    ) -> None:
         self.manager = manager
         self.timeout = timeout
+        self.cache = cache
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         timeout = request_timeout(request.parameters, self.timeout)
         loaded = await self.manager.get_ready(name, version, timeout)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
-        pool = loaded.pool
-        if pool is None:  # unloaded between the readiness check and now
-            raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
-        result = await pool.predict(inputs, wanted, timeout)
+        key = cache_key(loaded.key, inputs, wanted) if self.cache is not None else None
+        result = self.cache.get(key) if self.cache is not None and key is not None else None
+        cached = result is not None
+        if result is None:
+            pool = loaded.pool
+            if pool is None:  # unloaded between the readiness check and now
+                raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
+            result = await pool.predict(inputs, wanted, timeout)
+            if self.cache is not None and key is not None:
+                self.cache.put(key, result)
         outputs = [
             Tensor(out_name, output_datatype(array), array)
             for out_name, array in result.items()
@@ -48,6 +61,7 @@ class DataPlane:
             model_version=str(loaded.record.version),
             outputs=outputs,
             id=request.id,
+            cached=cached,
         )
 
     @staticmethod

@@ -148,7 +148,10 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     )
     response = await _dataplane(request).infer(name, version, infer_request)
     payload, json_length = codec.encode_response(response, infer_request)
-    headers = {"x-shipyard-model-version": f"{response.model_name}:{response.model_version}"}
+    headers = {
+        "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
+        "x-shipyard-cache": "hit" if response.cached else "miss",
+    }
     if json_length is None:
         return Response(payload, media_type="application/json", headers=headers)
     headers[codec.HEADER_LENGTH] = str(json_length)

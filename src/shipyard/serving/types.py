@@ -46,3 +46,5 @@ class InferResponse:
     outputs: list[Tensor]
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+    """Answered from the result cache (transports may say so in a header)."""
