@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/build/iris.joblib
 EXAMPLE_DATA := examples/build/iris-example.csv
 
-.PHONY: serve test check lint typecheck install install-dev clean
+.PHONY: serve test check lint typecheck install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,8 @@ serve: $(VENV)/.installed $(EXAMPLE)
 	$(BIN)/shipyard server --host 127.0.0.1 --port 8000
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -42,6 +42,16 @@ test: lint typecheck
 	$(BIN)/pytest
 
 check: test
+
+# Serving benchmark against MLServer (its own venv) and baselines; needs wrk (apt-get install wrk).
+MLSERVER := benchmarks/.venv-mlserver/bin/mlserver
+$(MLSERVER):
+	$(PYTHON) -m venv benchmarks/.venv-mlserver
+	# MLServer 1.7.1 breaks on uvloop >= 0.22 ("no current event loop").
+	benchmarks/.venv-mlserver/bin/pip install --quiet mlserver==1.7.1 mlserver-sklearn==1.7.1 'uvloop<0.22'
+
+bench: $(VENV)/.installed-dev $(MLSERVER)
+	$(BIN)/python benchmarks/run.py --duration 5 --concurrency 1,16,64
 
 clean:
 	rm -rf $(VENV) .shipyard examples/build .pytest_cache .mypy_cache .ruff_cache

@@ -23,11 +23,11 @@ def test_sklearn_predict_and_proba(tmp_path: Path) -> None:
     path = fixtures.write_sklearn_model(tmp_path)
     model = joblib.load(path)
     features, _ = fixtures.training_data(rows=9, seed=3)
-    result = load(path).predict({"input-0": features})
+    result = load(path).predict({"input-0": features}, outputs=["predict", "predict_proba"])
     np.testing.assert_array_equal(result["predict"], model.predict(features))
     np.testing.assert_array_equal(result["predict_proba"], model.predict_proba(features))
-    only = load(path).predict({"input-0": features}, outputs=["predict"])
-    assert list(only) == ["predict"]
+    default = load(path).predict({"input-0": features})
+    assert list(default) == ["predict"]  # probabilities only when asked for
 
 
 def test_column_inputs_are_stacked_in_signature_order(tmp_path: Path) -> None:

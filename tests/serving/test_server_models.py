@@ -102,4 +102,4 @@ def test_predict_command_scores_a_file(server: RunningServer, tmp_path: Path) ->
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert table.returncode == 0, table.stderr
-    assert "version 1" in table.stdout and "predict_proba" in table.stdout
+    assert "version 1" in table.stdout and "predict" in table.stdout

@@ -56,12 +56,13 @@ def _describe(model: Any, flavor: str, fmt: str, path: Path, unsafe: bool) -> In
     )
 
 
-def _wants(name: str, outputs: Sequence[str] | None) -> bool:
-    return outputs is None or name in outputs
-
-
 class EstimatorRuntime:
-    """Any estimator with the scikit-learn API: predict, and predict_proba where it has it."""
+    """Any estimator with the scikit-learn API.
+
+    `predict` by default; `predict_proba` when asked for by name. Computing both for
+    every request doubled the cost of a tree ensemble (BENCHMARKS.md), and it is
+    what MLServer and MLflow answer by default too.
+    """
 
     def __init__(self, model: Any, spec: LoadSpec) -> None:
         self.model = model
@@ -70,14 +71,15 @@ class EstimatorRuntime:
 
     def predict(self, inputs: Tensors, outputs: Sequence[str] | None = None) -> Tensors:
         features = feature_matrix(inputs, self.signature)
+        wanted = outputs or ("predict",)
         result: Tensors = {}
         with warnings.catch_warnings():
             # Fitted on a DataFrame, predicting on an array: the columns are already
             # in signature order, so the feature-name warning says nothing useful.
             warnings.filterwarnings("ignore", message="X does not have valid feature names")
-            if _wants("predict", outputs) or not self.has_proba:
+            if "predict" in wanted:
                 result["predict"] = np.asarray(self.model.predict(features))
-            if self.has_proba and _wants("predict_proba", outputs):
+            if self.has_proba and "predict_proba" in wanted:
                 result["predict_proba"] = np.asarray(self.model.predict_proba(features))
         return result
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -96,10 +97,23 @@ def worker_main(connection: Connection, spec: WorkerSpec) -> None:
         connection.send(reply)
 
 
+# Native thread pools a worker would otherwise size to every core. Processes are the
+# unit of parallelism here; on 2 cores, idle BLAS/OpenMP threads spinning in a worker
+# took the CPU the server needed (heavy one-row p50: 5.8 ms before, see BENCHMARKS.md).
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _children_single_threaded() -> None:
+    """Set before spawning: the child inherits it (the parent's own pools are already sized)."""
+    for name in SINGLE_THREAD_ENV:
+        os.environ.setdefault(name, "1")
+
+
 class Worker:
     """The server's handle on one worker process."""
 
     def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
+        _children_single_threaded()
         self.spec = spec
         self.loop = loop
         self.connection, child = _CONTEXT.Pipe()
