@@ -158,3 +158,29 @@ def test_a_deadline_that_cannot_be_met_is_refused_before_queueing(
     result = asyncio.run(_with_pool(recorder_spec, scenario))
     assert isinstance(result, Overloaded)
     assert "cannot answer within 0.05 s" in result.message
+
+
+def test_overflow_over_http_is_503_with_retry_after(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import concurrent.futures
+
+    import httpx
+
+    from tests.server import running_shipyard
+
+    folder = tmp_path_factory.mktemp("slow")
+    (folder / "recorder.py").write_text(RECORDER)
+    env = {"SHIPYARD_HOME": str(folder / "home"), "SHIPYARD_MAX_QUEUE": "1"}
+    body = {"inputs": [{"name": "v", "shape": [1], "datatype": "FP64", "data": [1000.0]}]}
+    with running_shipyard(env, "serve", str(folder / "recorder.py")) as server:
+        url = f"{server.url}/v2/models/recorder/infer"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: httpx.post(url, json=body, timeout=30), range(8)))
+    refused = [r for r in responses if r.status_code == 503]
+    accepted = [r for r in responses if r.status_code == 200]
+    assert refused and accepted
+    assert len(refused) + len(accepted) == 8
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+    assert "overloaded" in refused[0].json()["error"]
+    assert all(r.json()["outputs"][0]["data"] == [2000.0] for r in accepted)
