@@ -7,6 +7,7 @@ imports a web framework.
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 
 
@@ -95,3 +96,13 @@ class Overloaded(ShipyardError):
     """Too much queued already, or the deadline cannot be met: refused at once."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def http_error(status: int, message: str) -> tuple[bytes, dict[str, str]]:
+    """The one JSON error body every HTTP answer uses, and its extra headers.
+
+    Overload and not-ready answers tell the client when to come back.
+    """
+    body = json.dumps({"error": message}).encode()
+    headers = {"retry-after": "1"} if status in (429, 503) else {}
+    return body, headers

@@ -16,8 +16,10 @@ from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.front_door import FrontDoor
 from shipyard.serving.grpc_v2.servicer import start_grpc_server
 from shipyard.serving.manager import ModelManager
+from shipyard.serving.rest import RestLimits
 from shipyard.serving.rest import router as inference_router
 
 log = logging.getLogger("shipyard.server")
@@ -28,7 +30,7 @@ def build_app(
     registry: Registry | None = None,
     default_model: ModelRef | None = None,
     grpc_address: tuple[str, int] | None = None,
-) -> FastAPI:
+) -> FrontDoor:
     """The full application: control plane and data plane over one registry.
 
     `default_model` is what `/invocations` scores; it is loaded before the
@@ -80,11 +82,13 @@ def build_app(
             registry.close()
 
     app = create_app(registry, lifespan=lifespan)
-    app.state.default_model = default_model.name if default_model else None
-    app.state.max_body_bytes = settings.max_body_bytes
-    app.state.max_tensor_elements = settings.max_tensor_elements
+    app.state.rest = RestLimits(
+        default_model=default_model.name if default_model else None,
+        max_body_bytes=settings.max_body_bytes,
+        max_tensor_elements=settings.max_tensor_elements,
+    )
     app.include_router(inference_router)
-    return app
+    return FrontDoor(app)
 
 
 def configure_logging() -> None:
@@ -92,7 +96,7 @@ def configure_logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def run(app: FastAPI, *, host: str, port: int) -> None:
+def run(app: FrontDoor, *, host: str, port: int) -> None:
     configure_logging()
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 

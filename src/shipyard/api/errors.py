@@ -6,28 +6,27 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import ShipyardError, http_error
 
 log = logging.getLogger("shipyard.api")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    # Overload and not-ready answers tell the client when to come back.
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(status: int, message: str) -> Response:
+    body, headers = http_error(status, message)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def _shipyard_error(request: Request, exc: Exception) -> JSONResponse:
+async def _shipyard_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ShipyardError)
     if exc.status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return _error(exc.status, exc.message)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = []
     for error in exc.errors():
@@ -36,7 +35,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(422, "invalid request: " + "; ".join(problems))
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404 and message == "Not Found":
@@ -44,7 +43,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, message)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
     # Internals stay in the server log; the client learns only that it failed.
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error(500, "internal server error")

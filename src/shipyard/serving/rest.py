@@ -5,6 +5,8 @@ Handlers translate only: bytes in -> InferRequest -> DataPlane -> bytes out.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -62,22 +64,110 @@ _MLFLOW_BODY: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class RestLimits:
+    """What the REST data plane needs besides the data plane itself."""
+
+    default_model: str | None
+    max_body_bytes: int
+    max_tensor_elements: int
+
+
+@dataclass(slots=True)
+class Answer:
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+BodyReader = Callable[[], Awaitable[bytes]]
+
+
 def _dataplane(request: Request) -> DataPlane:
     dataplane: DataPlane = request.app.state.dataplane
     return dataplane
 
 
-async def _body(request: Request) -> bytes:
-    limit: int = request.app.state.max_body_bytes
-    declared = request.headers.get("content-length")
+def check_declared_length(declared: str | None, limit: int) -> None:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-    return bytes(body)
+
+
+def _body_reader(request: Request) -> BodyReader:
+    async def read() -> bytes:
+        limit: int = request.app.state.rest.max_body_bytes
+        check_declared_length(request.headers.get("content-length"), limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        return bytes(body)
+
+    return read
+
+
+async def v2_infer(
+    dataplane: DataPlane,
+    limits: RestLimits,
+    name: str,
+    version: str | None,
+    headers: Mapping[str, str],
+    read_body: BodyReader,
+) -> Answer:
+    """POST /v2/models/{name}[/versions/{version}]/infer, transport-neutral."""
+    await dataplane.manager.resolve(name, version)  # unknown model: 404 before reading
+    body = await read_body()
+    header = headers.get(codec.HEADER_LENGTH)
+    if header is not None and not header.isdigit():
+        raise InvalidInput("Inference-Header-Content-Length must be a whole number")
+    infer_request = codec.decode_request(
+        body, int(header) if header else None, limits.max_tensor_elements
+    )
+    response = await dataplane.infer(name, version, infer_request)
+    payload, json_length = codec.encode_response(response, infer_request)
+    answer_headers = {
+        "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
+        "x-shipyard-cache": "hit" if response.cached else "miss",
+    }
+    if json_length is None:
+        return Answer(payload, "application/json", answer_headers)
+    answer_headers[codec.HEADER_LENGTH] = str(json_length)
+    return Answer(payload, "application/octet-stream", answer_headers)
+
+
+async def mlflow_invocations(
+    dataplane: DataPlane, limits: RestLimits, headers: Mapping[str, str], read_body: BodyReader
+) -> Answer:
+    """POST /invocations: the MLflow scoring protocol against the default model."""
+    name = limits.default_model
+    if name is None:
+        raise NotFound(
+            "/invocations needs a default model: start with `shipyard serve MODEL`, "
+            "or call /v2/models/{name}/infer"
+        )
+    record = await dataplane.manager.resolve(name, None)
+    body = await read_body()
+    content_type = headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type == "text/csv":
+        tensors = mlflow_protocol.parse_csv(body, record.signature)
+    elif content_type == "application/json":
+        tensors = mlflow_protocol.parse_json(body, record.signature)
+    else:
+        raise InvalidInput(
+            f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
+        )
+    infer_request = mlflow_protocol.to_request(tensors, record.signature)
+    response = await dataplane.infer(name, str(record.version), infer_request)
+    return Answer(
+        mlflow_protocol.encode_predictions(response.outputs),
+        "application/json",
+        {"x-shipyard-model-version": f"{response.model_name}:{response.model_version}"},
+    )
+
+
+def _response(answer: Answer) -> Response:
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
 def _metadata(record: ModelVersion) -> dict[str, Any]:
@@ -138,24 +228,17 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    await _dataplane(request).manager.resolve(name, version)  # unknown model: 404 before parsing
-    body = await _body(request)
-    header = request.headers.get(codec.HEADER_LENGTH)
-    if header is not None and not header.isdigit():
-        raise InvalidInput("Inference-Header-Content-Length must be a whole number")
-    infer_request = codec.decode_request(
-        body, int(header) if header else None, request.app.state.max_tensor_elements
+    # Normally answered by the front door (front_door.py) before FastAPI routing;
+    # these routes document the endpoints and serve apps mounted without it.
+    answer = await v2_infer(
+        _dataplane(request),
+        request.app.state.rest,
+        name,
+        version,
+        request.headers,
+        _body_reader(request),
     )
-    response = await _dataplane(request).infer(name, version, infer_request)
-    payload, json_length = codec.encode_response(response, infer_request)
-    headers = {
-        "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
-        "x-shipyard-cache": "hit" if response.cached else "miss",
-    }
-    if json_length is None:
-        return Response(payload, media_type="application/json", headers=headers)
-    headers[codec.HEADER_LENGTH] = str(json_length)
-    return Response(payload, media_type="application/octet-stream", headers=headers)
+    return _response(answer)
 
 
 @router.get("/v2/models/{name}")
@@ -233,28 +316,7 @@ async def version() -> Response:
 
 @router.post("/invocations", openapi_extra=_MLFLOW_BODY)
 async def invocations(request: Request) -> Response:
-    name: str | None = request.app.state.default_model
-    if name is None:
-        raise NotFound(
-            "/invocations needs a default model: start with `shipyard serve MODEL`, "
-            "or call /v2/models/{name}/infer"
-        )
-    dataplane = _dataplane(request)
-    record = await dataplane.manager.resolve(name, None)
-    body = await _body(request)
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type == "text/csv":
-        tensors = mlflow_protocol.parse_csv(body, record.signature)
-    elif content_type == "application/json":
-        tensors = mlflow_protocol.parse_json(body, record.signature)
-    else:
-        raise InvalidInput(
-            f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
-        )
-    infer_request = mlflow_protocol.to_request(tensors, record.signature)
-    response = await dataplane.infer(name, str(record.version), infer_request)
-    return Response(
-        mlflow_protocol.encode_predictions(response.outputs),
-        media_type="application/json",
-        headers={"x-shipyard-model-version": f"{response.model_name}:{response.model_version}"},
+    answer = await mlflow_invocations(
+        _dataplane(request), request.app.state.rest, request.headers, _body_reader(request)
     )
+    return _response(answer)

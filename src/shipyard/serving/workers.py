@@ -15,7 +15,6 @@ import logging
 import math
 import multiprocessing
 import os
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -32,6 +31,7 @@ from shipyard.errors import (
 )
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.batching import Pending, concat, split, take_batch
+from shipyard.serving.shared_tensors import Attached, share, take, unlink
 
 log = logging.getLogger("shipyard.workers")
 _CONTEXT = multiprocessing.get_context("spawn")  # fork would copy the server's threads
@@ -86,14 +86,17 @@ def worker_main(connection: Connection, spec: WorkerSpec) -> None:
     connection.send(("ready", None))
     while True:
         try:
-            request_id, inputs, outputs = connection.recv()
+            request_id, wire, outputs = connection.recv()
         except EOFError:
             return  # the server went away
+        attached = Attached(wire)
         try:
-            result = runtime.predict(inputs, outputs)
-            reply: tuple[int, bool, Any] = (request_id, True, result)
+            result = runtime.predict(attached.tensors, outputs)
+            reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
+            del result  # may be a view of a shared input, which release() unmaps
         except Exception as exc:
             reply = (request_id, False, f"{type(exc).__name__}: {exc}")
+        attached.release()
         connection.send(reply)
 
 
@@ -123,8 +126,10 @@ class Worker:
         self.process.start()
         child.close()
         self.pending: dict[int, asyncio.Future[Tensors]] = {}
+        self.segments: dict[int, list[str]] = {}
+        """Shared-memory segments holding each pending request's inputs."""
         self.alive = False
-        self._send_lock = threading.Lock()
+        self._reading = False
         self.on_death: Any = None
 
     def wait_ready(self) -> None:
@@ -140,23 +145,46 @@ class Worker:
             self.process.join(timeout=5)
             raise ModelNotReady(f"{self.spec.key} failed to load: {detail}")
         self.alive = True
-        threading.Thread(target=self._read_replies, daemon=True).start()
 
-    def _read_replies(self) -> None:
-        while True:
-            try:
+    def detach(self) -> None:
+        """Stop reading replies (call from the loop, before stop())."""
+        self._stop_reading()
+        for names in self.segments.values():
+            unlink(names)
+        self.segments.clear()
+
+    def start_reading(self) -> None:
+        """Read replies on the event loop itself (call from the loop).
+
+        Replies are small (large tensors travel in shared memory), so reading
+        them inline costs less than a reader thread handing each one over
+        through call_soon_threadsafe and fighting the loop for the GIL.
+        """
+        self.loop.add_reader(self.connection.fileno(), self._on_readable)
+        self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.connection.fileno())
+
+    def _on_readable(self) -> None:
+        try:
+            while self.connection.poll():
                 request_id, ok, payload = self.connection.recv()
-            except (EOFError, OSError):
-                self.loop.call_soon_threadsafe(self._died)
-                return
-            self.loop.call_soon_threadsafe(self._resolve, request_id, ok, payload)
+                self._resolve(request_id, ok, payload)
+        except (EOFError, OSError):
+            self._stop_reading()
+            self._died()
 
     def _resolve(self, request_id: int, ok: bool, payload: Any) -> None:
+        unlink(self.segments.pop(request_id, []))
+        result = take(payload) if ok else {}  # frees output segments even if unawaited
         future = self.pending.pop(request_id, None)
         if future is None or future.done():
             return  # its deadline passed; nobody is waiting
         if ok:
-            future.set_result(payload)
+            future.set_result(result)
         else:
             future.set_exception(ModelFailed(f"model raised {payload}"))
 
@@ -173,6 +201,9 @@ class Worker:
                     WorkerCrashed(f"the worker serving {self.spec.key} crashed; retry the request")
                 )
         self.pending.clear()
+        for names in self.segments.values():
+            unlink(names)
+        self.segments.clear()
         if self.on_death is not None:
             self.on_death(self)
 
@@ -180,16 +211,19 @@ class Worker:
         self, request_id: int, inputs: Tensors, outputs: list[str] | None
     ) -> asyncio.Future[Tensors]:
         future: asyncio.Future[Tensors] = self.loop.create_future()
-        self.pending[request_id] = future
+        wire, segments = share(inputs)
         try:
-            with self._send_lock:
-                self.connection.send((request_id, inputs, outputs))
+            self.connection.send((request_id, wire, outputs))
         except (OSError, ValueError):
-            self.pending.pop(request_id, None)
+            unlink(segments)
             raise WorkerCrashed(f"the worker serving {self.spec.key} is gone") from None
+        self.pending[request_id] = future
+        if segments:
+            self.segments[request_id] = segments
         return future
 
     def stop(self) -> None:
+        """Stop the process (blocking: call in a thread, after detach() on the loop)."""
         self.alive = False
         self.connection.close()
         self.process.terminate()
@@ -243,6 +277,7 @@ class WorkerPool:
         if self._closed:
             worker.stop()
             return
+        worker.start_reading()
         self.workers.append(worker)
         self._dispatch()
 
@@ -346,6 +381,7 @@ class WorkerPool:
         workers, self.workers = self.workers, []
         loop = asyncio.get_running_loop()
         for worker in workers:
+            worker.detach()
             await loop.run_in_executor(None, worker.stop)
         self._fail(list(self.queue), ModelNotReady(f"{self.spec.key} was unloaded"))
         self.queue.clear()

@@ -1,0 +1,126 @@
+"""The ASGI entry point: inference POSTs go straight to the data plane.
+
+Everything else (registry, metadata, health, OpenAPI) goes on to FastAPI. Why
+not let FastAPI route inference too: a py-spy profile of one-row requests put
+about 45% of the server's CPU in FastAPI/Starlette routing, middleware and
+dependency solving, against 16% in our own handler (see the issue 4 note and
+benchmarks/BENCHMARKS.md). The handlers are the ones the FastAPI routes use
+(rest.py), so behaviour and errors are identical on both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+
+from shipyard.errors import PayloadTooLarge, ShipyardError, http_error
+from shipyard.serving.rest import (
+    Answer,
+    RestLimits,
+    check_declared_length,
+    mlflow_invocations,
+    v2_infer,
+)
+
+log = logging.getLogger("shipyard.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client hung up before sending its whole body: nobody to answer."""
+
+
+def match_inference(path: str) -> tuple[str, str | None] | None:
+    """(model, version) for a V2 infer path, ("", None) for /invocations, else None."""
+    if path == "/invocations":
+        return "", None
+    parts = path.split("/")
+    # "", "v2", "models", name, "infer"  |  ..., name, "versions", version, "infer"
+    if len(parts) < 5 or parts[1] != "v2" or parts[2] != "models" or parts[-1] != "infer":
+        return None
+    if len(parts) == 5 and parts[3]:
+        return parts[3], None
+    if len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
+        return parts[3], parts[5]
+    return None
+
+
+class FrontDoor:
+    """Wraps the FastAPI app; `app.state` holds the data plane once lifespan has run."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = match_inference(scope["path"])
+            if route is not None:
+                await self._infer(route, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(
+        self, route: tuple[str, str | None], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        state = self.app.state
+        limits: RestLimits = state.rest
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def read_body() -> bytes:
+            return await _read_body(receive, headers.get("content-length"), limits.max_body_bytes)
+
+        name, version = route
+        status = 200
+        try:
+            if name:
+                answer = await v2_infer(state.dataplane, limits, name, version, headers, read_body)
+            else:
+                answer = await mlflow_invocations(state.dataplane, limits, headers, read_body)
+        except ClientGone:
+            return
+        except ShipyardError as exc:
+            status = int(exc.status)
+            if status >= 500:
+                log.error("POST %s failed: %s", scope["path"], exc.message)
+            answer = _error_answer(status, exc.message)
+        except Exception:
+            # Internals stay in the server log; the client learns only that it failed.
+            log.exception("POST %s failed", scope["path"])
+            status = 500
+            answer = _error_answer(status, "internal server error")
+        raw_headers = [
+            (b"content-type", answer.media_type.encode()),
+            (b"content-length", str(len(answer.body)).encode()),
+        ]
+        raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+def _error_answer(status: int, message: str) -> Answer:
+    body, headers = http_error(status, message)
+    return Answer(body, "application/json", headers)
+
+
+async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    check_declared_length(declared, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
