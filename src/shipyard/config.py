@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingOptions(BaseModel):
+    """How one model is served; a field left out takes the server-wide setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int | None = Field(default=None, ge=1, le=256)
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_batch_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    max_queue: int | None = Field(default=None, ge=1)
+    cache: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelServing:
+    """The serving options in force for one model, every one decided."""
+
+    workers: int
+    max_batch_size: int
+    max_batch_delay: float
+    """Seconds an idle worker may wait for a fuller batch (0: never wait)."""
+    max_queue: int
+    cache: bool
 
 
 class Settings(BaseSettings):
@@ -35,17 +61,31 @@ class Settings(BaseSettings):
         description="Name recorded as created_by; default is the operating-system user.",
     )
 
-    workers_per_model: int = Field(
-        default=1, ge=1, description="Worker processes per loaded model version."
+    workers_per_model: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Worker processes per loaded model version; default one per core.",
     )
     max_batch_size: int = Field(
         default=64, ge=1, description="Most rows one dynamic batch may hold (1 = no batching)."
     )
+    max_batch_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="How long an idle worker may wait for a fuller batch; 0 = adaptive only.",
+    )
     max_queue: int = Field(
         default=256, ge=1, description="Requests that may wait per model before 503s."
     )
+    cache: bool = Field(default=False, description="Cache every model's answers (opt-in).")
+    models: dict[str, ServingOptions] = Field(
+        default_factory=dict,
+        description='Per-model options as JSON, e.g. {"iris": {"workers": 1, "cache": true}}.',
+    )
     cache_entries: int = Field(
-        default=0, ge=0, description="Result cache size in answers; 0 turns the cache off."
+        default=10_000, ge=1, description="Result cache bound in answers (all models share it)."
     )
     cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="Result cache bytes.")
     cache_ttl: float = Field(default=60.0, gt=0, description="Seconds a cached answer lives.")
@@ -58,6 +98,18 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(
         default=64 * 1024 * 1024, ge=1, description="Most elements one input tensor may have."
     )
+
+    def serving_for(self, model: str) -> ModelServing:
+        """The options for one model: its own entry in `models`, else the server-wide ones."""
+        own = self.models.get(model, ServingOptions())
+        delay_ms = own.max_batch_delay_ms
+        return ModelServing(
+            workers=own.workers or self.workers_per_model or os.cpu_count() or 1,
+            max_batch_size=own.max_batch_size or self.max_batch_size,
+            max_batch_delay=(self.max_batch_delay_ms if delay_ms is None else delay_ms) / 1000,
+            max_queue=own.max_queue or self.max_queue,
+            cache=self.cache if own.cache is None else own.cache,
+        )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from shipyard.api.app import create_app
 from shipyard.config import Settings
+from shipyard.observability.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.serving.cache import ResultCache
@@ -41,15 +42,8 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = ModelManager(
-            registry,
-            workers_per_model=settings.workers_per_model,
-            max_batch_size=settings.max_batch_size,
-            max_queue=settings.max_queue,
-        )
-        cache = None
-        if settings.cache_entries:
-            cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
+        manager = ModelManager(registry, serving_for=settings.serving_for)
+        cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
         app.state.dataplane = DataPlane(manager, timeout=settings.request_timeout, cache=cache)
         if default_model is not None:
             version = None
@@ -88,6 +82,7 @@ def build_app(
         max_tensor_elements=settings.max_tensor_elements,
     )
     app.include_router(inference_router)
+    app.include_router(metrics_router)
     return FrontDoor(app)
 
 

@@ -184,3 +184,61 @@ def test_overflow_over_http_is_503_with_retry_after(
     assert all(r.headers["retry-after"] == "1" for r in refused)
     assert "overloaded" in refused[0].json()["error"]
     assert all(r.json()["outputs"][0]["data"] == [2000.0] for r in accepted)
+
+
+def test_batch_delay_gathers_requests_that_arrive_one_by_one(recorder_spec: WorkerSpec) -> None:
+    async def scenario(pool: WorkerPool) -> list[dict[str, np.ndarray]]:
+        calls = []
+        for i in range(3):
+            calls.append(asyncio.ensure_future(pool.predict({"v": np.array([float(i)])}, None, 30)))
+            await asyncio.sleep(0)  # let each one reach the queue before the next
+        return await asyncio.gather(*calls)
+
+    # The fourth row fills the batch, so it goes without waiting out the (long) delay.
+    async def filled(pool: WorkerPool) -> list[dict[str, np.ndarray]]:
+        calls = [pool.predict({"v": np.array([float(i)])}, None, 30) for i in range(4)]
+        return await asyncio.wait_for(asyncio.gather(*calls), 20)
+
+    delayed = asyncio.run(_with_pool(recorder_spec, scenario, max_batch_delay=0.2))
+    assert [int(r["batch_rows"][0]) for r in delayed] == [3, 3, 3]
+    adaptive = asyncio.run(_with_pool(recorder_spec, scenario))
+    assert int(adaptive[0]["batch_rows"][0]) == 1  # idle worker, no delay: went at once
+    full = asyncio.run(_with_pool(recorder_spec, filled, max_batch_delay=60, max_batch_rows=4))
+    assert [int(r["batch_rows"][0]) for r in full] == [4, 4, 4, 4]
+
+
+def test_large_tensors_travel_through_shared_memory_and_leave_nothing(
+    recorder_spec: WorkerSpec,
+) -> None:
+    from pathlib import Path
+
+    from shipyard.serving.shared_tensors import SEGMENT_PREFIX, SHARED_MEMORY_MIN_BYTES
+
+    big = np.random.default_rng(0).uniform(0, 100, size=SHARED_MEMORY_MIN_BYTES // 8 * 3)
+    small = np.array([1.0, 2.0])
+
+    async def scenario(pool: WorkerPool) -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(
+            pool.predict({"v": big}, None, 30), pool.predict({"v": small}, None, 30)
+        )
+
+    large, little = asyncio.run(_with_pool(recorder_spec, scenario, max_batch_rows=1))
+    np.testing.assert_array_equal(large["double"], big * 2)
+    np.testing.assert_array_equal(little["double"], small * 2)
+    assert large["double"].flags.writeable  # a private copy, not a view of a freed segment
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        assert not [p.name for p in shm.iterdir() if p.name.startswith(SEGMENT_PREFIX)]
+
+
+def test_share_sends_handles_for_large_arrays_and_take_frees_them() -> None:
+    from shipyard.serving.shared_tensors import SharedArray, share, take
+
+    big, small = np.arange(300_000, dtype=np.float64), np.arange(3)
+    wire, segments = share({"big": big, "small": small})
+    assert isinstance(wire["big"], SharedArray) and wire["small"] is small
+    assert len(segments) == 1
+    back = take(wire)
+    np.testing.assert_array_equal(back["big"], big)
+    with pytest.raises(FileNotFoundError):
+        take(wire)  # unlinked: a second reader finds nothing

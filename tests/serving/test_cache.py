@@ -87,7 +87,7 @@ def test_served_cache_hit_is_byte_identical(tmp_path) -> None:  # type: ignore[n
     from tests.server import running_shipyard
 
     model = fixtures.write_sklearn_model(tmp_path)
-    env = {"SHIPYARD_HOME": str(tmp_path / "home"), "SHIPYARD_CACHE_ENTRIES": "100"}
+    env = {"SHIPYARD_HOME": str(tmp_path / "home"), "SHIPYARD_MODELS": '{"model": {"cache": true}}'}
     rows, _ = fixtures.training_data(rows=2)
     body = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64",
                         "data": rows.tolist()}]}  # fmt: skip
@@ -96,8 +96,33 @@ def test_served_cache_hit_is_byte_identical(tmp_path) -> None:  # type: ignore[n
         first = httpx.post(url, json=body, timeout=30)
         second = httpx.post(url, json=body, timeout=30)
         other = httpx.post(url, json={**body, "id": "x"}, timeout=30)
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert first.headers["x-shipyard-cache"] == "miss"
     assert second.headers["x-shipyard-cache"] == "hit"
     assert second.content == first.content
     assert other.headers["x-shipyard-cache"] == "hit"
     assert other.json()["id"] == "x"
+    assert 'shipyard_cache_lookups_total{model="model",result="hit",version="1"} 2.0' in metrics
+    assert 'shipyard_cache_lookups_total{model="model",result="miss",version="1"} 1.0' in metrics
+    hit_ratio = 'shipyard_cache_hit_ratio{model="model",version="1"} 0.666'
+    assert hit_ratio in metrics
+
+
+def test_cache_is_opt_in_per_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from tests import fixtures
+    from tests.server import running_shipyard
+
+    model = fixtures.write_sklearn_model(tmp_path)
+    env = {"SHIPYARD_HOME": str(tmp_path / "home"), "SHIPYARD_MODELS": '{"other": {"cache": true}}'}
+    rows, _ = fixtures.training_data(rows=1)
+    body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                        "data": rows.tolist()}]}  # fmt: skip
+    with running_shipyard(env, "serve", str(model)) as server:
+        url = f"{server.url}/v2/models/model/infer"
+        answers = [httpx.post(url, json=body, timeout=30) for _ in range(2)]
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert [a.headers["x-shipyard-cache"] for a in answers] == ["miss", "miss"]
+    assert "shipyard_cache_lookups_total{" not in metrics
+    assert 'shipyard_batches_total{model="model",version="1"} 2.0' in metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,7 +13,16 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="REST port."),
     grpc_port: int = typer.Option(8001, help="gRPC port (-1 turns gRPC off)."),
-    workers: int = typer.Option(1, help="Worker processes for the model."),
+    workers: int | None = typer.Option(
+        None, min=1, help="Worker processes for the model [default: one per core]."
+    ),
+    max_batch_size: int | None = typer.Option(
+        None, min=1, help="Most rows in one dynamic batch (1 = no batching) [default: 64]."
+    ),
+    max_batch_delay_ms: float | None = typer.Option(
+        None, min=0, help="Wait up to this long for a fuller batch [default: 0, adaptive only]."
+    ),
+    cache: bool = typer.Option(False, help="Cache answers (same inputs, same version)."),
     signature_from: Path | None = typer.Option(
         None, help="Example .csv/.parquet giving a file's signature."
     ),
@@ -31,7 +41,14 @@ def serve(
     from shipyard.server import build_app, configure_logging, run
 
     configure_logging()
-    settings = Settings(workers_per_model=workers)
+    given = {
+        "workers_per_model": workers,
+        "max_batch_size": max_batch_size,
+        "max_batch_delay_ms": max_batch_delay_ms,
+        "cache": cache or None,
+    }
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    settings = Settings(**options)
     path = Path(model)
     if path.exists():
         # A throwaway registry, whatever SHIPYARD_DATABASE_URL/ARTIFACT_ROOT say.
@@ -40,7 +57,7 @@ def serve(
             home=scratch,
             database_url=f"sqlite:///{scratch / 'registry.db'}",
             artifact_root=str(scratch / "artifacts"),
-            workers_per_model=workers,
+            **options,
         )
         registry = Registry.open(settings)
         name = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem) or "model"

@@ -26,6 +26,7 @@ class Pending:
     outputs: tuple[str, ...] | None
     future: asyncio.Future[Tensors]
     deadline: float
+    arrived: float = 0.0
     rows: int | None = field(default=None)
     """Rows shared by every input, or None when it cannot join a batch."""
     key: BatchKey | None = field(default=None)

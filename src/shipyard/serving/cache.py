@@ -56,6 +56,8 @@ class ResultCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.lookups_by_model: dict[str, list[int]] = {}
+        """model key -> [hits, misses], read by the metrics endpoint."""
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -66,15 +68,20 @@ class ResultCache:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
 
-    def get(self, key: bytes) -> Tensors | None:
+    def get(self, key: bytes, model: str = "") -> Tensors | None:
+        counts = self.lookups_by_model.get(model)
+        if counts is None:
+            counts = self.lookups_by_model[model] = [0, 0]
         entry = self._entries.get(key)
         if entry is None or self.clock() - entry.stored_at >= self.ttl_seconds:
             if entry is not None:
                 self._drop(key)
             self.misses += 1
+            counts[1] += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
+        counts[0] += 1
         return entry.outputs
 
     def put(self, key: bytes, outputs: Tensors) -> None:

@@ -41,16 +41,17 @@ class DataPlane:
         loaded = await self.manager.get_ready(name, version, timeout)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
-        key = cache_key(loaded.key, inputs, wanted) if self.cache is not None else None
-        result = self.cache.get(key) if self.cache is not None and key is not None else None
+        cache = self.cache if loaded.serving.cache else None
+        key = cache_key(loaded.key, inputs, wanted) if cache is not None else None
+        result = cache.get(key, loaded.key) if cache is not None and key is not None else None
         cached = result is not None
         if result is None:
             pool = loaded.pool
             if pool is None:  # unloaded between the readiness check and now
                 raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
             result = await pool.predict(inputs, wanted, timeout)
-            if self.cache is not None and key is not None:
-                self.cache.put(key, result)
+            if cache is not None and key is not None:
+                cache.put(key, result)
         outputs = [
             Tensor(out_name, output_datatype(array), array)
             for out_name, array in result.items()

@@ -33,6 +33,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+# The only request headers the inference handlers look at (ASGI gives them lower-case).
+_HEADERS_READ = frozenset({b"content-length", b"content-type", b"inference-header-content-length"})
+
+
 class ClientGone(Exception):
     """The client hung up before sending its whole body: nobody to answer."""
 
@@ -71,7 +75,11 @@ class FrontDoor:
     ) -> None:
         state = self.app.state
         limits: RestLimits = state.rest
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope["headers"]
+            if key in _HEADERS_READ
+        }
 
         async def read_body() -> bytes:
             return await _read_body(receive, headers.get("content-length"), limits.max_body_bytes)

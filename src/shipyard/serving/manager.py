@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shipyard.config import ModelServing
 from shipyard.errors import ModelNotReady, NotFound, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
@@ -28,9 +30,15 @@ RESOLVE_TTL_SECONDS = 1.0
 State = Literal["loading", "ready", "failed", "unloaded"]
 
 
+DEFAULT_SERVING = ModelServing(
+    workers=1, max_batch_size=64, max_batch_delay=0.0, max_queue=256, cache=False
+)
+
+
 @dataclass
 class LoadedModel:
     record: ModelVersion
+    serving: ModelServing = DEFAULT_SERVING
     pool: WorkerPool | None = None
     state: State = "loading"
     reason: str = ""
@@ -52,14 +60,11 @@ class ModelManager:
     def __init__(
         self,
         registry: Registry,
-        workers_per_model: int = 1,
-        max_batch_size: int = 64,
-        max_queue: int = 256,
+        serving_for: Callable[[str], ModelServing] = lambda _: DEFAULT_SERVING,
     ) -> None:
         self.registry = registry
-        self.workers_per_model = workers_per_model
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
+        self.serving_for = serving_for
+        """Options for a model name: worker count, batching, queue, cache."""
         self.models: dict[str, LoadedModel] = {}
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
         self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
@@ -134,7 +139,7 @@ class ModelManager:
         existing = self.models.get(key)
         if existing is not None and existing.state in ("loading", "ready"):
             return existing
-        loaded = LoadedModel(record)
+        loaded = LoadedModel(record, self.serving_for(record.model))
         self.models[key] = loaded
         asyncio.get_running_loop().create_task(self._load(loaded))
         return loaded
@@ -157,9 +162,10 @@ class ModelManager:
                         signature=signature.model_dump() if signature else None,
                         details=loaded.record.flavor_details,
                     ),
-                    processes=self.workers_per_model,
-                    max_batch_rows=self.max_batch_size,
-                    max_queue=self.max_queue,
+                    processes=loaded.serving.workers,
+                    max_batch_rows=loaded.serving.max_batch_size,
+                    max_batch_delay=loaded.serving.max_batch_delay,
+                    max_queue=loaded.serving.max_queue,
                 )
                 await pool.start()
             except ShipyardError as exc:

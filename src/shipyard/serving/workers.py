@@ -233,6 +233,15 @@ class Worker:
             self.process.join(timeout=5)
 
 
+@dataclass
+class PoolStats:
+    """Counters the metrics endpoint reads; plain ints, nothing on the hot path."""
+
+    batches: int = 0
+    rows: int = 0
+    refused: int = 0
+
+
 class WorkerPool:
     """N worker processes for one model version, fed by a bounded queue.
 
@@ -248,17 +257,21 @@ class WorkerPool:
         processes: int = 1,
         max_batch_rows: int = 64,
         max_queue: int = 256,
+        max_batch_delay: float = 0.0,
     ) -> None:
         self.spec = spec
         self.size = max(1, processes)
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_queue = max(1, max_queue)
+        self.max_batch_delay = max(0.0, max_batch_delay)
+        self.stats = PoolStats()
         self.workers: list[Worker] = []
         self.queue: deque[Pending] = deque()
         self.batch_seconds = 0.0
         """Moving average of one batch's service time, for deadline admission."""
         self._ids = itertools.count()
         self._closed = False
+        self._delayed: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded and warmed the model."""
@@ -294,6 +307,13 @@ class WorkerPool:
             log.error("could not replace worker for %s: %s", self.spec.key, task.exception())
 
     def _admit(self, live: int, timeout: float) -> None:
+        try:
+            self._check_admission(live, timeout)
+        except Overloaded:
+            self.stats.refused += 1
+            raise
+
+    def _check_admission(self, live: int, timeout: float) -> None:
         if live == 0:
             raise ModelNotReady(f"{self.spec.key} has no live worker right now; retry shortly")
         if len(self.queue) >= self.max_queue:
@@ -313,15 +333,26 @@ class WorkerPool:
         self._admit(live, timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
-        item = Pending(inputs, tuple(outputs) if outputs else None, future, loop.time() + timeout)
+        now = loop.time()
+        item = Pending(inputs, tuple(outputs) if outputs else None, future, now + timeout, now)
         self.queue.append(item)
         self._dispatch()
+        # A timer rather than asyncio.wait_for: wait_for wraps every request in an
+        # extra task, which showed up as ~7% of the server's CPU in the profile.
+        expiry = loop.call_at(item.deadline, self._expire, item, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            if item in self.queue:
-                self.queue.remove(item)  # never start work nobody waits for
-            raise DeadlineExceeded(f"{self.spec.key} did not answer within {timeout:g} s") from None
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, item: Pending, timeout: float) -> None:
+        if item.future.done():
+            return
+        if item in self.queue:
+            self.queue.remove(item)  # never start work nobody waits for
+        item.future.set_exception(
+            DeadlineExceeded(f"{self.spec.key} did not answer within {timeout:g} s")
+        )
 
     def _dispatch(self) -> None:
         """Give every idle worker the next batch from the queue."""
@@ -334,7 +365,7 @@ class WorkerPool:
             now = loop.time()
             while self.queue and (self.queue[0].future.done() or self.queue[0].deadline < now):
                 self.queue.popleft()  # its caller has stopped waiting
-            if not self.queue:
+            if not self.queue or self._wait_for_fuller_batch(now):
                 return
             batch = take_batch(self.queue, self.max_batch_rows)
             wanted = list(batch[0].outputs) if batch[0].outputs else None
@@ -343,8 +374,25 @@ class WorkerPool:
             except WorkerCrashed as exc:
                 self._fail(batch, exc)
                 continue
+            self.stats.batches += 1
+            self.stats.rows += sum(p.rows or 0 for p in batch)
             started = loop.time()
             result.add_done_callback(functools.partial(self._finish, batch, started))
+
+    def _wait_for_fuller_batch(self, now: float) -> bool:
+        """With a batch delay set, hold a short batch until it fills or its oldest has waited."""
+        if not self.max_batch_delay:
+            return False
+        send_at = self.queue[0].arrived + self.max_batch_delay
+        if now >= send_at or sum(p.rows or 1 for p in self.queue) >= self.max_batch_rows:
+            return False
+        if self._delayed is None:
+            self._delayed = asyncio.get_running_loop().call_at(send_at, self._delay_over)
+        return True
+
+    def _delay_over(self) -> None:
+        self._delayed = None
+        self._dispatch()
 
     def _finish(self, batch: list[Pending], started: float, done: asyncio.Future[Tensors]) -> None:
         elapsed = asyncio.get_running_loop().time() - started
@@ -378,6 +426,8 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._delayed is not None:
+            self._delayed.cancel()
         workers, self.workers = self.workers, []
         loop = asyncio.get_running_loop()
         for worker in workers:

@@ -1,0 +1,1 @@
+"""Watching the server: Prometheus metrics (more arrives with monitoring)."""
