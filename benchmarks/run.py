@@ -4,9 +4,11 @@ the transport limit and the in-process compute limit, in one run on one machine.
 Usage (from the repository root, after `make install-dev`):
     .venv/bin/python benchmarks/run.py [--duration 5] [--concurrency 1,16,64]
 
-Needs `wrk` (Debian package) and MLServer in its own venv:
+Needs `wrk` and `hey` (Debian packages) and MLServer in its own venv (`make bench` makes it):
     python3 -m venv benchmarks/.venv-mlserver
     benchmarks/.venv-mlserver/bin/pip install mlserver==1.7.1 mlserver-sklearn==1.7.1
+Closed-loop runs use wrk; the overload run uses hey, whose per-worker rate limit
+offers a fixed request rate whatever the server answers (open loop).
 Writes the table to benchmarks/BENCHMARKS.md and raw numbers to benchmarks/results/.
 """
 
@@ -20,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,6 +40,20 @@ BENCH = ROOT / "benchmarks"
 PYTHON_BIN = ROOT / ".venv" / "bin"
 MLSERVER_BIN = BENCH / ".venv-mlserver" / "bin"
 FEATURES = 20
+# Shipyard's default: one HTTP process, and model workers following the cores.
+SHIPYARD_PROCESSES = 1 + (os.cpu_count() or 1)
+# wrk's own summary in machine-readable form (microseconds), printed last.
+WRK_SUMMARY = """
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT {\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, "
+    .. "\\"p99_us\\": %d, \\"status\\": %d, \\"connect\\": %d, \\"read\\": %d, "
+    .. "\\"write\\": %d, \\"timeout\\": %d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
 
 
 @dataclass
@@ -75,6 +90,7 @@ def train(folder: Path) -> dict[str, Path]:
     (folder / "post.lua").write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f'local f = io.open("{folder / "body.json"}")\nwrk.body = f:read("*a")\nf:close()\n'
+        + WRK_SUMMARY
     )
     return paths
 
@@ -99,7 +115,7 @@ def free_port() -> int:
 
 @contextmanager
 def running(command: list[str], url: str, body: bytes, env: dict[str, str], cwd: Path,
-            log: Path) -> Iterator[None]:  # fmt: skip
+            log: Path) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
     with log.open("w") as out:
         process = subprocess.Popen(
             command, env={**os.environ, **env}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
@@ -119,7 +135,7 @@ def running(command: list[str], url: str, body: bytes, env: dict[str, str], cwd:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{command} never answered: see {log}")
             time.sleep(0.25)  # a benchmark harness waiting for a server, not a test
-        yield
+        yield process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -129,25 +145,20 @@ def running(command: list[str], url: str, body: bytes, env: dict[str, str], cwd:
             process.wait()
 
 
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
 def wrk(url: str, script: Path, concurrency: int, duration: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, failed requests) of one closed-loop run."""
     subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d1s", "-s", str(script), url],
                    capture_output=True, check=True)  # warm-up  # fmt: skip
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, p50, p99, int(errors.group(1)) if errors else 0
+    result = json.loads(out[out.index("RESULT ") + len("RESULT ") :].splitlines()[0])
+    failed = sum(result[k] for k in ("status", "connect", "read", "write", "timeout"))
+    rps = result["requests"] / (result["duration_us"] / 1e6)
+    return rps, result["p50_us"] / 1000, result["p99_us"] / 1000, failed
 
 
 def servers(model: str, path: Path, work: Path) -> list[tuple[str, list[str], dict[str, str], str]]:
@@ -167,10 +178,12 @@ def servers(model: str, path: Path, work: Path) -> list[tuple[str, list[str], di
         }))  # fmt: skip
         mlserver_dirs[label] = folder
     shipyard_home = tempfile.mkdtemp(prefix="shipyard-bench-")
+    transport = [str(PYTHON_BIN / "uvicorn"), "servers.transport_app:app", "--port", port_holder,
+                 "--no-access-log", "--log-level", "warning"]  # fmt: skip
     return [
-        ("transport limit (uvicorn, 2 processes)",
-         [str(PYTHON_BIN / "uvicorn"), "servers.transport_app:app", "--port", port_holder,
-          "--workers", "2", "--no-access-log", "--log-level", "warning"], {}, "/v2/models/m/infer"),
+        ("transport limit (1 process, as Shipyard's HTTP)", transport, {}, "/v2/models/m/infer"),
+        (f"transport limit ({SHIPYARD_PROCESSES} processes, as Shipyard's total)",
+         [*transport, "--workers", str(SHIPYARD_PROCESSES)], {}, "/v2/models/m/infer"),
         ("MLServer 1.7.1 (defaults)",
          [str(MLSERVER_BIN / "mlserver"), "start", str(mlserver_dirs["mlserver"])],
          {"MLSERVER_HTTP_PORT": port_holder, "MLSERVER_GRPC_PORT": "0",
@@ -193,6 +206,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--overload", default="heavy", help="models for the overload run")
+    parser.add_argument("--servers", default="", help="only servers whose label has this text")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     work = BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
@@ -203,6 +218,8 @@ def main() -> None:
     points: list[Point] = []
     for model, path in paths.items():
         for label, command, env, url_path in servers(model, path, work):
+            if args.servers and args.servers.lower() not in label.lower():
+                continue
             port = free_port()
             command = [c.replace("{port}", str(port)) for c in command]
             env = {k: v.replace("{port}", str(port)) for k, v in env.items()}
@@ -214,17 +231,111 @@ def main() -> None:
                     points.append(Point(model, label, concurrency, rps, rps, p50, p99, errors))
                     summary = f"{rps:8.0f} req/s p50 {p50:7.2f} ms p99 {p99:8.2f} ms"
                     print(f"{model:5} {label:40} c={concurrency:<3} {summary} non-2xx {errors}")
-    (work / "points.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
-    write_markdown(points, limits, args, work)
+    overloads = [overload(model, paths[model], work, body) for model in args.overload.split(",")]
+    for o in overloads:
+        print(o)
+    (work / "points.json").write_text(
+        json.dumps({"points": [asdict(p) for p in points],
+                    "overload": [asdict(o) for o in overloads]}, indent=1)
+    )  # fmt: skip
+    write_markdown(points, limits, overloads, args, work)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        total += int(match.group(1)) if match else 0
+    return total / 1024
+
+
+@dataclass
+class Overload:
+    model: str
+    unloaded_p99_ms: float
+    capacity_rps: float
+    offered_rps: float
+    accepted: int
+    accepted_p99_ms: float
+    refused: int
+    refused_p99_ms: float
+    refused_max_ms: float
+    other_failures: int
+    rss_before_mib: float
+    rss_peak_mib: float
+    rss_after_mib: float
+
+
+def overload(model: str, path: Path, work: Path, body: bytes, factor: int = 4,
+             seconds: int = 10) -> Overload:  # fmt: skip
+    """Offer `factor` times Shipyard's measured capacity, open loop, and see what happens."""
+    _, command, env, url_path = servers(model, path, work)[-1]
+    port = free_port()
+    command = [c.replace("{port}", str(port)) for c in command]
+    url = f"http://127.0.0.1:{port}{url_path}"
+    with running(command, url, body, env, BENCH, work / f"{model}-overload.log") as process:
+        _, _, unloaded_p99, _ = wrk(url, work / "post.lua", 1, 3)
+        capacity, _, _, _ = wrk(url, work / "post.lua", 64, 5)
+        rss_before = tree_rss_mib(process.pid)
+        hey_workers = 500  # enough that each worker's pace, not the answers, sets the rate
+        per_worker = factor * capacity / hey_workers
+        hey = subprocess.Popen(
+            ["hey", "-z", f"{seconds}s", "-c", str(hey_workers), "-q", f"{per_worker:.2f}",
+             "-m", "POST", "-T", "application/json", "-D", str(work / "body.json"), "-o", "csv",
+             url], stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        peak = rss_before
+        while hey.poll() is None:
+            peak = max(peak, tree_rss_mib(process.pid))
+            time.sleep(0.5)  # sampling memory while the load runs
+        out = hey.stdout.read() if hey.stdout else ""
+        rss_after = tree_rss_mib(process.pid)
+    accepted, refused, other = [], [], 0
+    for line in out.splitlines()[1:]:
+        fields = line.split(",")
+        if len(fields) < 8:
+            continue
+        latency_ms, status = float(fields[0]) * 1000, fields[6]
+        if status == "200":
+            accepted.append(latency_ms)
+        elif status in ("429", "503"):
+            refused.append(latency_ms)
+        else:
+            other += 1
+
+    def p99(values: list[float]) -> float:
+        return float(np.percentile(values, 99)) if values else float("nan")
+
+    return Overload(
+        model, unloaded_p99, capacity, (len(accepted) + len(refused) + other) / seconds,
+        len(accepted), p99(accepted), len(refused), p99(refused),
+        max(refused) if refused else float("nan"), other, rss_before, peak, rss_after,
+    )  # fmt: skip
 
 
 def write_markdown(points: list[Point], limits: dict[str, dict[int, float]],
-                   args: argparse.Namespace, work: Path) -> None:  # fmt: skip
+                   overloads: list[Overload], args: argparse.Namespace,
+                   work: Path) -> None:  # fmt: skip
     lines = [
         "# Benchmarks",
         "",
         "Made by `.venv/bin/python benchmarks/run.py "
-        f"--duration {args.duration} --concurrency {args.concurrency}` on "
+        f"--duration {args.duration} --concurrency {args.concurrency}"
+        f"{' --servers ' + args.servers if args.servers else ''}` on "
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores shared by the load generator "
         "(wrk, 1 thread) and the servers. One-row V2 JSON requests; `light` is a logistic "
         "regression on 20 features, `heavy` a 20-tree random forest (~1 ms per one-row predict).",
@@ -246,10 +357,22 @@ def write_markdown(points: list[Point], limits: dict[str, dict[int, float]],
                     f"| {p.server} | {p.concurrency} | {p.requests_per_s:,.0f} | "
                     f"{p.rows_per_s:,.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.non_2xx} |"
                 )
+    lines += ["", "## Overload (Shipyard, open loop with hey at 4x its measured capacity)", "",
+              "| model | unloaded p99 ms | capacity req/s | offered req/s | accepted | "
+              "accepted p99 ms | refused | refused p99 ms | refused max ms | other failures | "
+              "RSS before / peak / after MiB |",
+              "| --- " + "| ---: " * 10 + "|"]  # fmt: skip
+    for o in overloads:
+        lines.append(
+            f"| {o.model} | {o.unloaded_p99_ms:.2f} | {o.capacity_rps:,.0f} | "
+            f"{o.offered_rps:,.0f} | {o.accepted:,} | {o.accepted_p99_ms:.2f} | {o.refused:,} | "
+            f"{o.refused_p99_ms:.2f} | {o.refused_max_ms:.2f} | {o.other_failures} | "
+            f"{o.rss_before_mib:.0f} / {o.rss_peak_mib:.0f} / {o.rss_after_mib:.0f} |"
+        )
     lines += ["", f"Raw numbers: `benchmarks/results/{work.name}/points.json` (not committed)."]
     (BENCH / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {BENCH / 'BENCHMARKS.md'}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -67,7 +67,9 @@ def running_shipyard(
             "--grpc-port",
             "0",
         ],
-        env={**os.environ, **env},
+        # One worker per model unless a test asks: the default (one per core) would make
+        # every served model spawn as many processes as the CI machine has cores.
+        env={"SHIPYARD_WORKERS_PER_MODEL": "1", **os.environ, **env},
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
