@@ -293,16 +293,18 @@ def overload(model: str, path: Path, work: Path, body: bytes, factor: int = 4,
         rss_before = tree_rss_mib(process.pid)
         hey_workers = 500  # enough that each worker's pace, not the answers, sets the rate
         per_worker = factor * capacity / hey_workers
-        hey = subprocess.Popen(
-            ["hey", "-z", f"{seconds}s", "-c", str(hey_workers), "-q", f"{per_worker:.2f}",
-             "-m", "POST", "-T", "application/json", "-D", str(work / "body.json"), "-o", "csv",
-             url], stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        peak = rss_before
-        while hey.poll() is None:
-            peak = max(peak, tree_rss_mib(process.pid))
-            time.sleep(0.5)  # sampling memory while the load runs
-        out = hey.stdout.read() if hey.stdout else ""
+        csv = work / f"{model}-overload.csv"
+        with csv.open("w") as sink:  # a file, not a pipe: hey writes it all at the end
+            hey = subprocess.Popen(
+                ["hey", "-z", f"{seconds}s", "-c", str(hey_workers), "-q", f"{per_worker:.2f}",
+                 "-m", "POST", "-T", "application/json", "-D", str(work / "body.json"),
+                 "-o", "csv", url], stdout=sink,
+            )  # fmt: skip
+            peak = rss_before
+            while hey.poll() is None:
+                peak = max(peak, tree_rss_mib(process.pid))
+                time.sleep(0.5)  # sampling memory while the load runs
+        out = csv.read_text()
         rss_after = tree_rss_mib(process.pid)
     accepted, refused, other = [], [], 0
     for line in out.splitlines()[1:]:

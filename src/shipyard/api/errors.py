@@ -21,7 +21,7 @@ def _error(status: int, message: str) -> Response:
 
 async def _shipyard_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ShipyardError)
-    if exc.status >= 500:
+    if exc.status == 500:  # 503s and 504s are load, counted in /metrics, not news
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return _error(exc.status, exc.message)
 

@@ -95,7 +95,7 @@ class FrontDoor:
             return
         except ShipyardError as exc:
             status = int(exc.status)
-            if status >= 500:
+            if status == 500:  # 503s and 504s are load, counted in /metrics, not news
                 log.error("POST %s failed: %s", scope["path"], exc.message)
             answer = _error_answer(status, exc.message)
         except Exception:
