@@ -43,7 +43,7 @@ test: lint typecheck
 
 check: test
 
-# Serving benchmark against MLServer (its own venv) and baselines; needs wrk (apt-get install wrk).
+# Serving benchmark against MLServer (its own venv) and baselines; needs wrk and hey (apt-get install wrk hey).
 MLSERVER := benchmarks/.venv-mlserver/bin/mlserver
 $(MLSERVER):
 	$(PYTHON) -m venv benchmarks/.venv-mlserver

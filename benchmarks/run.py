@@ -340,8 +340,9 @@ def write_markdown(points: list[Point], limits: dict[str, dict[int, float]],
         f"--duration {args.duration} --concurrency {args.concurrency}"
         f"{' --servers ' + args.servers if args.servers else ''}` on "
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores shared by the load generator "
-        "(wrk, 1 thread; hey for the overload run) and the servers. One-row V2 JSON requests; `light` is a logistic "
-        "regression on 20 features, `heavy` a 20-tree random forest (~1 ms per one-row predict).",
+        "(wrk, 1 thread; hey for the overload run) and the servers. One-row V2 JSON requests; "
+        "`light` is a logistic regression on 20 features, `heavy` a 20-tree random forest "
+        "(~1 ms per one-row predict).",
         "",
         "## Compute limit (in-process `predict`, rows/s)",
         "",
