@@ -244,8 +244,10 @@ class LocalClient:
 
     @classmethod
     def open(cls, settings: Settings) -> LocalClient:
-        from shipyard.registry.service import Registry
+        from shipyard.registry.audit import Actor, set_default_actor
+        from shipyard.registry.service import Registry, default_user
 
+        set_default_actor(Actor(default_user(settings), source="cli"))
         return cls(Registry.open(settings))
 
     def __enter__(self) -> LocalClient:

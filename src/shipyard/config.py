@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         default=None,
         description="When set, the CLI talks to the Shipyard server at this URL.",
     )
+    api_key: SecretStr | None = Field(
+        default=None, description="API key the CLI sends to SHIPYARD_URL (never printed)."
+    )
     user: str | None = Field(
         default=None,
         description="Name recorded as created_by; default is the operating-system user.",
@@ -89,6 +92,11 @@ class Settings(BaseSettings):
     )
     cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="Result cache bytes.")
     cache_ttl: float = Field(default=60.0, gt=0, description="Seconds a cached answer lives.")
+    rate_limit: float | None = Field(
+        default=None, gt=0, description="Requests/s per API key unless the key sets its own."
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
     request_timeout: float = Field(
         default=30.0, gt=0, description="Default per-request deadline in seconds (504 after)."
     )

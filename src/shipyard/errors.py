@@ -106,3 +106,21 @@ def http_error(status: int, message: str) -> tuple[bytes, dict[str, str]]:
     body = json.dumps({"error": message}).encode()
     headers = {"retry-after": "1"} if status in (429, 503) else {}
     return body, headers
+
+
+class Unauthenticated(ShipyardError):
+    """No credentials, or credentials that are wrong, revoked or expired."""
+
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class Forbidden(ShipyardError):
+    """The caller is known but its role does not allow this."""
+
+    status = HTTPStatus.FORBIDDEN
+
+
+class RateLimited(ShipyardError):
+    """The caller's key is over its request rate."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS

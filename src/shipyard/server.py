@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from shipyard.config import Settings
 from shipyard.observability.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
+from shipyard.security.gate import Gatekeeper
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.front_door import FrontDoor
@@ -60,6 +62,8 @@ def build_app(
                 grpc_address[1],
                 max_message_bytes=settings.max_body_bytes,
                 max_elements=settings.max_tensor_elements,
+                gate=gate,
+                tls=_tls_pair(settings),
             )
             log.info("gRPC running on %s:%d", grpc_address[0], port)
         # Everything allocated so far (frameworks, registry, models' metadata) lives as
@@ -67,15 +71,20 @@ def build_app(
         # during traffic stay short.
         gc.collect()
         gc.freeze()
+        flusher = asyncio.get_running_loop().create_task(_flush_key_use(gate))
         try:
             yield
         finally:
+            flusher.cancel()
+            await asyncio.to_thread(gate.keys.flush_last_used)
             if grpc_server is not None:
                 await grpc_server.stop(grace=2)
             await manager.close()
             registry.close()
 
     app = create_app(registry, lifespan=lifespan)
+    gate = Gatekeeper(app.state.keys, registry.audit, default_rate=settings.rate_limit)
+    app.state.gate = gate
     app.state.rest = RestLimits(
         default_model=default_model.name if default_model else None,
         max_body_bytes=settings.max_body_bytes,
@@ -86,18 +95,71 @@ def build_app(
     return FrontDoor(app)
 
 
+async def _flush_key_use(gate: Gatekeeper) -> None:
+    """Record keys' last use every few seconds, never on the request path."""
+    while True:
+        await asyncio.sleep(5)
+        try:
+            await asyncio.to_thread(gate.keys.flush_last_used)
+        except Exception:
+            log.exception("recording API keys' last use failed")
+
+
+def _tls_pair(settings: Settings) -> tuple[bytes, bytes] | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
+    """Refuse to listen beyond this machine without authentication, unless told to."""
+    gate: Gatekeeper = door.app.state.gate
+    if not gate.open:
+        log.info("authentication on: API keys required")
+        return
+    if host in LOOPBACK:
+        log.warning(
+            "running open: no API keys exist, so anyone on this machine may call every "
+            "endpoint (create one with `shipyard keys create --role admin`)"
+        )
+        return
+    if not insecure:
+        raise SystemExit(
+            f"refusing to listen on {host} without authentication: create a key with "
+            "`shipyard keys create --role admin`, or pass --insecure to run open"
+        )
+    log.warning("running open on %s (--insecure): anyone who can reach it may do anything", host)
+
+
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def run(app: FrontDoor, *, host: str, port: int) -> None:
+def run(
+    app: FrontDoor, settings: Settings, *, host: str, port: int, insecure: bool = False
+) -> None:
     configure_logging()
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    check_exposure(app, host, insecure)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+    )
 
 
-def serve(settings: Settings, *, host: str, port: int, grpc_port: int | None) -> None:
+def serve(
+    settings: Settings, *, host: str, port: int, grpc_port: int | None, insecure: bool = False
+) -> None:
     """`shipyard server`: the control plane and every registered model (loaded on demand)."""
     log.info("registry %s", settings.redacted_database_url)
     grpc_address = (host, grpc_port) if grpc_port is not None else None
-    run(build_app(settings, grpc_address=grpc_address), host=host, port=port)
+    app = build_app(settings, grpc_address=grpc_address)
+    run(app, settings, host=host, port=port, insecure=insecure)

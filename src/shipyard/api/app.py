@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from shipyard import __version__
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.models import router as models_router
+from shipyard.api.security import router as security_router
 from shipyard.registry.service import Registry
+from shipyard.security.keys import KeyStore
 
 
 def create_app(
@@ -26,6 +28,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.keys = KeyStore(registry.sessions)
     install_error_handlers(app)
     app.include_router(models_router)
+    app.include_router(security_router)
     return app

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from shipyard.cli import models, predict, serve, server
+from shipyard.cli import models, predict, security, serve, server
 
 app = typer.Typer(
     name="shipyard",
@@ -16,6 +16,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(security.keys_app, name="keys")
+app.command("audit")(security.audit)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)

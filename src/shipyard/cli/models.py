@@ -23,7 +23,8 @@ def connect() -> Client | LocalClient:
 
     settings = Settings()
     if settings.url:
-        return Client(settings.url)
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        return Client(settings.url, headers={"authorization": f"Bearer {key}"} if key else None)
     return LocalClient.open(settings)
 
 

@@ -23,6 +23,11 @@ def serve(
         None, min=0, help="Wait up to this long for a fuller batch [default: 0, adaptive only]."
     ),
     cache: bool = typer.Option(False, help="Cache answers (same inputs, same version)."),
+    tls_cert: Path | None = typer.Option(None, help="PEM certificate chain: serve over TLS."),
+    tls_key: Path | None = typer.Option(None, help="PEM private key for --tls-cert."),
+    insecure: bool = typer.Option(
+        False, help="Allow listening beyond 127.0.0.1 with no API keys (anyone may do anything)."
+    ),
     signature_from: Path | None = typer.Option(
         None, help="Example .csv/.parquet giving a file's signature."
     ),
@@ -34,6 +39,7 @@ def serve(
     """
     import tempfile
 
+    from shipyard.cli.server import tls_options
     from shipyard.config import Settings
     from shipyard.registry.records import RegistrationOptions
     from shipyard.registry.refs import ModelRef, parse_ref
@@ -48,6 +54,7 @@ def serve(
         "cache": cache or None,
     }
     options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    options.update(tls_options(tls_cert, tls_key))
     settings = Settings(**options)
     path = Path(model)
     if path.exists():
@@ -68,4 +75,4 @@ def serve(
         registry = Registry.open(settings)
     grpc_address = (host, grpc_port) if grpc_port >= 0 else None
     app = build_app(settings, registry, default_model=ref, grpc_address=grpc_address)
-    run(app, host=host, port=port)
+    run(app, settings, host=host, port=port, insecure=insecure)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
 
@@ -9,9 +12,22 @@ def server(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="REST port."),
     grpc_port: int = typer.Option(8001, help="gRPC port (-1 turns gRPC off)."),
+    tls_cert: Path | None = typer.Option(None, help="PEM certificate chain: serve over TLS."),
+    tls_key: Path | None = typer.Option(None, help="PEM private key for --tls-cert."),
+    insecure: bool = typer.Option(
+        False, help="Allow listening beyond 127.0.0.1 with no API keys (anyone may do anything)."
+    ),
 ) -> None:
     """Start the Shipyard server: control plane and every registered model."""
     from shipyard.config import Settings
     from shipyard.server import serve
 
-    serve(Settings(), host=host, port=port, grpc_port=None if grpc_port < 0 else grpc_port)
+    settings = Settings(**tls_options(tls_cert, tls_key))
+    grpc = None if grpc_port < 0 else grpc_port
+    serve(settings, host=host, port=port, grpc_port=grpc, insecure=insecure)
+
+
+def tls_options(cert: Path | None, key: Path | None) -> dict[str, Any]:
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    return {"tls_cert": cert, "tls_key": key} if cert and key else {}

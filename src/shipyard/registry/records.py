@@ -102,3 +102,30 @@ class RegistrationOptions(BaseModel):
         description="If the newest live version with identical artifact bytes exists, "
         "return it instead of creating a new version.",
     )
+
+
+class AuditEvent(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    source: str
+    action: str
+    target: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+class ApiKey(BaseModel):
+    """What may be shown about a key: never its secret or hash."""
+
+    id: str
+    name: str
+    role: str
+    models: list[str] | None = None
+    rate_per_second: float | None = None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None

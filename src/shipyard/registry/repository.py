@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from shipyard.errors import Conflict, InvalidInput, NotFound
 from shipyard.registry import records
+from shipyard.registry.audit import record_event
 from shipyard.registry.db import write_session
 from shipyard.registry.refs import (
     LATEST,
@@ -154,14 +155,18 @@ class ModelRepository:
                 )
             if row.archived_at is None:
                 row.archived_at = row.updated_at = utcnow()
+            record_event(session, "model.archive", name, after={"archived": True})
         return self.get_model(name)
 
     def set_model_tag(self, name: str, key: str, value: str) -> records.Model:
         check_tag_key(key)
         with write_session(self._sessions) as session:
             row = self._model_row(session, name)
+            old = session.get(ModelTagRow, (row.id, key))
+            before = {key: old.value} if old is not None else None
             session.merge(ModelTagRow(model_id=row.id, key=key, value=value))
             row.updated_at = utcnow()
+            record_event(session, "model.tag.set", name, before=before, after={key: value})
         return self.get_model(name)
 
     def delete_model_tag(self, name: str, key: str) -> records.Model:
@@ -174,6 +179,7 @@ class ModelRepository:
             )
             if not deleted.rowcount:  # type: ignore[attr-defined]
                 raise NotFound(f"model {name!r} has no tag {key!r}")
+            record_event(session, "model.tag.delete", name, before={"key": key})
         return self.get_model(name)
 
     # ---- versions ---------------------------------------------------------
@@ -229,6 +235,17 @@ class ModelRepository:
             )
             for alias in new.aliases:
                 self._point_alias(session, model_id, alias, row.id)
+            record_event(
+                session,
+                "version.register",
+                f"{name}:{number}",
+                after={
+                    "flavor": new.flavor,
+                    "digest": new.artifact_digest,
+                    "unsafe_format": new.unsafe_format,
+                    "aliases": list(new.aliases),
+                },
+            )
         return self.get_version(ModelRef(name, version=number))
 
     def _ensure_model(self, session: Session, name: str, description: str) -> int:
@@ -315,14 +332,19 @@ class ModelRepository:
                 row.archived_at = utcnow()
                 model.updated_at = utcnow()
             number = row.version
+            record_event(session, "version.archive", f"{ref.name}:{number}")
         return self.get_version(ModelRef(ref.name, version=number))
 
     def set_version_tag(self, ref: ModelRef, key: str, value: str) -> records.ModelVersion:
         check_tag_key(key)
         with write_session(self._sessions) as session:
             row = self._version_row(session, self._model_row(session, ref.name), ref)
+            old = session.get(VersionTagRow, (row.id, key))
+            before = {key: old.value} if old is not None else None
             session.merge(VersionTagRow(version_id=row.id, key=key, value=value))
             number = row.version
+            target = f"{ref.name}:{number}"
+            record_event(session, "version.tag.set", target, before=before, after={key: value})
         return self.get_version(ModelRef(ref.name, version=number))
 
     def delete_version_tag(self, ref: ModelRef, key: str) -> records.ModelVersion:
@@ -336,6 +358,7 @@ class ModelRepository:
             if not deleted.rowcount:  # type: ignore[attr-defined]
                 raise NotFound(f"{ref} has no tag {key!r}")
             number = row.version
+            record_event(session, "version.tag.delete", f"{ref.name}:{number}", before={"key": key})
         return self.get_version(ModelRef(ref.name, version=number))
 
     # ---- aliases ----------------------------------------------------------
@@ -347,8 +370,16 @@ class ModelRepository:
             row = self._version_row(session, model, ModelRef(name, version=version))
             if row.archived_at is not None:
                 raise Conflict(f"{name}:{version} is archived; an alias cannot point at it")
+            old = next((a.version.version for a in model.aliases if a.alias == alias), None)
             self._point_alias(session, model.id, alias, row.id)
             model.updated_at = utcnow()
+            record_event(
+                session,
+                "alias.set",
+                f"{name}@{alias}",
+                before={"version": old} if old is not None else None,
+                after={"version": version},
+            )
         return records.Alias(model=name, alias=alias, version=version)
 
     @staticmethod
@@ -365,6 +396,7 @@ class ModelRepository:
     def delete_alias(self, name: str, alias: str) -> None:
         with write_session(self._sessions) as session:
             model = self._model_row(session, name)
+            old = next((a.version.version for a in model.aliases if a.alias == alias), None)
             deleted = session.execute(
                 sa.delete(AliasRow).where(
                     (AliasRow.model_id == model.id) & (AliasRow.alias == alias)
@@ -372,6 +404,7 @@ class ModelRepository:
             )
             if not deleted.rowcount:  # type: ignore[attr-defined]
                 raise NotFound(f"model {name!r} has no alias {alias!r}")
+            record_event(session, "alias.delete", f"{name}@{alias}", before={"version": old})
 
     # ---- helpers ----------------------------------------------------------
 

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
 from shipyard.artifacts import ArtifactStore
 from shipyard.config import Settings
 from shipyard.registry import records
+from shipyard.registry.audit import AuditLog
 from shipyard.registry.db import create_engine, migrate, session_factory
 from shipyard.registry.importing import register_model
 from shipyard.registry.repository import ModelRepository
@@ -30,18 +32,23 @@ class Registry:
     """Everything the control plane needs to read and change the registry."""
 
     engine: sa.Engine
+    sessions: sessionmaker[Session]
     models: ModelRepository
     artifacts: ArtifactStore
+    audit: AuditLog
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
         """Connect, bring the schema up to date, and open the artifact store."""
         engine = create_engine(settings.resolved_database_url)
         migrate(engine)
+        sessions = session_factory(engine)
         return cls(
             engine=engine,
-            models=ModelRepository(session_factory(engine)),
+            sessions=sessions,
+            models=ModelRepository(sessions),
             artifacts=ArtifactStore(settings.resolved_artifact_root, settings.cache_dir),
+            audit=AuditLog(sessions),
         )
 
     def register(

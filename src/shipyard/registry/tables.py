@@ -117,3 +117,41 @@ class VersionTagRow(Base):
     version_id: Mapped[int] = mapped_column(sa.ForeignKey("model_versions.id"), primary_key=True)
     key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     value: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+class ApiKeyRow(Base):
+    """An API key: only a salted scrypt hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    """Public key id, the part of the key before the secret; safe to log."""
+    name: Mapped[str] = mapped_column(sa.String(200), default="")
+    role: Mapped[str] = mapped_column(sa.String(20))
+    models: Mapped[list[str] | None] = mapped_column(sa.JSON, default=None)
+    """Models a predictor key may call; None means every model."""
+    salt: Mapped[str] = mapped_column(sa.String(64))
+    secret_hash: Mapped[str] = mapped_column(sa.String(128))
+    rate_per_second: Mapped[float | None] = mapped_column(sa.Float, default=None)
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditRow(Base):
+    """One change to the registry or its keys; append-only (triggers refuse edits)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    role: Mapped[str] = mapped_column(sa.String(20), default="")
+    source: Mapped[str] = mapped_column(sa.String(200), default="")
+    """Where the change came from: a client address, or `cli`."""
+    action: Mapped[str] = mapped_column(sa.String(100))
+    target: Mapped[str] = mapped_column(sa.String(400), default="")
+    before: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
+    after: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)

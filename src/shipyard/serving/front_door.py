@@ -15,8 +15,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.routing import Match
 
-from shipyard.errors import PayloadTooLarge, ShipyardError, http_error
+from shipyard.errors import Forbidden, PayloadTooLarge, ShipyardError, http_error
+from shipyard.registry.audit import Actor, acting_as
+from shipyard.security.gate import Gatekeeper
+from shipyard.security.policy import rest_rule
 from shipyard.serving.rest import (
     Answer,
     RestLimits,
@@ -35,6 +39,25 @@ Send = Callable[[Message], Awaitable[None]]
 
 # The only request headers the inference handlers look at (ASGI gives them lower-case).
 _HEADERS_READ = frozenset({b"content-length", b"content-type", b"inference-header-content-length"})
+
+
+_INFER_TEMPLATES = {
+    (True, False): "/v2/models/{name}/infer",
+    (True, True): "/v2/models/{name}/versions/{version}/infer",
+    (False, False): "/invocations",
+}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
 
 
 class ClientGone(Exception):
@@ -63,12 +86,52 @@ class FrontDoor:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route = match_inference(scope["path"])
-            if route is not None:
-                await self._infer(route, scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = match_inference(scope["path"]) if scope["method"] == "POST" else None
+        if route is not None:
+            template: str | None = _INFER_TEMPLATES[(bool(route[0]), route[1] is not None)]
+            model: str | None = route[0] or self.app.state.rest.default_model
+        else:
+            template, model = self._route_of(scope)
+        gate: Gatekeeper | None = getattr(self.app.state, "gate", None)
+        actor = None
+        if gate is not None and template is not None:
+            source = _client(scope)
+            try:
+                permission = rest_rule(scope["method"], template)
+                if permission is None:  # fail closed: see security/policy.py
+                    raise Forbidden(f"no access rule for {scope['method']} {template}")
+                principal = gate.admit(permission, _header(scope, b"authorization"), model, source)
+            except ShipyardError as exc:
+                await _send(send, int(exc.status), _error_answer(int(exc.status), exc.message))
                 return
-        await self.app(scope, receive, send)
+            actor = Actor(principal.name, principal.role, source)
+        if actor is None:
+            await self._dispatch(route, scope, receive, send)
+            return
+        with acting_as(actor):
+            await self._dispatch(route, scope, receive, send)
+
+    async def _dispatch(
+        self, route: tuple[str, str | None] | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if route is not None:
+            await self._infer(route, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _route_of(self, scope: Scope) -> tuple[str | None, str | None]:
+        """The matched route's path template and the model it names, if any."""
+        for candidate in self.app.router.routes:
+            match, child = candidate.matches(scope)
+            if match is Match.FULL:
+                template: str = getattr(candidate, "path", "")
+                params = child.get("path_params", {})
+                named = params.get("name") if template.startswith("/v2/models/") else None
+                return template, named
+        return None, None  # FastAPI answers 404 or 405 itself
 
     async def _infer(
         self, route: tuple[str, str | None], scope: Scope, receive: Receive, send: Send
@@ -103,13 +166,17 @@ class FrontDoor:
             log.exception("POST %s failed", scope["path"])
             status = 500
             answer = _error_answer(status, "internal server error")
-        raw_headers = [
-            (b"content-type", answer.media_type.encode()),
-            (b"content-length", str(len(answer.body)).encode()),
-        ]
-        raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        await _send(send, status, answer)
+
+
+async def _send(send: Send, status: int, answer: Answer) -> None:
+    raw_headers = [
+        (b"content-type", answer.media_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
+    ]
+    raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 def _error_answer(status: int, message: str) -> Answer:

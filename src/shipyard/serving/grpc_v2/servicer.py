@@ -11,6 +11,9 @@ import grpc
 
 from shipyard import __version__
 from shipyard.errors import ShipyardError
+from shipyard.registry.audit import Actor, acting_as
+from shipyard.security.gate import Gatekeeper
+from shipyard.security.policy import GRPC_RULES
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.grpc_v2 import inference_pb2 as pb
 from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
@@ -38,10 +41,20 @@ Reply = TypeVar("Reply")
 def _translate_errors(
     method: Callable[[Any, Any, Any], Awaitable[Reply]],
 ) -> Callable[[Any, Any, Any], Awaitable[Reply]]:
+    permission = GRPC_RULES[method.__name__]  # a method without a rule fails at import
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: Any) -> Reply:
         try:
-            return await method(self, request, context)
+            gate: Gatekeeper | None = self.gate
+            if gate is None:
+                return await method(self, request, context)
+            metadata = {key: value for key, value in context.invocation_metadata() or ()}
+            model = getattr(request, "model_name", None) or getattr(request, "name", None)
+            source = context.peer() or ""
+            principal = gate.admit(permission, metadata.get("authorization"), model, source)
+            with acting_as(Actor(principal.name, principal.role, source)):
+                return await method(self, request, context)
         except ShipyardError as exc:
             code = STATUS_CODES.get(int(exc.status), grpc.StatusCode.INTERNAL)
             await context.abort(code, exc.message)
@@ -56,8 +69,11 @@ def _translate_errors(
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, max_elements: int) -> None:
+    def __init__(
+        self, dataplane: DataPlane, max_elements: int, gate: Gatekeeper | None = None
+    ) -> None:
         self.dataplane = dataplane
+        self.gate = gate
         self.manager = dataplane.manager
         self.max_elements = max_elements
 
@@ -130,7 +146,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, host: str, port: int, max_message_bytes: int, max_elements: int
+    dataplane: DataPlane,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    max_elements: int,
+    gate: Gatekeeper | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on host:port (0 = any free port); returns the server and its port."""
     server = grpc.aio.server(
@@ -144,8 +166,12 @@ async def start_grpc_server(
     service_name = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
     reflection.enable_server_reflection([service_name, reflection.SERVICE_NAME], server)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceServicer(dataplane, max_elements), server
+        InferenceServicer(dataplane, max_elements, gate), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is not None:  # (certificate chain, private key), PEM
+        credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound

@@ -1,0 +1,65 @@
+"""Control-plane REST routes for API keys and the audit trail (admin only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from shipyard.registry import records
+from shipyard.registry.audit import current_actor
+from shipyard.security.keys import KeyStore, parse_duration
+
+router = APIRouter(prefix="/api", tags=["security"])
+
+
+class NewKey(BaseModel):
+    role: str
+    name: str = ""
+    models: list[str] | None = Field(default=None, description="Limit a key to these models.")
+    expires: str | None = Field(default=None, description="Lifetime like 30d, 12h or 45m.")
+    rate_per_second: float | None = None
+
+
+class CreatedKey(BaseModel):
+    key: str = Field(description="The key itself: shown this once, never stored.")
+    record: records.ApiKey
+
+
+def _keys(request: Request) -> KeyStore:
+    keys: KeyStore = request.app.state.keys
+    return keys
+
+
+@router.get("/keys")
+def list_keys(request: Request) -> list[records.ApiKey]:
+    return _keys(request).list()
+
+
+@router.post("/keys", status_code=201)
+def create_key(request: Request, body: NewKey) -> CreatedKey:
+    token, record = _keys(request).create(
+        body.role,
+        created_by=current_actor().name,
+        name=body.name,
+        models=body.models,
+        expires_in=parse_duration(body.expires) if body.expires else None,
+        rate_per_second=body.rate_per_second,
+    )
+    return CreatedKey(key=token, record=record)
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(request: Request, key_id: str) -> records.ApiKey:
+    return _keys(request).revoke(key_id)
+
+
+@router.get("/audit")
+def read_audit(
+    request: Request,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> list[records.AuditEvent]:
+    return request.app.state.registry.audit.events(since=since, limit=limit)  # type: ignore[no-any-return]

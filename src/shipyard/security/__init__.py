@@ -1,0 +1,1 @@
+"""Who may do what: API keys, roles, the policy every endpoint goes through, rate limits."""

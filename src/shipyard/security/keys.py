@@ -1,0 +1,232 @@
+"""API keys: created once, stored as a salted scrypt hash, revocable, expiring.
+
+A key reads `sy_<id>_<secret>`. The id is public (it names the key in lists,
+logs and the audit trail); only scrypt(secret, salt) is stored. scrypt is slow
+on purpose, so verifying on every request would cost the hot path far more
+than the model: a token is checked once and remembered by a fast digest of the
+whole token, and each use is checked against the key table held in memory and
+re-read every `REFRESH_SECONDS`, so a revocation or expiry takes effect within
+that time. Wrong tokens are remembered too, so guessing costs one scrypt each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from shipyard.errors import InvalidInput, NotFound
+from shipyard.registry import records
+from shipyard.registry.audit import record_event
+from shipyard.registry.tables import ApiKeyRow
+
+ROLES = ("viewer", "predictor", "deployer", "admin")
+PREFIX = "sy"
+REFRESH_SECONDS = 2.0
+_REMEMBERED = 10_000  # verified and refused token digests kept in memory
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    role: str
+    key_id: str | None = None
+    models: frozenset[str] | None = None
+    """Models this caller may call for inference; None: any."""
+    rate_per_second: float | None = None
+
+
+def _hash(secret: str, salt: str) -> str:
+    return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30d`, `12h`, `45m`: how long a key lives."""
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) < 1:
+        raise InvalidInput(f"expiry {text!r} is not like 30d, 12h or 45m")
+    return timedelta(**{units[text[-1]]: int(text[:-1])})
+
+
+def _record(row: ApiKeyRow) -> records.ApiKey:
+    return records.ApiKey(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        models=row.models,
+        rate_per_second=row.rate_per_second,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+class KeyStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._rows: dict[str, ApiKeyRow] = {}
+        self._loaded_at = float("-inf")
+        self._verified: dict[bytes, tuple[float, Principal]] = {}
+        self._used: set[str] = set()
+        self._refused: set[bytes] = set()
+        self._any_active = False
+        self._live_until: datetime | None = None
+
+    # ---- managing keys ----------------------------------------------------
+
+    def create(
+        self,
+        role: str,
+        created_by: str,
+        name: str = "",
+        models: list[str] | None = None,
+        expires_in: timedelta | None = None,
+        rate_per_second: float | None = None,
+    ) -> tuple[str, records.ApiKey]:
+        """A new key: the token (shown once, never stored) and its record."""
+        if role not in ROLES:
+            raise InvalidInput(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        if rate_per_second is not None and rate_per_second <= 0:
+            raise InvalidInput("rate must be a positive number of requests per second")
+        key_id, secret, salt = (
+            secrets.token_hex(6),
+            secrets.token_urlsafe(32),
+            secrets.token_hex(16),
+        )
+        row = ApiKeyRow(
+            id=key_id,
+            name=name,
+            role=role,
+            models=sorted(models) if models else None,
+            salt=salt,
+            secret_hash=_hash(secret, salt),
+            rate_per_second=rate_per_second,
+            created_by=created_by,
+            expires_at=datetime.now(UTC) + expires_in if expires_in else None,
+        )
+        with self._sessions() as session, session.begin():
+            session.add(row)
+            session.flush()
+            record = _record(row)
+            after = record.model_dump(mode="json", include={"role", "models", "expires_at"})
+            record_event(session, "key.create", key_id, after=after)
+        self._loaded_at = float("-inf")
+        return f"{PREFIX}_{key_id}_{secret}", record
+
+    def revoke(self, key_id: str) -> records.ApiKey:
+        with self._sessions() as session, session.begin():
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no key {key_id!r}")
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(UTC)
+                record_event(session, "key.revoke", key_id, before={"role": row.role})
+            record = _record(row)
+        self._loaded_at = float("-inf")
+        return record
+
+    def list(self) -> list[records.ApiKey]:
+        self.flush_last_used()
+        with self._sessions() as session:
+            rows = session.scalars(sa.select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()
+        return [_record(r) for r in rows]
+
+    def any_active(self) -> bool:
+        """Whether any key could authenticate now (from the in-memory table)."""
+        self._table()
+        return self._any_active and (
+            self._live_until is None or self._live_until > datetime.now(UTC)
+        )
+
+    # ---- checking keys ----------------------------------------------------
+
+    def _table(self) -> dict[str, ApiKeyRow]:
+        if time.monotonic() - self._loaded_at >= REFRESH_SECONDS:
+            with self._lock, self._sessions() as session:
+                rows = session.scalars(sa.select(ApiKeyRow)).all()
+                session.expunge_all()
+                self._rows = {r.id: r for r in rows}
+                live = [r for r in rows if r.revoked_at is None]
+                self._any_active = bool(live)
+                # While the last live key's expiry is ahead, some key is active.
+                expiries = [r.expires_at for r in live]
+                self._live_until = (
+                    None if not live or None in expiries else max(e for e in expiries if e)
+                )
+                self._loaded_at = time.monotonic()
+                self._verified = {
+                    digest: entry
+                    for digest, entry in self._verified.items()
+                    if entry[1].key_id in self._rows
+                }
+        return self._rows
+
+    def verify(self, token: str) -> Principal | None:
+        """The key's principal, or None for an unknown, wrong, revoked or expired key."""
+        digest = hashlib.sha256(token.encode()).digest()
+        rows = self._table()
+        cached = self._verified.get(digest)
+        principal: Principal | None
+        if cached is not None:
+            principal = cached[1]
+        else:
+            if digest in self._refused:
+                return None
+            principal = self._check(token, rows)
+            if len(self._verified) >= _REMEMBERED or len(self._refused) >= _REMEMBERED:
+                self._verified.clear()
+                self._refused.clear()
+            if principal is None:
+                self._refused.add(digest)  # a wrong token costs one scrypt, not one per try
+                return None
+            self._verified[digest] = (time.monotonic(), principal)
+        row = rows.get(principal.key_id or "")
+        now = datetime.now(UTC)
+        if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
+            self._verified.pop(digest, None)
+            return None
+        self._used.add(row.id)
+        return principal
+
+    @staticmethod
+    def _check(token: str, rows: dict[str, ApiKeyRow]) -> Principal | None:
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != PREFIX:
+            return None
+        row = rows.get(parts[1])
+        if row is None:
+            return None
+        if not hmac.compare_digest(_hash(parts[2], row.salt), row.secret_hash):
+            return None
+        return Principal(
+            name=f"key:{row.id}" + (f" ({row.name})" if row.name else ""),
+            role=row.role,
+            key_id=row.id,
+            models=frozenset(row.models) if row.models else None,
+            rate_per_second=row.rate_per_second,
+        )
+
+    def flush_last_used(self) -> None:
+        """Write the keys used since the last flush (one UPDATE, off the hot path)."""
+        used, self._used = self._used, set()
+        if not used:
+            return
+        with self._sessions() as session, session.begin():
+            session.execute(
+                sa.update(ApiKeyRow)
+                .where(ApiKeyRow.id.in_(used))
+                .values(last_used_at=datetime.now(UTC))
+            )

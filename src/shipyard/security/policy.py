@@ -1,0 +1,100 @@
+"""The one place that decides who may do what.
+
+Every REST route and every gRPC method has exactly one rule here, naming the
+permission it needs; roles are sets of permissions. A route with no rule is
+refused (403) and fails the role-matrix test, so a new endpoint cannot ship
+open by accident.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Permission(StrEnum):
+    PUBLIC = "public"
+    """Liveness, readiness, version, API description: no credentials needed."""
+    READ = "read"
+    """Read the registry and metrics."""
+    INFER = "infer"
+    """Call models: inference and model metadata/readiness."""
+    DEPLOY = "deploy"
+    """Change the registry and what is loaded."""
+    ADMIN = "admin"
+    """Keys and the audit trail."""
+
+
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "viewer": frozenset({Permission.READ}),
+    "predictor": frozenset({Permission.INFER}),
+    "deployer": frozenset({Permission.READ, Permission.INFER, Permission.DEPLOY}),
+    "admin": frozenset(Permission),
+}
+
+P = Permission
+REST_RULES: dict[tuple[str, str], Permission] = {
+    # FastAPI's own documentation routes
+    ("GET", "/openapi.json"): P.PUBLIC,
+    ("GET", "/docs"): P.PUBLIC,
+    ("GET", "/docs/oauth2-redirect"): P.PUBLIC,
+    ("GET", "/redoc"): P.PUBLIC,
+    # health and identity
+    ("GET", "/api/health"): P.PUBLIC,
+    ("GET", "/v2"): P.PUBLIC,
+    ("GET", "/v2/health/live"): P.PUBLIC,
+    ("GET", "/v2/health/ready"): P.PUBLIC,
+    ("GET", "/ping"): P.PUBLIC,
+    ("GET", "/health"): P.PUBLIC,
+    ("GET", "/version"): P.PUBLIC,
+    # data plane
+    ("GET", "/v2/models/{name}"): P.INFER,
+    ("GET", "/v2/models/{name}/versions/{version}"): P.INFER,
+    ("GET", "/v2/models/{name}/ready"): P.INFER,
+    ("GET", "/v2/models/{name}/versions/{version}/ready"): P.INFER,
+    ("POST", "/v2/models/{name}/infer"): P.INFER,
+    ("POST", "/v2/models/{name}/versions/{version}/infer"): P.INFER,
+    ("POST", "/invocations"): P.INFER,
+    ("POST", "/v2/repository/index"): P.READ,
+    ("POST", "/v2/repository/models/{name}/load"): P.DEPLOY,
+    ("POST", "/v2/repository/models/{name}/unload"): P.DEPLOY,
+    ("GET", "/metrics"): P.READ,
+    # registry
+    ("GET", "/api/models"): P.READ,
+    ("GET", "/api/models/{name}"): P.READ,
+    ("POST", "/api/models/{name}/archive"): P.DEPLOY,
+    ("PUT", "/api/models/{name}/tags/{key}"): P.DEPLOY,
+    ("DELETE", "/api/models/{name}/tags/{key}"): P.DEPLOY,
+    ("GET", "/api/models/{name}/versions"): P.READ,
+    ("POST", "/api/models/{name}/versions"): P.DEPLOY,
+    ("GET", "/api/models/{name}/versions/{version}"): P.READ,
+    ("POST", "/api/models/{name}/versions/{version}/archive"): P.DEPLOY,
+    ("PUT", "/api/models/{name}/versions/{version}/tags/{key}"): P.DEPLOY,
+    ("DELETE", "/api/models/{name}/versions/{version}/tags/{key}"): P.DEPLOY,
+    ("PUT", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
+    ("DELETE", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
+    # keys and audit
+    ("GET", "/api/keys"): P.ADMIN,
+    ("POST", "/api/keys"): P.ADMIN,
+    ("POST", "/api/keys/{key_id}/revoke"): P.ADMIN,
+    ("GET", "/api/audit"): P.ADMIN,
+}
+
+GRPC_RULES: dict[str, Permission] = {
+    "ServerLive": P.PUBLIC,
+    "ServerReady": P.PUBLIC,
+    "ServerMetadata": P.PUBLIC,
+    "ModelReady": P.INFER,
+    "ModelMetadata": P.INFER,
+    "ModelInfer": P.INFER,
+    "RepositoryIndex": P.READ,
+    "RepositoryModelLoad": P.DEPLOY,
+    "RepositoryModelUnload": P.DEPLOY,
+}
+
+
+def rest_rule(method: str, template: str) -> Permission | None:
+    return REST_RULES.get(("GET" if method == "HEAD" else method, template))
+
+
+def allows(role: str, permission: Permission) -> bool:
+    return permission is Permission.PUBLIC or permission in ROLE_PERMISSIONS.get(role, ())
