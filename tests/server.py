@@ -52,16 +52,21 @@ def running_server(
 
 @contextmanager
 def running_shipyard(
-    env: dict[str, str], command: str, *args: str, cwd: Path | None = None, timeout: float = 60
+    env: dict[str, str],
+    command: str,
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    host: str = "127.0.0.1",
 ) -> Iterator[RunningServer]:
-    """Run `shipyard COMMAND ARGS --host 127.0.0.1 --port 0` until it reports its URL."""
+    """Run `shipyard COMMAND ARGS --host HOST --port 0` until it reports its URL."""
     process = subprocess.Popen(
         [
             *shipyard_command(),
             command,
             *args,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             "0",
             "--grpc-port",

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ValidationError
 
 from shipyard.errors import InvalidInput
 from shipyard.registry import records
+from shipyard.registry.audit import current_actor
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
 from shipyard.registry.service import Registry
+from shipyard.security.gate import OPEN
 
 router = APIRouter(prefix="/api", tags=["registry"])
 
@@ -112,6 +114,10 @@ def register_version(
         parsed = records.RegistrationOptions.model_validate({**json.loads(options), "name": name})
     except (json.JSONDecodeError, ValidationError) as exc:
         raise InvalidInput(f"invalid options: {exc}") from exc
+    actor = current_actor()
+    if actor.role and actor.name != OPEN.name:
+        # An authenticated caller is who registered it, whatever the options claim.
+        parsed = parsed.model_copy(update={"created_by": actor.name})
     with tempfile.TemporaryDirectory(prefix="shipyard-upload-") as scratch:
         model_path = _receive_artifact(artifact, Path(scratch), folder)
         example_path = _receive_file(example, Path(scratch) / "example") if example else None

@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.routing import Match
 
 from shipyard.errors import Forbidden, PayloadTooLarge, ShipyardError, http_error
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.security.gate import Gatekeeper
-from shipyard.security.policy import rest_rule
+from shipyard.security.policy import match_rest, rest_rule
 from shipyard.serving.rest import (
     Answer,
     RestLimits,
@@ -122,16 +121,14 @@ class FrontDoor:
         else:
             await self.app(scope, receive, send)
 
-    def _route_of(self, scope: Scope) -> tuple[str | None, str | None]:
-        """The matched route's path template and the model it names, if any."""
-        for candidate in self.app.router.routes:
-            match, child = candidate.matches(scope)
-            if match is Match.FULL:
-                template: str = getattr(candidate, "path", "")
-                params = child.get("path_params", {})
-                named = params.get("name") if template.startswith("/v2/models/") else None
-                return template, named
-        return None, None  # FastAPI answers 404 or 405 itself
+    @staticmethod
+    def _route_of(scope: Scope) -> tuple[str | None, str | None]:
+        """The access rule's path template and the model it names, if any."""
+        found = match_rest(scope["method"], scope["path"])
+        if found is None:
+            return None, None  # FastAPI answers 404 or 405 itself
+        template, params = found
+        return template, params.get("name") if template.startswith("/v2/models/") else None
 
     async def _infer(
         self, route: tuple[str, str | None], scope: Scope, receive: Receive, send: Send
