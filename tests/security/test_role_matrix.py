@@ -1,4 +1,4 @@
-"""Every REST route and gRPC method × every identity → allowed or denied, as policy.py says.
+"""Every REST route and gRPC method, for every identity: allowed or denied as policy.py says.
 
 The route list comes from the application itself, so a new route without an
 access rule fails here before it can ship open.
