@@ -33,6 +33,7 @@ def build_app(
     registry: Registry | None = None,
     default_model: ModelRef | None = None,
     grpc_address: tuple[str, int] | None = None,
+    trust: Registry | None = None,
 ) -> FrontDoor:
     """The full application: control plane and data plane over one registry.
 
@@ -81,9 +82,11 @@ def build_app(
                 await grpc_server.stop(grace=2)
             await manager.close()
             registry.close()
+            if trust is not None:
+                trust.close()
 
-    app = create_app(registry, lifespan=lifespan)
-    gate = Gatekeeper(app.state.keys, registry.audit, default_rate=settings.rate_limit)
+    app = create_app(registry, lifespan=lifespan, trust=trust)
+    gate = Gatekeeper(app.state.keys, app.state.trust.audit, default_rate=settings.rate_limit)
     app.state.gate = gate
     app.state.rest = RestLimits(
         default_model=default_model.name if default_model else None,

@@ -19,7 +19,10 @@ from shipyard.security.keys import KeyStore
 def create_app(
     registry: Registry,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
+    trust: Registry | None = None,
 ) -> FastAPI:
+    """`trust` is the registry whose API keys and audit trail guard this app
+    (default: `registry` itself)."""
     app = FastAPI(
         title="Shipyard",
         version=__version__,
@@ -28,7 +31,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = registry
-    app.state.keys = KeyStore(registry.sessions)
+    app.state.trust = trust or registry
+    app.state.keys = KeyStore(app.state.trust.sessions)
     install_error_handlers(app)
     app.include_router(models_router)
     app.include_router(security_router)

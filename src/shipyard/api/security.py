@@ -62,4 +62,4 @@ def read_audit(
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[records.AuditEvent]:
-    return request.app.state.registry.audit.events(since=since, limit=limit)  # type: ignore[no-any-return]
+    return request.app.state.trust.audit.events(since=since, limit=limit)  # type: ignore[no-any-return]

@@ -35,7 +35,8 @@ def serve(
     """Serve one model over Open Inference Protocol V2 and MLflow /invocations.
 
     A path is served straight from a throwaway registry (nothing is written to
-    your home); a reference is served from the registry in SHIPYARD_HOME.
+    your home); a reference is served from the registry in SHIPYARD_HOME. API
+    keys always come from the registry in SHIPYARD_HOME, when there is one.
     """
     import tempfile
 
@@ -57,7 +58,10 @@ def serve(
     options.update(tls_options(tls_cert, tls_key))
     settings = Settings(**options)
     path = Path(model)
+    trust = None
     if path.exists():
+        if Registry.exists(settings):
+            trust = Registry.open(settings)
         # A throwaway registry, whatever SHIPYARD_DATABASE_URL/ARTIFACT_ROOT say.
         scratch = Path(tempfile.mkdtemp(prefix="shipyard-serve-"))
         settings = Settings(
@@ -74,5 +78,5 @@ def serve(
         ref = parse_ref(model)
         registry = Registry.open(settings)
     grpc_address = (host, grpc_port) if grpc_port >= 0 else None
-    app = build_app(settings, registry, default_model=ref, grpc_address=grpc_address)
+    app = build_app(settings, registry, default_model=ref, grpc_address=grpc_address, trust=trust)
     run(app, settings, host=host, port=port, insecure=insecure)

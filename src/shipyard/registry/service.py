@@ -51,6 +51,14 @@ class Registry:
             audit=AuditLog(sessions),
         )
 
+    @staticmethod
+    def exists(settings: Settings) -> bool:
+        """Whether the configured registry is already there (a SQLite file, or a server)."""
+        url = sa.make_url(settings.resolved_database_url)
+        if url.get_backend_name() != "sqlite":
+            return True
+        return url.database is not None and Path(url.database).exists()
+
     def register(
         self,
         path: Path,

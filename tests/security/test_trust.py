@@ -1,0 +1,220 @@
+"""Audit events per mutation, the exposure guard, TLS, rate limits, model-limited keys."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from shipyard.config import Settings
+from shipyard.registry.service import Registry
+from shipyard.security.keys import KeyStore
+from shipyard.serving.grpc_v2 import inference_pb2 as pb
+from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+from tests import fixtures
+from tests.security.conftest import make_keyed_home
+from tests.server import running_server, running_shipyard, shipyard_command
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_every_mutation_leaves_one_audit_event_with_its_actor(tmp_path: Path) -> None:
+    keyed = make_keyed_home(tmp_path / "home")
+    deployer, admin = _bearer(keyed.tokens["deployer"]), _bearer(keyed.tokens["admin"])
+    model = fixtures.write_sklearn_model(tmp_path)
+    with running_server(keyed.env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+
+        def audit() -> list[dict[str, object]]:
+            answer = http.get("/api/audit", params={"limit": 1000}, headers=admin)
+            assert answer.status_code == 200, answer.text
+            return answer.json()  # type: ignore[no-any-return]
+
+        def mutate(method: str, path: str, headers: dict[str, str], **kwargs: object) -> dict:
+            before = len(audit())
+            answer = http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+            assert answer.status_code < 300, f"{method} {path}: {answer.text}"
+            events = audit()
+            assert len(events) == before + 1, f"{method} {path}: {events[before:]}"
+            return events[-1]
+
+        with model.open("rb") as artifact:
+            event = mutate(
+                "POST", "/api/models/fraud/versions", deployer,
+                files={"artifact": ("model.joblib", artifact)},
+                data={"options": json.dumps({"created_by": "someone-else"})},
+            )  # fmt: skip
+        assert (event["action"], event["actor"]) == (
+            "version.register",
+            "key:" + _id(keyed, "deployer") + " (deployer)",
+        )
+        assert event["after"]["unsafe_format"] is True  # type: ignore[index]
+        shown = http.get("/api/models/fraud/versions/1", headers=deployer).json()
+        assert shown["created_by"] == event["actor"]  # not what the options claimed
+        steps = [
+            ("PUT", "/api/models/fraud/tags/team", {"json": {"value": "risk"}}, "model.tag.set"),
+            ("DELETE", "/api/models/fraud/tags/team", {}, "model.tag.delete"),
+            ("PUT", "/api/models/fraud/versions/1/tags/stage", {"json": {"value": "qa"}},
+             "version.tag.set"),
+            ("DELETE", "/api/models/fraud/versions/1/tags/stage", {}, "version.tag.delete"),
+            ("PUT", "/api/models/fraud/aliases/production", {"json": {"version": 1}}, "alias.set"),
+            ("DELETE", "/api/models/fraud/aliases/production", {}, "alias.delete"),
+            ("POST", "/api/models/fraud/versions/1/archive", {}, "version.archive"),
+            ("POST", "/api/models/fraud/archive", {}, "model.archive"),
+        ]  # fmt: skip
+        for method, path, kwargs, action in steps:
+            event = mutate(method, path, deployer, **kwargs)
+            assert event["action"] == action
+            assert event["actor"] == f"key:{_id(keyed, 'deployer')} (deployer)"
+            assert event["source"].startswith("127.0.0.1:")  # type: ignore[union-attr]
+        created = http.post("/api/keys", json={"role": "viewer", "expires": "1d"}, headers=admin)
+        assert created.status_code == 201, created.text
+        token, key_id = created.json()["key"], created.json()["record"]["id"]
+        assert audit()[-1]["action"] == "key.create"
+        assert http.get("/api/models", headers=_bearer(token)).status_code == 200
+        event = mutate("POST", f"/api/keys/{key_id}/revoke", admin)
+        assert (event["action"], event["target"]) == ("key.revoke", key_id)
+        refused = http.get("/api/models", headers=_bearer(token))
+        assert refused.status_code == 401
+        failures = [e for e in audit() if e["action"] == "auth.failed"]
+        assert failures and failures[-1]["target"] == f"key:{key_id}"
+        assert token not in "".join(server.log)
+
+
+def _id(keyed: object, role: str) -> str:
+    return keyed.tokens[role].split("_")[1]  # type: ignore[attr-defined,no-any-return]
+
+
+def test_audit_trail_is_append_only(registry: Registry) -> None:
+    """On SQLite and PostgreSQL alike, the database itself refuses edits."""
+    import sqlalchemy as sa
+
+    KeyStore(registry.sessions).create("viewer", created_by="test")
+    edits = ("UPDATE audit_events SET actor = 'someone else'", "DELETE FROM audit_events")
+    for statement in edits:
+        with (
+            pytest.raises(sa.exc.DatabaseError, match="append-only"),
+            registry.sessions() as session,
+            session.begin(),
+        ):
+            session.execute(sa.text(statement))
+    assert [e.action for e in registry.audit.events()] == ["key.create"]
+
+
+def test_open_server_refuses_to_listen_beyond_loopback_without_insecure(tmp_path: Path) -> None:
+    env = {"SHIPYARD_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    refused = subprocess.run(
+        [*shipyard_command(), "server", "--host", "0.0.0.0", "--port", "0", "--grpc-port", "-1"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "refusing to listen on 0.0.0.0 without authentication" in refused.stderr
+    with running_shipyard(env, "server", "--insecure", host="0.0.0.0") as server:
+        assert "running open on 0.0.0.0 (--insecure)" in "".join(server.log)
+    with running_server(env) as server:
+        assert "running open: no API keys exist" in "".join(server.log)
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject: str, issuer: x509.Name | None, key: ec.EllipticCurvePrivateKey,
+              signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:  # fmt: skip
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca_cert = build("shipyard test CA", None, ca_key, ca_key, ca=True)
+    server_cert = build("127.0.0.1", ca_cert.subject, server_key, ca_key, ca=False)
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def test_tls_server_answers_a_trusting_client_and_refuses_plain_http(tmp_path: Path) -> None:
+    import ssl
+
+    ca, cert, key = _certificates(tmp_path)
+    env = {"SHIPYARD_HOME": str(tmp_path / "home")}
+    with running_server(env, "--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        assert server.url.startswith("https://")
+        trusting = ssl.create_default_context(cafile=str(ca))
+        answer = httpx.get(f"{server.url}/v2/health/live", verify=trusting, timeout=30)
+        assert answer.json() == {"live": True}
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/v2/health/live", timeout=30)  # system CAs: untrusted
+        plain = server.url.replace("https://", "http://")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{plain}/v2/health/live", timeout=30)
+        assert server.grpc_target is not None
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        with grpc.secure_channel(server.grpc_target, credentials) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+
+
+def test_burst_over_a_keys_rate_gets_429_and_other_models_403(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    model = fixtures.write_sklearn_model(tmp_path)
+    registry = Registry.open(Settings(home=home))
+    try:
+        keys = KeyStore(registry.sessions)
+        limited, _ = keys.create("predictor", created_by="test", rate_per_second=2)
+        other, _ = keys.create("predictor", created_by="test", models=["somewhere-else"])
+    finally:
+        registry.close()
+    rows, _ = fixtures.training_data(rows=1)
+    body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
+                        "data": rows.tolist()}]}  # fmt: skip
+    with running_shipyard({"SHIPYARD_HOME": str(home)}, "serve", str(model)) as server:
+        url = f"{server.url}/v2/models/model/infer"
+        with httpx.Client(timeout=30) as http:
+            answers = [http.post(url, json=body, headers=_bearer(limited)) for _ in range(10)]
+            forbidden = http.post(url, json=body, headers=_bearer(other))
+    statuses = [a.status_code for a in answers]
+    assert statuses[0] == 200 and 429 in statuses
+    limited_answer = answers[statuses.index(429)]
+    assert limited_answer.headers["retry-after"] == "1"
+    assert "rate" in limited_answer.json()["error"]
+    assert forbidden.status_code == 403
+    assert "may not call model 'model'" in forbidden.json()["error"]
