@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(
         default=None, gt=0, description="Requests/s per API key unless the key sets its own."
     )
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="Accept HS256 JWT bearer tokens signed with this secret."
+    )
+    jwt_jwks_file: Path | None = Field(
+        default=None, description="Accept RS256/ES256 JWT bearer tokens signed by these keys."
+    )
+    jwt_audience: str | None = Field(default=None, description="Required `aud` of JWTs.")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` of JWTs.")
+    jwt_roles_claim: str = Field(default="roles", description="JWT claim listing roles.")
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
     tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
     request_timeout: float = Field(

@@ -17,6 +17,7 @@ from shipyard.observability.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.security.gate import Gatekeeper
+from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.front_door import FrontDoor
@@ -86,7 +87,12 @@ def build_app(
                 trust.close()
 
     app = create_app(registry, lifespan=lifespan, trust=trust)
-    gate = Gatekeeper(app.state.keys, app.state.trust.audit, default_rate=settings.rate_limit)
+    gate = Gatekeeper(
+        app.state.keys,
+        app.state.trust.audit,
+        default_rate=settings.rate_limit,
+        tokens=_token_verifier(settings),
+    )
     app.state.gate = gate
     app.state.rest = RestLimits(
         default_model=default_model.name if default_model else None,
@@ -106,6 +112,18 @@ async def _flush_key_use(gate: Gatekeeper) -> None:
             await asyncio.to_thread(gate.keys.flush_last_used)
         except Exception:
             log.exception("recording API keys' last use failed")
+
+
+def _token_verifier(settings: Settings) -> TokenVerifier | None:
+    if settings.jwt_secret is None and settings.jwt_jwks_file is None:
+        return None
+    return TokenVerifier(
+        secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        jwks_file=settings.jwt_jwks_file,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        roles_claim=settings.jwt_roles_claim,
+    )
 
 
 def _tls_pair(settings: Settings) -> tuple[bytes, bytes] | None:

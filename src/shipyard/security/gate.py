@@ -15,6 +15,7 @@ from shipyard.errors import Forbidden, RateLimited, Unauthenticated
 from shipyard.registry.audit import AuditLog
 from shipyard.security.keys import KeyStore, Principal
 from shipyard.security.policy import Permission, allows
+from shipyard.security.tokens import TokenVerifier
 
 log = logging.getLogger("shipyard.security")
 OPEN = Principal(name="anonymous (open server)", role="admin")
@@ -53,16 +54,18 @@ class Gatekeeper:
         keys: KeyStore,
         audit: AuditLog,
         default_rate: float | None = None,
+        tokens: TokenVerifier | None = None,
     ) -> None:
         self.keys = keys
+        self.tokens = tokens
         self.audit = audit
         self.default_rate = default_rate
         self._buckets: dict[str, TokenBucket] = {}
 
     @property
     def open(self) -> bool:
-        """No active key exists: the server runs without authentication."""
-        return not self.keys.any_active()
+        """No active key and no JWT issuer: the server runs without authentication."""
+        return self.tokens is None and not self.keys.any_active()
 
     def admit(
         self,
@@ -89,10 +92,13 @@ class Gatekeeper:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("use 'Authorization: Bearer <key>'")
-        principal = self.keys.verify(token.strip())
+        token = token.strip()
+        principal = self.keys.verify(token)
+        if principal is None and self.tokens is not None and not token.startswith("sy_"):
+            principal = self.tokens.verify(token)
         if principal is None:
             # Never the token itself: only the public id part, if it has the shape of one.
-            parts = token.strip().split("_")
+            parts = token.split("_")
             key_id = parts[1] if len(parts) >= 3 and parts[0] == "sy" else "?"
             log.info("refused a key (id %s) from %s", key_id[:32], source or "?")
             self.audit.record("auth.failed", f"key:{key_id[:32]}", source=source)
