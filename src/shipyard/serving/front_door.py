@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from shipyard.errors import Forbidden, PayloadTooLarge, ShipyardError, http_error
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.security.gate import Gatekeeper
-from shipyard.security.policy import match_rest, rest_rule
+from shipyard.security.keys import Principal
+from shipyard.security.policy import Permission, match_rest, rest_rule
 from shipyard.serving.rest import (
     Answer,
     RestLimits,
@@ -89,37 +90,44 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         route = match_inference(scope["path"]) if scope["method"] == "POST" else None
-        if route is not None:
-            template: str | None = _INFER_TEMPLATES[(bool(route[0]), route[1] is not None)]
-            model: str | None = route[0] or self.app.state.rest.default_model
-        else:
-            template, model = self._route_of(scope)
         gate: Gatekeeper | None = getattr(self.app.state, "gate", None)
-        actor = None
-        if gate is not None and template is not None:
-            source = _client(scope)
-            try:
-                permission = rest_rule(scope["method"], template)
-                if permission is None:  # fail closed: see security/policy.py
-                    raise Forbidden(f"no access rule for {scope['method']} {template}")
-                principal = gate.admit(permission, _header(scope, b"authorization"), model, source)
-            except ShipyardError as exc:
-                await _send(send, int(exc.status), _error_answer(int(exc.status), exc.message))
-                return
-            actor = Actor(principal.name, principal.role, source)
-        if actor is None:
-            await self._dispatch(route, scope, receive, send)
-            return
-        with acting_as(actor):
-            await self._dispatch(route, scope, receive, send)
-
-    async def _dispatch(
-        self, route: tuple[str, str | None] | None, scope: Scope, receive: Receive, send: Send
-    ) -> None:
         if route is not None:
+            # Inference changes nothing, so it needs no actor for the audit trail: only
+            # the gate, kept to dictionary lookups (see keys.py) on this hot path.
+            if gate is not None and not gate.open:
+                called = route[0] or self.app.state.rest.default_model
+                infer_template = _INFER_TEMPLATES[(bool(route[0]), route[1] is not None)]
+                needed = rest_rule("POST", infer_template) or Permission.ADMIN  # no rule: admin
+                if not await self._admitted(gate, needed, called, scope, send):
+                    return
             await self._infer(route, scope, receive, send)
-        else:
+            return
+        template, model = self._route_of(scope)
+        if gate is None or template is None:
+            await self.app(scope, receive, send)  # FastAPI answers 404 or 405 itself
+            return
+        permission = rest_rule(scope["method"], template)
+        if permission is None:  # fail closed: see security/policy.py
+            error = Forbidden(f"no access rule for {scope['method']} {template}")
+            await _send(send, 403, _error_answer(403, error.message))
+            return
+        principal = await self._admitted(gate, permission, model, scope, send)
+        if principal is None:
+            return
+        with acting_as(Actor(principal.name, principal.role, _client(scope))):
             await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _admitted(
+        gate: Gatekeeper, permission: Permission, model: str | None, scope: Scope, send: Send
+    ) -> Principal | None:
+        """The caller if the gate lets it through; else the refusal is sent and None returned."""
+        try:
+            authorization = _header(scope, b"authorization")
+            return gate.admit(permission, authorization, model, _client(scope))
+        except ShipyardError as exc:
+            await _send(send, int(exc.status), _error_answer(int(exc.status), exc.message))
+            return None
 
     @staticmethod
     def _route_of(scope: Scope) -> tuple[str | None, str | None]:
