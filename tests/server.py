@@ -20,6 +20,8 @@ from pathlib import Path
 
 _RUNNING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
 _GRPC = re.compile(r"gRPC running on (\S+)")
+# The shape of an API key (security/keys.py); no server log may ever hold one.
+_KEY_SHAPE = re.compile(r"sy_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}")
 
 
 @dataclass
@@ -109,3 +111,5 @@ def running_shipyard(
         pump.join(timeout=30)  # the pipe is at EOF once the process tree is gone
         if process.stdout is not None:
             process.stdout.close()
+    leaked = _KEY_SHAPE.findall("".join(log))
+    assert not leaked, f"API key material in a server log: {len(leaked)} occurrence(s)"

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from shipyard.api.app import create_app
 from shipyard.config import Settings
-from shipyard.observability.metrics import router as metrics_router
+from shipyard.monitoring.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.security.gate import Gatekeeper

@@ -1,0 +1,1 @@
+"""Watching models in production: Prometheus metrics (more arrives with the monitoring issue)."""

@@ -1,1 +1,0 @@
-"""Watching the server: Prometheus metrics (more arrives with monitoring)."""
