@@ -200,6 +200,30 @@ class Client:
 
     # ---- data plane -------------------------------------------------------
 
+    # ---- deployments ----------------------------------------------------
+
+    def apply(self, manifest_text: str, dry_run: bool = False) -> records.ApplyResult:
+        answer = self._call(
+            "POST", "/api/deployments", content=manifest_text.encode(),
+            params={"dry_run": dry_run}, headers={"content-type": "application/yaml"},
+        )  # fmt: skip
+        return records.ApplyResult.model_validate(answer.json())
+
+    def list_deployments(self) -> list[records.DeploymentRevision]:
+        answer = self._call("GET", "/api/deployments").json()
+        return [records.DeploymentRevision.model_validate(d) for d in answer]
+
+    def get_deployment(self, name: str) -> records.DeploymentRevision:
+        return self._get(f"/api/deployments/{name}", records.DeploymentRevision)
+
+    def deployment_history(self, name: str) -> list[records.DeploymentRevision]:
+        answer = self._call("GET", f"/api/deployments/{name}/history").json()
+        return [records.DeploymentRevision.model_validate(d) for d in answer]
+
+    def rollback_deployment(self, name: str, to: int) -> records.DeploymentRevision:
+        answer = self._call("POST", f"/api/deployments/{name}/rollback", json={"revision": to})
+        return records.DeploymentRevision.model_validate(answer.json())
+
     @staticmethod
     def _v2_path(ref: ModelRef) -> str:
         if ref.is_model:
@@ -290,3 +314,22 @@ class LocalClient:
 
     def archive_model(self, name: str) -> records.Model:
         return self.registry.models.archive_model(name)
+
+    # ---- deployments ----------------------------------------------------
+
+    def apply(self, manifest_text: str, dry_run: bool = False) -> records.ApplyResult:
+        from shipyard.registry.manifest import parse_manifest
+
+        return self.registry.deployments.apply(parse_manifest(manifest_text), dry_run=dry_run)
+
+    def list_deployments(self) -> list[records.DeploymentRevision]:
+        return self.registry.deployments.list()
+
+    def get_deployment(self, name: str) -> records.DeploymentRevision:
+        return self.registry.deployments.get(name)
+
+    def deployment_history(self, name: str) -> list[records.DeploymentRevision]:
+        return self.registry.deployments.history(name)
+
+    def rollback_deployment(self, name: str, to: int) -> records.DeploymentRevision:
+        return self.registry.deployments.rollback(name, to)

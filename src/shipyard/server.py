@@ -12,10 +12,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from shipyard.api.app import create_app
+from shipyard.api.deployments import router as deployments_router
 from shipyard.config import Settings
 from shipyard.monitoring.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
+from shipyard.routing.deployments import DeploymentRouter
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.cache import ResultCache
@@ -48,7 +50,12 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = ModelManager(registry, serving_for=settings.serving_for)
         cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
-        app.state.dataplane = DataPlane(manager, timeout=settings.request_timeout, cache=cache)
+        app.state.dataplane = DataPlane(
+            manager,
+            timeout=settings.request_timeout,
+            cache=cache,
+            router=DeploymentRouter(manager),
+        )
         if default_model is not None:
             version = None
             if default_model.version is not None:
@@ -101,6 +108,7 @@ def build_app(
     )
     app.include_router(inference_router)
     app.include_router(metrics_router)
+    app.include_router(deployments_router)
     return FrontDoor(app)
 
 

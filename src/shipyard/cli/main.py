@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from shipyard.cli import models, predict, security, serve, server
+from shipyard.cli import deployments, models, predict, security, serve, server
 
 app = typer.Typer(
     name="shipyard",
@@ -17,6 +17,8 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(security.keys_app, name="keys")
+app.add_typer(deployments.app, name="deployments")
+app.command("apply")(deployments.apply)
 app.command("audit")(security.audit)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)

@@ -129,3 +129,20 @@ class ApiKey(BaseModel):
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+
+
+class DeploymentRevision(BaseModel):
+    deployment: str
+    revision: int
+    manifest: dict[str, Any]
+    reason: str = ""
+    created_by: str
+    created_at: datetime
+
+
+class ApplyResult(BaseModel):
+    deployment: str
+    changed: bool
+    revision: int = Field(description="The revision now live (unchanged when nothing changed).")
+    diff: list[str] = Field(description="Unified diff of the live manifest against the new one.")
+    dry_run: bool = False

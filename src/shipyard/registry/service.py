@@ -14,6 +14,7 @@ from shipyard.config import Settings
 from shipyard.registry import records
 from shipyard.registry.audit import AuditLog
 from shipyard.registry.db import create_engine, migrate, session_factory
+from shipyard.registry.deployments import DeploymentRepository
 from shipyard.registry.importing import register_model
 from shipyard.registry.repository import ModelRepository
 
@@ -36,6 +37,7 @@ class Registry:
     models: ModelRepository
     artifacts: ArtifactStore
     audit: AuditLog
+    deployments: DeploymentRepository
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
@@ -49,6 +51,7 @@ class Registry:
             models=ModelRepository(sessions),
             artifacts=ArtifactStore(settings.resolved_artifact_root, settings.cache_dir),
             audit=AuditLog(sessions),
+            deployments=DeploymentRepository(sessions),
         )
 
     @staticmethod

@@ -155,3 +155,32 @@ class AuditRow(Base):
     target: Mapped[str] = mapped_column(sa.String(400), default="")
     before: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
     after: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
+
+
+class DeploymentRow(Base):
+    """A named endpoint; what it serves is its current revision's manifest."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    current_revision: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeploymentRevisionRow(Base):
+    """One immutable, numbered state of a deployment."""
+
+    __tablename__ = "deployment_revisions"
+    __table_args__ = (
+        sa.UniqueConstraint("deployment_id", "revision", name="uq_deployment_revisions"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(sa.ForeignKey("deployments.id"), index=True)
+    revision: Mapped[int]
+    manifest: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    reason: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -56,6 +56,7 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("POST", "/v2/models/{name}/infer"): P.INFER,
     ("POST", "/v2/models/{name}/versions/{version}/infer"): P.INFER,
     ("POST", "/invocations"): P.INFER,
+    ("POST", "/deployments/{deployment}/invocations"): P.INFER,
     ("POST", "/v2/repository/index"): P.READ,
     ("POST", "/v2/repository/models/{name}/load"): P.DEPLOY,
     ("POST", "/v2/repository/models/{name}/unload"): P.DEPLOY,
@@ -74,12 +75,21 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/models/{name}/versions/{version}/tags/{key}"): P.DEPLOY,
     ("PUT", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
     ("DELETE", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
+    # deployments
+    ("GET", "/api/deployments"): P.READ,
+    ("POST", "/api/deployments"): P.DEPLOY,
+    ("GET", "/api/deployments/{name}"): P.READ,
+    ("GET", "/api/deployments/{name}/history"): P.READ,
+    ("POST", "/api/deployments/{name}/rollback"): P.DEPLOY,
     # keys and audit
     ("GET", "/api/keys"): P.ADMIN,
     ("POST", "/api/keys"): P.ADMIN,
     ("POST", "/api/keys/{key_id}/revoke"): P.ADMIN,
     ("GET", "/api/audit"): P.ADMIN,
 }
+
+PIN_VERSION = P.DEPLOY
+"""Pinning a request to a version (x-shipyard-version) bypasses a deployment's routing."""
 
 GRPC_RULES: dict[str, Permission] = {
     "ServerLive": P.PUBLIC,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import InvalidInput, ModelNotReady
+from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.codec import output_datatype
 from shipyard.serving.manager import LoadedModel, ModelManager
 from shipyard.serving.types import InferRequest, InferResponse, Tensor
 from shipyard.serving.validation import conform
+
+if TYPE_CHECKING:  # routing sits above the data plane; only its types are named here
+    from shipyard.routing.deployments import DeploymentRouter, RequestHints
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 MAX_TIMEOUT_SECONDS = 600.0
@@ -31,12 +35,46 @@ class DataPlane:
         manager: ModelManager,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         cache: ResultCache | None = None,
+        router: DeploymentRouter | None = None,
     ) -> None:
         self.manager = manager
         self.timeout = timeout
         self.cache = cache
+        self.router = router
 
-    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+    async def check_exists(self, name: str, version: str | None) -> None:
+        """Raise NotFound for a name that is neither a deployment nor a model (cheap)."""
+        if version is None and self.router is not None and await self.router.live(name):
+            return
+        await self.manager.resolve(name, version)
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        hints: RequestHints | None = None,
+    ) -> InferResponse:
+        """Answer a request to a model version, or to a deployment (which picks the version)."""
+        if version is None and self.router is not None:
+            live = await self.router.live(name)
+            if live is not None:
+                model = live.manifest.model
+                pinned = hints.pinned_version if hints is not None else None
+                chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
+                loaded, result, cached, wanted = await self._predict(model, chosen, request)
+
+                async def shadow_run(shadow_version: str) -> Tensors:
+                    return (await self._predict(model, shadow_version, request))[1]
+
+                self.router.shadow(live, shadow_run, result)
+                return self._response(loaded, result, cached, wanted, request)
+        loaded, result, cached, wanted = await self._predict(name, version, request)
+        return self._response(loaded, result, cached, wanted, request)
+
+    async def _predict(
+        self, name: str, version: str | None, request: InferRequest
+    ) -> tuple[LoadedModel, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
         loaded = await self.manager.get_ready(name, version, timeout)
         inputs = conform(request.inputs, loaded.record.signature)
@@ -52,6 +90,16 @@ class DataPlane:
             result = await pool.predict(inputs, wanted, timeout)
             if cache is not None and key is not None:
                 cache.put(key, result)
+        return loaded, result, cached, wanted
+
+    @staticmethod
+    def _response(
+        loaded: LoadedModel,
+        result: Tensors,
+        cached: bool,
+        wanted: list[str] | None,
+        request: InferRequest,
+    ) -> InferResponse:
         outputs = [
             Tensor(out_name, output_datatype(array), array)
             for out_name, array in result.items()

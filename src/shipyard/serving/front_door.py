@@ -18,9 +18,10 @@ from fastapi import FastAPI
 
 from shipyard.errors import Forbidden, PayloadTooLarge, ShipyardError, http_error
 from shipyard.registry.audit import Actor, acting_as
+from shipyard.routing.deployments import PIN_HEADER, RequestHints
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import Principal
-from shipyard.security.policy import Permission, match_rest, rest_rule
+from shipyard.security.policy import PIN_VERSION, Permission, match_rest, rest_rule
 from shipyard.serving.rest import (
     Answer,
     RestLimits,
@@ -45,12 +46,14 @@ _INFER_TEMPLATES = {
     (True, False): "/v2/models/{name}/infer",
     (True, True): "/v2/models/{name}/versions/{version}/infer",
     (False, False): "/invocations",
+    (False, True): "/deployments/{deployment}/invocations",
 }
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _header(scope: Scope, name: bytes | str) -> str | None:
+    wanted = name if isinstance(name, bytes) else name.encode()
     for key, value in scope["headers"]:
-        if key == name:
+        if key == wanted:
             return str(value.decode("latin-1"))
     return None
 
@@ -65,10 +68,13 @@ class ClientGone(Exception):
 
 
 def match_inference(path: str) -> tuple[str, str | None] | None:
-    """(model, version) for a V2 infer path, ("", None) for /invocations, else None."""
+    """(model, version) for a V2 infer path, ("", None) for /invocations,
+    ("", deployment) for /deployments/{deployment}/invocations, else None."""
     if path == "/invocations":
         return "", None
     parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "deployments" and parts[3] == "invocations" and parts[2]:
+        return "", parts[2]
     # "", "v2", "models", name, "infer"  |  ..., name, "versions", version, "infer"
     if len(parts) < 5 or parts[1] != "v2" or parts[2] != "models" or parts[-1] != "infer":
         return None
@@ -94,13 +100,16 @@ class FrontDoor:
         if route is not None:
             # Inference changes nothing, so it needs no actor for the audit trail: only
             # the gate, kept to dictionary lookups (see keys.py) on this hot path.
+            pinned = _header(scope, PIN_HEADER.decode())
             if gate is not None and not gate.open:
-                called = route[0] or self.app.state.rest.default_model
+                called = route[0] or route[1] or self.app.state.rest.default_model
                 infer_template = _INFER_TEMPLATES[(bool(route[0]), route[1] is not None)]
                 needed = rest_rule("POST", infer_template) or Permission.ADMIN  # no rule: admin
+                if pinned is not None:
+                    needed = PIN_VERSION  # testing a version behind a deployment's back
                 if not await self._admitted(gate, needed, called, scope, send):
                     return
-            await self._infer(route, scope, receive, send)
+            await self._infer(route, scope, receive, send, pinned)
             return
         template, model = self._route_of(scope)
         if gate is None or template is None:
@@ -139,7 +148,12 @@ class FrontDoor:
         return template, params.get("name") if template.startswith("/v2/models/") else None
 
     async def _infer(
-        self, route: tuple[str, str | None], scope: Scope, receive: Receive, send: Send
+        self,
+        route: tuple[str, str | None],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        pinned: str | None = None,
     ) -> None:
         state = self.app.state
         limits: RestLimits = state.rest
@@ -153,12 +167,17 @@ class FrontDoor:
             return await _read_body(receive, headers.get("content-length"), limits.max_body_bytes)
 
         name, version = route
+        hints = RequestHints(scope["headers"], pinned)
         status = 200
         try:
             if name:
-                answer = await v2_infer(state.dataplane, limits, name, version, headers, read_body)
+                answer = await v2_infer(
+                    state.dataplane, limits, name, version, headers, read_body, hints
+                )
             else:
-                answer = await mlflow_invocations(state.dataplane, limits, headers, read_body)
+                answer = await mlflow_invocations(
+                    state.dataplane, limits, headers, read_body, deployment=version, hints=hints
+                )
         except ClientGone:
             return
         except ShipyardError as exc:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shipyard.config import ModelServing
+from shipyard.config import ModelServing, ServingOptions
 from shipyard.errors import ModelNotReady, NotFound, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
@@ -65,10 +65,26 @@ class ModelManager:
         self.registry = registry
         self.serving_for = serving_for
         """Options for a model name: worker count, batching, queue, cache."""
+        self.serving_overrides: dict[str, ServingOptions] = {}
+        """Per-model options a deployment manifest set; they apply to versions loaded after."""
         self.models: dict[str, LoadedModel] = {}
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
         self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
+
+    def _serving(self, model: str) -> ModelServing:
+        base = self.serving_for(model)
+        own = self.serving_overrides.get(model)
+        if own is None:
+            return base
+        delay = own.max_batch_delay_ms
+        return ModelServing(
+            workers=own.workers or base.workers,
+            max_batch_size=own.max_batch_size or base.max_batch_size,
+            max_batch_delay=base.max_batch_delay if delay is None else delay / 1000,
+            max_queue=own.max_queue or base.max_queue,
+            cache=base.cache if own.cache is None else own.cache,
+        )
 
     def _resolve_now(self, name: str, version: str | None) -> ModelVersion:
         check_model_name(name)
@@ -139,7 +155,7 @@ class ModelManager:
         existing = self.models.get(key)
         if existing is not None and existing.state in ("loading", "ready"):
             return existing
-        loaded = LoadedModel(record, self.serving_for(record.model))
+        loaded = LoadedModel(record, self._serving(record.model))
         self.models[key] = loaded
         asyncio.get_running_loop().create_task(self._load(loaded))
         return loaded

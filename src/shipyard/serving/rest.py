@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from shipyard import __version__
 from shipyard.errors import InvalidInput, NotFound, PayloadTooLarge
 from shipyard.registry.records import ModelVersion
+from shipyard.routing.deployments import RequestHints
 from shipyard.serving import codec, mlflow_protocol
 from shipyard.serving.dataplane import DataPlane
 
@@ -114,9 +115,13 @@ async def v2_infer(
     version: str | None,
     headers: Mapping[str, str],
     read_body: BodyReader,
+    hints: RequestHints | None = None,
 ) -> Answer:
-    """POST /v2/models/{name}[/versions/{version}]/infer, transport-neutral."""
-    await dataplane.manager.resolve(name, version)  # unknown model: 404 before reading
+    """POST /v2/models/{name}[/versions/{version}]/infer, transport-neutral.
+
+    `name` may be a deployment, which then picks the version.
+    """
+    await dataplane.check_exists(name, version)  # unknown name: 404 before reading
     body = await read_body()
     header = headers.get(codec.HEADER_LENGTH)
     if header is not None and not header.isdigit():
@@ -124,7 +129,7 @@ async def v2_infer(
     infer_request = codec.decode_request(
         body, int(header) if header else None, limits.max_tensor_elements
     )
-    response = await dataplane.infer(name, version, infer_request)
+    response = await dataplane.infer(name, version, infer_request, hints)
     payload, json_length = codec.encode_response(response, infer_request)
     answer_headers = {
         "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
@@ -137,16 +142,29 @@ async def v2_infer(
 
 
 async def mlflow_invocations(
-    dataplane: DataPlane, limits: RestLimits, headers: Mapping[str, str], read_body: BodyReader
+    dataplane: DataPlane,
+    limits: RestLimits,
+    headers: Mapping[str, str],
+    read_body: BodyReader,
+    deployment: str | None = None,
+    hints: RequestHints | None = None,
 ) -> Answer:
-    """POST /invocations: the MLflow scoring protocol against the default model."""
-    name = limits.default_model
+    """POST /invocations (the default model) or /deployments/{name}/invocations."""
+    name = deployment or limits.default_model
     if name is None:
         raise NotFound(
             "/invocations needs a default model: start with `shipyard serve MODEL`, "
             "or call /v2/models/{name}/infer"
         )
-    record = await dataplane.manager.resolve(name, None)
+    version: str | None = None
+    if deployment is not None:
+        live = await dataplane.router.live(deployment) if dataplane.router else None
+        if live is None:
+            raise NotFound(f"no deployment {deployment!r}")
+        record = await dataplane.manager.resolve(live.manifest.model, live.arms[0].version)
+    else:
+        record = await dataplane.manager.resolve(name, None)
+        version = str(record.version)
     body = await read_body()
     content_type = headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "text/csv":
@@ -158,7 +176,7 @@ async def mlflow_invocations(
             f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
         )
     infer_request = mlflow_protocol.to_request(tensors, record.signature)
-    response = await dataplane.infer(name, str(record.version), infer_request)
+    response = await dataplane.infer(name, version, infer_request, hints)
     return Answer(
         mlflow_protocol.encode_predictions(response.outputs),
         "application/json",
@@ -318,5 +336,17 @@ async def version() -> Response:
 async def invocations(request: Request) -> Response:
     answer = await mlflow_invocations(
         _dataplane(request), request.app.state.rest, request.headers, _body_reader(request)
+    )
+    return _response(answer)
+
+
+@router.post("/deployments/{deployment}/invocations", openapi_extra=_MLFLOW_BODY)
+async def deployment_invocations(request: Request, deployment: str) -> Response:
+    answer = await mlflow_invocations(
+        _dataplane(request),
+        request.app.state.rest,
+        request.headers,
+        _body_reader(request),
+        deployment=deployment,
     )
     return _response(answer)

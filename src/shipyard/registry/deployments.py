@@ -1,0 +1,159 @@
+"""Deployments and their numbered, immutable revisions.
+
+Applying a manifest that differs from the live one adds a revision and makes
+it current, in one transaction, with its audit event; rolling back to an old
+revision adds a new revision holding the old manifest, so history only grows.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.orm import Session, sessionmaker
+
+from shipyard.errors import NotFound
+from shipyard.registry import records
+from shipyard.registry.audit import current_actor, record_event
+from shipyard.registry.db import write_session
+from shipyard.registry.manifest import DeploymentManifest
+from shipyard.registry.tables import DeploymentRevisionRow, DeploymentRow, utcnow
+
+
+def _yaml(manifest: dict[str, Any] | None) -> list[str]:
+    if manifest is None:
+        return []
+    return yaml.safe_dump(manifest, sort_keys=False).splitlines()
+
+
+def _record(name: str, row: DeploymentRevisionRow) -> records.DeploymentRevision:
+    return records.DeploymentRevision(
+        deployment=name,
+        revision=row.revision,
+        manifest=row.manifest,
+        reason=row.reason,
+        created_by=row.created_by,
+        created_at=row.created_at,
+    )
+
+
+class DeploymentRepository:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def apply(self, manifest: DeploymentManifest, dry_run: bool = False) -> records.ApplyResult:
+        document = manifest.model_dump(mode="json", exclude_none=True)
+        live = self._live(manifest.name)
+        live_document = live.manifest if live else None
+        diff = list(
+            difflib.unified_diff(
+                _yaml(live_document),
+                _yaml(document),
+                fromfile=f"{manifest.name}@{live.revision}" if live else "(new)",
+                tofile=f"{manifest.name} (applied)",
+                lineterm="",
+            )
+        )
+        changed = live_document != document
+        current = live.revision if live else 0
+        if dry_run or not changed:
+            return records.ApplyResult(
+                deployment=manifest.name, changed=changed, revision=current, diff=diff,
+                dry_run=dry_run,
+            )  # fmt: skip
+        revision = self._add_revision(manifest.name, document, "apply", live_document)
+        return records.ApplyResult(
+            deployment=manifest.name, changed=True, revision=revision, diff=diff
+        )
+
+    def rollback(self, name: str, to: int) -> records.DeploymentRevision:
+        target = self.revision(name, to)
+        live = self._live(name)
+        self._add_revision(
+            name, target.manifest, f"rollback to {to}", live.manifest if live else None
+        )
+        live = self._live(name)
+        assert live is not None
+        return live
+
+    def _add_revision(
+        self, name: str, document: dict[str, Any], reason: str, before: dict[str, Any] | None
+    ) -> int:
+        with write_session(self._sessions) as session:
+            row = session.scalar(sa.select(DeploymentRow).where(DeploymentRow.name == name))
+            if row is None:
+                row = DeploymentRow(name=name, current_revision=0)
+                session.add(row)
+                session.flush()
+            last = session.scalar(
+                sa.select(sa.func.max(DeploymentRevisionRow.revision)).where(
+                    DeploymentRevisionRow.deployment_id == row.id
+                )
+            )
+            number = (last or 0) + 1
+            session.add(
+                DeploymentRevisionRow(
+                    deployment_id=row.id,
+                    revision=number,
+                    manifest=document,
+                    reason=reason,
+                    created_by=current_actor().name,
+                )
+            )
+            row.current_revision = number
+            row.updated_at = utcnow()
+            record_event(
+                session,
+                "deployment.rollback" if reason.startswith("rollback") else "deployment.apply",
+                f"{name}@{number}",
+                before=before,
+                after=document,
+            )
+        return number
+
+    def _live(self, name: str) -> records.DeploymentRevision | None:
+        with self._sessions() as session:
+            found = session.execute(
+                sa.select(DeploymentRevisionRow)
+                .join(DeploymentRow, DeploymentRow.id == DeploymentRevisionRow.deployment_id)
+                .where(
+                    (DeploymentRow.name == name)
+                    & (DeploymentRevisionRow.revision == DeploymentRow.current_revision)
+                )
+            ).scalar_one_or_none()
+            return _record(name, found) if found is not None else None
+
+    def get(self, name: str) -> records.DeploymentRevision:
+        live = self._live(name)
+        if live is None:
+            raise NotFound(f"no deployment {name!r}")
+        return live
+
+    def find(self, name: str) -> records.DeploymentRevision | None:
+        return self._live(name)
+
+    def revision(self, name: str, number: int) -> records.DeploymentRevision:
+        for entry in self.history(name):
+            if entry.revision == number:
+                return entry
+        raise NotFound(f"deployment {name!r} has no revision {number}")
+
+    def history(self, name: str) -> list[records.DeploymentRevision]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                sa.select(DeploymentRevisionRow)
+                .join(DeploymentRow, DeploymentRow.id == DeploymentRevisionRow.deployment_id)
+                .where(DeploymentRow.name == name)
+                .order_by(DeploymentRevisionRow.revision)
+            ).all()
+        if not rows:
+            raise NotFound(f"no deployment {name!r}")
+        return [_record(name, r) for r in rows]
+
+    def list(self) -> list[records.DeploymentRevision]:
+        with self._sessions() as session:
+            names = session.scalars(sa.select(DeploymentRow.name).order_by(DeploymentRow.name))
+            listed = list(names)
+        return [self.get(name) for name in listed]

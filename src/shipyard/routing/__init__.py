@@ -1,0 +1,1 @@
+"""Traffic to deployments: weighted split, sticky keys, shadow copies, pinned versions."""

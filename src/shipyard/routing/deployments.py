@@ -1,0 +1,240 @@
+"""Deployment routing: which version answers a request to a deployment.
+
+Each deployment's live revision is read from the registry at most once a
+second (off the hot path, like model names in manager.py). A new revision
+goes live only once every version it routes to is loaded and warmed: until
+then the previous revision keeps answering, so applying a change under load
+fails no request (blue-green by construction).
+
+Choosing an arm: a pinned version (header, checked by the caller's role
+upstream) wins; else a sticky key (a header or the first value of an input)
+hashes to a fixed point of the weight line, so one caller always gets the same
+arm while the weights stay the same; else a weighted random draw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shipyard.registry.manifest import DeploymentManifest
+from shipyard.registry.records import DeploymentRevision
+from shipyard.serving.manager import ModelManager
+from shipyard.serving.types import InferRequest
+
+log = logging.getLogger("shipyard.routing")
+REFRESH_SECONDS = 1.0
+PIN_HEADER = b"x-shipyard-version"
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    version: str
+    weight: float
+
+
+@dataclass
+class ShadowStats:
+    """Counters read by /metrics: copies sent, agreeing answers, failures, latency."""
+
+    sent: int = 0
+    agreed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class LiveRevision:
+    revision: int
+    manifest: DeploymentManifest
+    arms: list[Arm]
+    shadow_version: str | None
+    total_weight: float
+    shadow: ShadowStats = field(default_factory=ShadowStats)
+
+    def choose(self, sticky_key: bytes | None) -> str:
+        point = (
+            int.from_bytes(hashlib.blake2b(sticky_key, digest_size=8).digest(), "big") / 2**64
+            if sticky_key is not None
+            else random.random()
+        ) * self.total_weight
+        for arm in self.arms:
+            if point < arm.weight:
+                return arm.version
+            point -= arm.weight
+        return self.arms[-1].version
+
+
+@dataclass
+class RequestHints:
+    """What a transport knows about a request beyond its tensors."""
+
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    pinned_version: str | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class _Entry:
+    checked_at: float
+    revision: DeploymentRevision | None
+    live: LiveRevision | None = None
+    switching_to: int | None = None
+
+
+class DeploymentRouter:
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self.registry = manager.registry
+        self.entries: dict[str, _Entry] = {}
+        self._refreshing: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def live(self, name: str) -> LiveRevision | None:
+        """The deployment's revision now answering, or None if `name` is no deployment."""
+        entry = self.entries.get(name)
+        if entry is None:
+            revision = await asyncio.to_thread(self.registry.deployments.find, name)
+            entry = self.entries[name] = _Entry(time.monotonic(), revision)
+            if revision is None:
+                return None
+            entry.live = await self._activate(revision, entry)
+            return entry.live
+        if time.monotonic() - entry.checked_at >= REFRESH_SECONDS and name not in self._refreshing:
+            self._spawn(self._refresh(name, entry))
+        return entry.live
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh(self, name: str, entry: _Entry) -> None:
+        self._refreshing.add(name)
+        try:
+            revision = await asyncio.to_thread(self.registry.deployments.find, name)
+            entry.checked_at = time.monotonic()
+            entry.revision = revision
+            if revision is None:
+                entry.live = None
+                return
+            current = entry.live.revision if entry.live else None
+            if revision.revision != current and revision.revision != entry.switching_to:
+                entry.switching_to = revision.revision
+                self._spawn(self._switch(revision, entry))
+        except Exception:
+            log.exception("refreshing deployment %s failed", name)
+        finally:
+            self._refreshing.discard(name)
+
+    async def _switch(self, revision: DeploymentRevision, entry: _Entry) -> None:
+        try:
+            live = await self._activate(revision, entry)
+        except Exception as exc:
+            log.error("revision %d of %s cannot go live: %s", revision.revision,
+                      revision.deployment, exc)  # fmt: skip
+            entry.switching_to = None
+            return
+        if entry.switching_to == revision.revision:
+            entry.live, entry.switching_to = live, None
+            log.info("deployment %s now serves revision %d", revision.deployment, live.revision)
+
+    async def _activate(self, revision: DeploymentRevision, entry: _Entry) -> LiveRevision:
+        """Resolve the revision's routes to versions and load every one before it serves."""
+        manifest = DeploymentManifest.model_validate(revision.manifest)
+        if manifest.serving is not None:
+            self.manager.serving_overrides[manifest.model] = manifest.serving
+        arms = []
+        for route in manifest.routes:
+            record = await self.manager.resolve(manifest.model, route.target)
+            arms.append(Arm(str(record.version), route.weight))
+        shadow_version = None
+        if manifest.shadow is not None:
+            record = await self.manager.resolve(manifest.model, manifest.shadow.target)
+            shadow_version = str(record.version)
+        for version in {arm.version for arm in arms if arm.weight > 0} | (
+            {shadow_version} if shadow_version else set()
+        ):
+            await self.manager.load(manifest.model, version)
+        return LiveRevision(
+            revision=revision.revision,
+            manifest=manifest,
+            arms=[a for a in arms if a.weight > 0],
+            shadow_version=shadow_version,
+            total_weight=sum(a.weight for a in arms),
+        )
+
+    @staticmethod
+    def sticky_key(
+        live: LiveRevision, request: InferRequest, hints: RequestHints | None
+    ) -> bytes | None:
+        sticky = live.manifest.sticky
+        if sticky is None:
+            return None
+        if sticky.header is not None:
+            if hints is None:
+                return None
+            return hints.header(sticky.header.lower().encode())
+        for tensor in request.inputs:
+            if tensor.name == sticky.input and tensor.data.size:
+                first = tensor.data.reshape(-1)[0]
+                return first if isinstance(first, bytes) else str(first).encode()
+        return None
+
+    def shadow(
+        self,
+        live: LiveRevision,
+        run: Any,
+        live_outputs: dict[str, np.ndarray],
+    ) -> None:
+        """Send a copy to the shadow version if this request is sampled; never awaited."""
+        manifest = live.manifest
+        if live.shadow_version is None or manifest.shadow is None:
+            return
+        if random.random() >= manifest.shadow.fraction:
+            return
+        self._spawn(self._shadow(live, run, live_outputs))
+
+    @staticmethod
+    async def _shadow(live: LiveRevision, run: Any, live_outputs: dict[str, np.ndarray]) -> None:
+        stats = live.shadow
+        stats.sent += 1
+        started = time.perf_counter()
+        try:
+            outputs: dict[str, np.ndarray] = await run(live.shadow_version)
+        except Exception as exc:
+            stats.failed += 1
+            log.info("shadow request to %s failed: %s", live.shadow_version, exc)
+            return
+        finally:
+            stats.seconds += time.perf_counter() - started
+        if _agree(live_outputs, outputs):
+            stats.agreed += 1
+
+
+def _agree(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> bool:
+    """Same outputs: exactly for labels and integers, within float tolerance otherwise."""
+    if live.keys() != shadow.keys():
+        return False
+    for name, array in live.items():
+        other = shadow[name]
+        if array.shape != other.shape:
+            return False
+        if array.dtype.kind in "fc" or other.dtype.kind in "fc":
+            if not np.allclose(array, other, rtol=1e-5, atol=1e-8, equal_nan=True):
+                return False
+        elif not np.array_equal(array, other):
+            return False
+    return True
