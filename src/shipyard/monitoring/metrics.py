@@ -50,6 +50,36 @@ class DataPlaneCollector(Collector):
             refused.add_metric(values, pool.stats.refused)
         yield from (queued, workers, batches, rows, refused)
         yield from self._cache()
+        yield from self._deployments()
+
+    def _deployments(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        router = self.dataplane.router
+        if router is None:
+            return
+        revision = GaugeMetricFamily(
+            "shipyard_deployment_revision", "Revision a deployment serves.", labels=["deployment"]
+        )
+        labels = ["deployment", "revision"]
+        sent = CounterMetricFamily("shipyard_shadow_requests", "Shadow copies sent.", labels=labels)
+        agreed = CounterMetricFamily(
+            "shipyard_shadow_agreements", "Shadow answers equal to the live ones.", labels=labels
+        )
+        failed = CounterMetricFamily("shipyard_shadow_failures", "Shadow copies that failed.",
+                                     labels=labels)  # fmt: skip
+        seconds = CounterMetricFamily(
+            "shipyard_shadow_seconds", "Time spent answering shadow copies.", labels=labels
+        )
+        for name, entry in list(router.entries.items()):
+            live = entry.live
+            if live is None:
+                continue
+            revision.add_metric([name], live.revision)
+            values = [name, str(live.revision)]
+            sent.add_metric(values, live.shadow.sent)
+            agreed.add_metric(values, live.shadow.agreed)
+            failed.add_metric(values, live.shadow.failed)
+            seconds.add_metric(values, live.shadow.seconds)
+        yield from (revision, sent, agreed, failed, seconds)
 
     def _cache(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         cache = self.dataplane.cache
