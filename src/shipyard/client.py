@@ -224,6 +224,17 @@ class Client:
         answer = self._call("POST", f"/api/deployments/{name}/rollback", json={"revision": to})
         return records.DeploymentRevision.model_validate(answer.json())
 
+    def start_rollout(self, name: str, **options: Any) -> records.Rollout:
+        answer = self._call("POST", f"/api/deployments/{name}/rollout", json=options)
+        return records.Rollout.model_validate(answer.json())
+
+    def rollout_status(self, name: str) -> records.Rollout:
+        return self._get(f"/api/deployments/{name}/rollout", records.Rollout)
+
+    def rollout_action(self, name: str, action: str) -> records.Rollout:
+        answer = self._call("POST", f"/api/deployments/{name}/rollout/{action}")
+        return records.Rollout.model_validate(answer.json())
+
     @staticmethod
     def _v2_path(ref: ModelRef) -> str:
         if ref.is_model:
@@ -333,3 +344,16 @@ class LocalClient:
 
     def rollback_deployment(self, name: str, to: int) -> records.DeploymentRevision:
         return self.registry.deployments.rollback(name, to)
+
+    def start_rollout(self, name: str, **options: Any) -> records.Rollout:
+        from shipyard.routing.rollouts import RolloutService
+
+        return RolloutService(self.registry).start(name, **options)
+
+    def rollout_status(self, name: str) -> records.Rollout:
+        return self.registry.rollouts.latest(name)
+
+    def rollout_action(self, name: str, action: str) -> records.Rollout:
+        from shipyard.routing.rollouts import RolloutService
+
+        return RolloutService(self.registry).act(name, action)

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     jwt_roles_claim: str = Field(default="roles", description="JWT claim listing roles.")
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
     tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    rollout_tick: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds between rollout controller checks."
+    )
     request_timeout: float = Field(
         default=30.0, gt=0, description="Default per-request deadline in seconds (504 after)."
     )

@@ -18,6 +18,7 @@ from shipyard.monitoring.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
+from shipyard.routing.rollouts import RolloutController
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.cache import ResultCache
@@ -50,12 +51,11 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = ModelManager(registry, serving_for=settings.serving_for)
         cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
+        router = DeploymentRouter(manager)
         app.state.dataplane = DataPlane(
-            manager,
-            timeout=settings.request_timeout,
-            cache=cache,
-            router=DeploymentRouter(manager),
+            manager, timeout=settings.request_timeout, cache=cache, router=router
         )
+        controller = RolloutController(registry, router, tick_seconds=settings.rollout_tick)
         if default_model is not None:
             version = None
             if default_model.version is not None:
@@ -81,10 +81,12 @@ def build_app(
         gc.collect()
         gc.freeze()
         flusher = asyncio.get_running_loop().create_task(_flush_key_use(gate))
+        steering = asyncio.get_running_loop().create_task(controller.run())
         try:
             yield
         finally:
             flusher.cancel()
+            steering.cancel()
             await asyncio.to_thread(gate.keys.flush_last_used)
             if grpc_server is not None:
                 await grpc_server.stop(grace=2)

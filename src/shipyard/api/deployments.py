@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from shipyard.registry import records
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.service import Registry
+from shipyard.routing.rollouts import RolloutService
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -64,3 +65,32 @@ def rollback_deployment(
 ) -> records.DeploymentRevision:
     """Make an earlier revision's manifest live again, as a new revision."""
     return _registry(request).deployments.rollback(name, target.revision)
+
+
+class RolloutRequest(BaseModel):
+    to: int = Field(description="The candidate version.")
+    steps: list[int] | None = Field(default=None, description="Candidate % per step.")
+    bake_seconds: float | None = Field(default=None, ge=0)
+    min_requests: int | None = Field(default=None, ge=1)
+    gates: dict[str, float] | None = None
+    webhook: str | None = None
+
+
+@router.post("/deployments/{name}/rollout", status_code=201)
+def start_rollout(request: Request, name: str, body: RolloutRequest) -> records.Rollout:
+    """Start moving the deployment to `to`; the server's controller takes it from here."""
+    return RolloutService(_registry(request)).start(
+        name, body.to, body.steps, body.bake_seconds, body.min_requests, body.gates, body.webhook
+    )
+
+
+@router.get("/deployments/{name}/rollout")
+def rollout_status(request: Request, name: str) -> records.Rollout:
+    """The deployment's latest rollout, finished or not."""
+    return _registry(request).rollouts.latest(name)
+
+
+@router.post("/deployments/{name}/rollout/{action}")
+def steer_rollout(request: Request, name: str, action: str) -> records.Rollout:
+    """`promote`, `pause`, `resume` or `abort` the rollout in progress."""
+    return RolloutService(_registry(request)).act(name, action)

@@ -93,3 +93,78 @@ def rollback(
     with connect() as client:
         live = client.rollback_deployment(name, to)
     typer.echo(f"{name}: revision {live.revision} now live (the manifest of revision {to})")
+
+
+rollout_app = typer.Typer(
+    help="Progressive rollouts with automatic rollback.", no_args_is_help=True
+)
+
+
+def _print_rollout(rollout: object, json_output: bool) -> None:
+    from shipyard.registry.records import Rollout
+
+    assert isinstance(rollout, Rollout)
+    if json_output:
+        typer.echo(rollout.model_dump_json())
+        return
+    typer.echo(
+        f"rollout {rollout.id} of {rollout.deployment}: {rollout.state}, "
+        f"{rollout.stable_version} -> {rollout.candidate_version}, "
+        f"step {rollout.step_index + 1}/{len(rollout.steps)} ({rollout.weight}%)"
+        + (f"; {rollout.reason}" if rollout.reason else "")
+    )
+
+
+@rollout_app.command("start")
+def rollout_start(
+    deployment: str,
+    to: int = typer.Option(..., "--to", help="The candidate version."),
+    steps: str | None = typer.Option(None, help="Candidate % per step, e.g. 5,25,50,100."),
+    bake: str | None = typer.Option(None, help="Time at each step before gates: 30s, 5m, 1h."),
+    min_requests: int | None = typer.Option(None, min=1, help="Candidate requests per step."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Start moving a deployment to a version; a running server steps and gates it."""
+    from shipyard.errors import InvalidInput
+
+    options: dict[str, object] = {"to": to, "min_requests": min_requests}
+    if steps:
+        try:
+            options["steps"] = [int(s) for s in steps.split(",")]
+        except ValueError:
+            raise InvalidInput(
+                f"--steps {steps!r}: use whole percentages like 5,25,50,100"
+            ) from None
+    if bake:
+        units = {"s": 1, "m": 60, "h": 3600}
+        if bake[-1] not in units or not bake[:-1].replace(".", "", 1).isdigit():
+            raise InvalidInput(f"--bake {bake!r}: use 30s, 5m or 1h")
+        options["bake_seconds"] = float(bake[:-1]) * units[bake[-1]]
+    with connect() as client:
+        rollout = client.start_rollout(deployment, **{k: v for k, v in options.items() if v})
+    _print_rollout(rollout, json_output)
+
+
+@rollout_app.command("status")
+def rollout_status(deployment: str, json_output: bool = JsonOption) -> None:
+    """The deployment's latest rollout and why it stands where it does."""
+    with connect() as client:
+        _print_rollout(client.rollout_status(deployment), json_output)
+
+
+def _steer(action: str) -> None:
+    def command(deployment: str, json_output: bool = JsonOption) -> None:
+        with connect() as client:
+            _print_rollout(client.rollout_action(deployment, action), json_output)
+
+    command.__doc__ = {
+        "promote": "Send all traffic to the candidate now.",
+        "pause": "Hold the rollout at its step.",
+        "resume": "Let a paused rollout go on.",
+        "abort": "Send all traffic back to stable and stop.",
+    }[action]
+    rollout_app.command(action)(command)
+
+
+for _action in ("promote", "pause", "resume", "abort"):
+    _steer(_action)

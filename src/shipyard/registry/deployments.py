@@ -43,7 +43,9 @@ class DeploymentRepository:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def apply(self, manifest: DeploymentManifest, dry_run: bool = False) -> records.ApplyResult:
+    def apply(
+        self, manifest: DeploymentManifest, dry_run: bool = False, reason: str = "apply"
+    ) -> records.ApplyResult:
         document = manifest.model_dump(mode="json", exclude_none=True)
         live = self._live(manifest.name)
         live_document = live.manifest if live else None
@@ -63,7 +65,7 @@ class DeploymentRepository:
                 deployment=manifest.name, changed=changed, revision=current, diff=diff,
                 dry_run=dry_run,
             )  # fmt: skip
-        revision = self._add_revision(manifest.name, document, "apply", live_document)
+        revision = self._add_revision(manifest.name, document, reason, live_document)
         return records.ApplyResult(
             deployment=manifest.name, changed=True, revision=revision, diff=diff
         )
@@ -106,7 +108,7 @@ class DeploymentRepository:
             row.updated_at = utcnow()
             record_event(
                 session,
-                "deployment.rollback" if reason.startswith("rollback") else "deployment.apply",
+                "deployment.rollback" if reason.startswith("rollback to") else "deployment.apply",
                 f"{name}@{number}",
                 before=before,
                 after=document,

@@ -69,6 +69,18 @@ class Shadow(BaseModel):
         return str(self.version) if self.version is not None else str(self.alias)
 
 
+class RolloutPolicy(BaseModel):
+    """Defaults for `shipyard rollout start`: steps, bake time, gates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100])
+    bake_seconds: float = Field(default=300, ge=0)
+    min_requests: int = Field(default=100, ge=1)
+    gates: dict[str, float] = Field(default_factory=dict)
+    webhook: str | None = None
+
+
 class DeploymentManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +91,7 @@ class DeploymentManifest(BaseModel):
     sticky: Sticky | None = None
     shadow: Shadow | None = None
     serving: ServingOptions | None = None
+    rollout: RolloutPolicy | None = None
 
     @model_validator(mode="after")
     def _sane(self) -> DeploymentManifest:

@@ -146,3 +146,27 @@ class ApplyResult(BaseModel):
     revision: int = Field(description="The revision now live (unchanged when nothing changed).")
     diff: list[str] = Field(description="Unified diff of the live manifest against the new one.")
     dry_run: bool = False
+
+
+class Rollout(BaseModel):
+    id: int
+    deployment: str
+    stable_version: int
+    candidate_version: int
+    steps: list[int]
+    step_index: int
+    step_started_at: datetime | None = None
+    bake_seconds: float
+    min_requests: int
+    gates: dict[str, float]
+    webhook: str | None = None
+    state: str
+    reason: str = ""
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def weight(self) -> int:
+        """The candidate's share of traffic (percent) at the current step."""
+        return self.steps[min(self.step_index, len(self.steps) - 1)]

@@ -17,6 +17,7 @@ from shipyard.registry.db import create_engine, migrate, session_factory
 from shipyard.registry.deployments import DeploymentRepository
 from shipyard.registry.importing import register_model
 from shipyard.registry.repository import ModelRepository
+from shipyard.registry.rollouts import RolloutRepository
 
 
 def default_user(settings: Settings) -> str:
@@ -38,6 +39,7 @@ class Registry:
     artifacts: ArtifactStore
     audit: AuditLog
     deployments: DeploymentRepository
+    rollouts: RolloutRepository
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
@@ -52,6 +54,7 @@ class Registry:
             artifacts=ArtifactStore(settings.resolved_artifact_root, settings.cache_dir),
             audit=AuditLog(sessions),
             deployments=DeploymentRepository(sessions),
+            rollouts=RolloutRepository(sessions),
         )
 
     @staticmethod

@@ -184,3 +184,36 @@ class DeploymentRevisionRow(Base):
     reason: Mapped[str] = mapped_column(sa.String(200), default="")
     created_by: Mapped[str] = mapped_column(sa.String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RolloutRow(Base):
+    """A progressive rollout of one deployment to a candidate version; survives restarts."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment: Mapped[str] = mapped_column(sa.String(200), index=True)
+    stable_version: Mapped[int]
+    candidate_version: Mapped[int]
+    steps: Mapped[list[int]] = mapped_column(sa.JSON)
+    step_index: Mapped[int] = mapped_column(default=0)
+    step_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    bake_seconds: Mapped[float] = mapped_column(sa.Float, default=300.0)
+    min_requests: Mapped[int] = mapped_column(default=100)
+    gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    webhook: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    state: Mapped[str] = mapped_column(sa.String(20), default="running")
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LeaseRow(Base):
+    """Who runs a singleton job (the rollout controller) among replicas, and until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(200))
+    expires_at: Mapped[datetime]

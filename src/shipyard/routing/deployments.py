@@ -19,6 +19,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,28 @@ class DeploymentRouter:
         self.entries: dict[str, _Entry] = {}
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.windows: dict[tuple[str, str], ArmWindow] = {}
+        """(deployment, version) -> what that arm did since the rollout step began."""
+
+    def record(
+        self, deployment: str, version: str, seconds: float, outputs: dict[str, np.ndarray] | None
+    ) -> None:
+        """Count one answer (outputs) or server-side failure (None) for rollout gates."""
+        window = self.windows.get((deployment, version))
+        if window is None:
+            window = self.windows[(deployment, version)] = ArmWindow()
+        window.record(seconds, outputs)
+
+    def reset_windows(self, deployment: str) -> None:
+        for key in [k for k in self.windows if k[0] == deployment]:
+            del self.windows[key]
+
+    def window(self, deployment: str, version: str) -> ArmWindow:
+        return self.windows.get((deployment, version)) or ArmWindow()
+
+    def serving_revision(self, deployment: str) -> int | None:
+        entry = self.entries.get(deployment)
+        return entry.live.revision if entry is not None and entry.live is not None else None
 
     async def live(self, name: str) -> LiveRevision | None:
         """The deployment's revision now answering, or None if `name` is no deployment."""
@@ -238,3 +261,23 @@ def _agree(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> bool:
         elif not np.array_equal(array, other):
             return False
     return True
+
+
+@dataclass
+class ArmWindow:
+    """What one version of a deployment did since the window was last reset."""
+
+    requests: int = 0
+    errors: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+    predictions: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+
+    def record(self, seconds: float, outputs: dict[str, np.ndarray] | None) -> None:
+        self.requests += 1
+        if outputs is None:
+            self.errors += 1
+            return
+        self.latencies.append(seconds)
+        first = next(iter(outputs.values()), None)
+        if first is not None and first.dtype.kind in "biuf" and first.size:
+            self.predictions.extend(first.reshape(-1)[:64].astype(float).tolist())

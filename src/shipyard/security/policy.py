@@ -81,6 +81,9 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/deployments/{name}"): P.READ,
     ("GET", "/api/deployments/{name}/history"): P.READ,
     ("POST", "/api/deployments/{name}/rollback"): P.DEPLOY,
+    ("POST", "/api/deployments/{name}/rollout"): P.DEPLOY,
+    ("GET", "/api/deployments/{name}/rollout"): P.READ,
+    ("POST", "/api/deployments/{name}/rollout/{action}"): P.DEPLOY,
     # keys and audit
     ("GET", "/api/keys"): P.ADMIN,
     ("POST", "/api/keys"): P.ADMIN,

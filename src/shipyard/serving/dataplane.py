@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
-from shipyard.errors import InvalidInput, ModelNotReady
+from shipyard.errors import InvalidInput, ModelNotReady, ShipyardError
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.codec import output_datatype
@@ -62,7 +63,14 @@ class DataPlane:
                 model = live.manifest.model
                 pinned = hints.pinned_version if hints is not None else None
                 chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
-                loaded, result, cached, wanted = await self._predict(model, chosen, request)
+                started = time.perf_counter()
+                try:
+                    loaded, result, cached, wanted = await self._predict(model, chosen, request)
+                except ShipyardError as exc:
+                    if exc.status >= 500:  # the version failed, not the caller: gates count it
+                        self.router.record(name, chosen, time.perf_counter() - started, None)
+                    raise
+                self.router.record(name, chosen, time.perf_counter() - started, result)
 
                 async def shadow_run(shadow_version: str) -> Tensors:
                     return (await self._predict(model, shadow_version, request))[1]

@@ -1,0 +1,234 @@
+"""Progressive rollouts: move a deployment to a candidate version step by step.
+
+At each step the candidate gets its share of traffic (a new deployment
+revision), then the controller waits for the bake time and a minimum number of
+candidate requests, and compares candidate with stable over that same window:
+error rate, p95 latency ratio and prediction drift (two-sample
+Kolmogorov-Smirnov distance). A failed gate sends all traffic back to stable at
+once, and the numbers go into the rollout record, the audit trail and the
+optional webhook. State lives in the registry, so a restarted server resumes a
+rollout at its step; among replicas sharing a database, one holds the
+controller lease at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import InvalidInput, NotFound
+from shipyard.registry import records
+from shipyard.registry.manifest import DeploymentManifest, Route
+from shipyard.registry.refs import ModelRef
+from shipyard.registry.service import Registry
+from shipyard.routing.deployments import ArmWindow, DeploymentRouter
+
+log = logging.getLogger("shipyard.rollouts")
+LEASE = "rollout-controller"
+
+
+class RolloutService:
+    """Starting and steering rollouts; used by the API, the CLI and the controller."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def _manifest(self, deployment: str) -> DeploymentManifest:
+        return DeploymentManifest.model_validate(self.registry.deployments.get(deployment).manifest)
+
+    def _version(self, manifest: DeploymentManifest, route: Route) -> int:
+        if route.version is not None:
+            return route.version
+        ref = ModelRef(manifest.model, alias=route.alias)
+        return self.registry.models.get_version(ref).version
+
+    def start(
+        self,
+        deployment: str,
+        to: int,
+        steps: list[int] | None = None,
+        bake_seconds: float | None = None,
+        min_requests: int | None = None,
+        gates: dict[str, float] | None = None,
+        webhook: str | None = None,
+    ) -> records.Rollout:
+        manifest = self._manifest(deployment)
+        self.registry.models.get_version(ModelRef(manifest.model, version=to))  # exists?
+        main = max(manifest.routes, key=lambda r: r.weight)
+        stable = self._version(manifest, main)
+        policy = manifest.rollout
+        return self.registry.rollouts.start(
+            deployment,
+            stable=stable,
+            candidate=to,
+            steps=steps or (policy.steps if policy else [5, 25, 50, 100]),
+            bake_seconds=bake_seconds if bake_seconds is not None else (
+                policy.bake_seconds if policy else 300.0),
+            min_requests=min_requests or (policy.min_requests if policy else 100),
+            gates={**(policy.gates if policy else {}), **(gates or {})},
+            webhook=webhook or (policy.webhook if policy else None),
+        )  # fmt: skip
+
+    def route(self, rollout: records.Rollout, candidate_weight: int, reason: str) -> int:
+        """Apply the split stable/candidate as a new revision; returns the live revision."""
+        manifest = self._manifest(rollout.deployment)
+        routes = [Route(version=rollout.candidate_version, weight=candidate_weight)]
+        if candidate_weight < 100:
+            routes.insert(0, Route(version=rollout.stable_version, weight=100 - candidate_weight))
+        updated = manifest.model_copy(update={"routes": routes})
+        return self.registry.deployments.apply(updated, reason=reason).revision
+
+    def act(self, deployment: str, action: str) -> records.Rollout:
+        rollout = self.registry.rollouts.active(deployment)
+        if rollout is None:
+            raise NotFound(f"{deployment} has no rollout in progress")
+        rollouts = self.registry.rollouts
+        if action == "pause":
+            return rollouts.update(rollout.id, "rollout.pause", state="paused")
+        if action == "resume":
+            return rollouts.update(rollout.id, "rollout.resume", state="running")
+        if action == "promote":
+            self.route(rollout, 100, f"rollout {rollout.id} promoted")
+            return rollouts.update(rollout.id, "rollout.promote", "promoted by hand",
+                                   state="promoted", step_index=len(rollout.steps) - 1)  # fmt: skip
+        if action == "abort":
+            self.route(rollout, 0, f"rollout {rollout.id} aborted")
+            return rollouts.update(rollout.id, "rollout.abort", "aborted by hand", state="aborted")
+        raise InvalidInput(f"unknown rollout action {action!r}: promote, pause, resume or abort")
+
+
+def _p95(values: Any) -> float:
+    return float(np.percentile(np.fromiter(values, float), 95))
+
+
+def evaluate(gates: dict[str, float], candidate: ArmWindow, stable: ArmWindow) -> str | None:
+    """Why the candidate fails its gates against stable, or None if it passes."""
+    failures = []
+    candidate_rate = candidate.errors / candidate.requests if candidate.requests else 0.0
+    stable_rate = stable.errors / stable.requests if stable.requests else 0.0
+    limit = gates["max_error_rate_increase"]
+    if candidate_rate - stable_rate > limit:
+        failures.append(f"error rate {candidate_rate:.3f} vs stable {stable_rate:.3f} "
+                        f"(allowed +{limit:g})")  # fmt: skip
+    if len(candidate.latencies) >= 5 and len(stable.latencies) >= 5:
+        ratio = _p95(candidate.latencies) / max(_p95(stable.latencies), 1e-9)
+        if ratio > gates["max_p95_ratio"]:
+            failures.append(f"p95 latency {ratio:.2f}x stable's "
+                            f"({_p95(candidate.latencies) * 1000:.1f} ms vs "
+                            f"{_p95(stable.latencies) * 1000:.1f} ms; allowed "
+                            f"{gates['max_p95_ratio']:g}x)")  # fmt: skip
+    if len(candidate.predictions) >= 20 and len(stable.predictions) >= 20:
+        from scipy.stats import ks_2samp
+
+        distance = float(ks_2samp(list(candidate.predictions), list(stable.predictions)).statistic)
+        if distance > gates["max_drift"]:
+            failures.append(f"prediction drift KS {distance:.2f} (allowed {gates['max_drift']:g})")
+    return "; ".join(failures) or None
+
+
+class RolloutController:
+    """Advances running rollouts; one per server, acting only while it holds the lease."""
+
+    def __init__(
+        self, registry: Registry, router: DeploymentRouter, tick_seconds: float = 0.5,
+        lease_seconds: float = 10.0,
+    ) -> None:  # fmt: skip
+        self.registry = registry
+        self.service = RolloutService(registry)
+        self.router = router
+        self.tick_seconds = tick_seconds
+        self.lease_seconds = lease_seconds
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_seconds)  # a controller's cadence, not a sync point
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("rollout controller tick failed")
+
+    async def tick(self) -> None:
+        holds = await asyncio.to_thread(
+            self.registry.rollouts.hold_lease, LEASE, self.holder, self.lease_seconds
+        )
+        if not holds:
+            return
+        for rollout in await asyncio.to_thread(self.registry.rollouts.running):
+            await self._advance(rollout)
+
+    async def _advance(self, rollout: records.Rollout) -> None:
+        name = rollout.deployment
+        live = await asyncio.to_thread(self.registry.deployments.find, name)
+        if live is None:
+            await self._set(rollout, "rollout.abort", "the deployment is gone", state="aborted")
+            return
+        revision = live.revision
+        if self._split(live.manifest) != (rollout.stable_version, rollout.candidate_version,
+                                          rollout.weight):  # fmt: skip
+            reason = f"rollout {rollout.id} step {rollout.step_index + 1}: {rollout.weight}%"
+            revision = await asyncio.to_thread(self.service.route, rollout, rollout.weight, reason)
+        if self.router.serving_revision(name) != revision:
+            await self.router.live(name)  # let the router notice; the step starts once it serves
+            return
+        if rollout.step_started_at is None:
+            self.router.reset_windows(name)
+            await self._set(rollout, "rollout.step", step_started_at=datetime.now(UTC))
+            return
+        baked = (datetime.now(UTC) - rollout.step_started_at).total_seconds()
+        candidate = self.router.window(name, str(rollout.candidate_version))
+        if baked < rollout.bake_seconds or candidate.requests < rollout.min_requests:
+            return
+        stable = self.router.window(name, str(rollout.stable_version))
+        failure = evaluate(rollout.gates, candidate, stable)
+        if failure is not None:
+            await asyncio.to_thread(self.service.route, rollout, 0,
+                                    f"rollout {rollout.id} rolled back")  # fmt: skip
+            done = await self._set(rollout, "rollout.rollback", failure, state="rolled_back")
+            log.warning("rollout %d of %s rolled back: %s", rollout.id, name, failure)
+            await self._notify(done)
+            return
+        following = rollout.step_index + 1
+        if following >= len(rollout.steps) or rollout.steps[following] == 100:
+            await asyncio.to_thread(self.service.route, rollout, 100,
+                                    f"rollout {rollout.id} promoted")  # fmt: skip
+            done = await self._set(rollout, "rollout.promote", "every gate passed",
+                                   state="promoted", step_index=len(rollout.steps) - 1)  # fmt: skip
+            await self._notify(done)
+            return
+        await self._set(rollout, "rollout.step", step_index=following, step_started_at=None)
+
+    @staticmethod
+    def _split(manifest: dict[str, Any]) -> tuple[int | None, int | None, int]:
+        weights = {r.get("version"): float(r.get("weight", 100)) for r in manifest["routes"]}
+        total = sum(weights.values()) or 1.0
+        versions = list(weights)
+        if len(versions) == 1:
+            return None, versions[0], 100
+        stable, candidate = versions[0], versions[1]
+        return stable, candidate, round(100 * weights[candidate] / total)
+
+    async def _set(self, rollout: records.Rollout, action: str, reason: str = "",
+                   **changes: Any) -> records.Rollout:  # fmt: skip
+        return await asyncio.to_thread(
+            self.registry.rollouts.update, rollout.id, action, reason, **changes
+        )
+
+    @staticmethod
+    async def _notify(rollout: records.Rollout) -> None:
+        if not rollout.webhook:
+            return
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                await client.post(rollout.webhook, json=rollout.model_dump(mode="json"))
+        except httpx.HTTPError as exc:
+            log.warning("rollout webhook %s failed: %s", rollout.webhook, exc)
