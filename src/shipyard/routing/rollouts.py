@@ -79,9 +79,11 @@ class RolloutService:
     def route(self, rollout: records.Rollout, candidate_weight: int, reason: str) -> int:
         """Apply the split stable/candidate as a new revision; returns the live revision."""
         manifest = self._manifest(rollout.deployment)
-        routes = [Route(version=rollout.candidate_version, weight=candidate_weight)]
+        routes = []
         if candidate_weight < 100:
-            routes.insert(0, Route(version=rollout.stable_version, weight=100 - candidate_weight))
+            routes.append(Route(version=rollout.stable_version, weight=100 - candidate_weight))
+        if candidate_weight > 0:
+            routes.append(Route(version=rollout.candidate_version, weight=candidate_weight))
         updated = manifest.model_copy(update={"routes": routes})
         return self.registry.deployments.apply(updated, reason=reason).revision
 
