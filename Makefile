@@ -29,6 +29,7 @@ $(EXAMPLE): examples/train_iris.py | $(VENV)/.installed
 serve: $(VENV)/.installed $(EXAMPLE)
 	$(BIN)/shipyard models register $(EXAMPLE) --name iris --signature-from $(EXAMPLE_DATA) \
 		--alias production --skip-unchanged --description "Iris classifier (quickstart example)"
+	$(BIN)/shipyard apply -f examples/iris-deployment.yaml
 	$(BIN)/shipyard server --host 127.0.0.1 --port 8000
 
 lint: $(VENV)/.installed-dev

@@ -93,6 +93,8 @@ class _Entry:
     revision: DeploymentRevision | None
     live: LiveRevision | None = None
     switching_to: int | None = None
+    first: asyncio.Future[None] | None = None
+    """Set while the first request loads the deployment; the others wait on it."""
 
 
 class DeploymentRouter:
@@ -129,14 +131,26 @@ class DeploymentRouter:
         """The deployment's revision now answering, or None if `name` is no deployment."""
         entry = self.entries.get(name)
         if entry is None:
-            revision = await asyncio.to_thread(self.registry.deployments.find, name)
-            entry = self.entries[name] = _Entry(time.monotonic(), revision)
-            if revision is None:
-                return None
-            entry.live = await self._activate(revision, entry)
-            return entry.live
+            return await self._first_look(name)
+        if entry.first is not None and not entry.first.done():
+            await asyncio.shield(entry.first)  # another request is loading it: wait, don't 404
         if time.monotonic() - entry.checked_at >= REFRESH_SECONDS and name not in self._refreshing:
             self._spawn(self._refresh(name, entry))
+        return entry.live
+
+    async def _first_look(self, name: str) -> LiveRevision | None:
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = self.entries[name] = _Entry(time.monotonic(), None, first=first)
+        try:
+            entry.revision = await asyncio.to_thread(self.registry.deployments.find, name)
+            if entry.revision is not None:
+                entry.live = await self._activate(entry.revision, entry)
+        except BaseException as exc:
+            del self.entries[name]  # the next request tries again
+            first.set_exception(exc)
+            first.exception()  # retrieved: waiters re-raise it
+            raise
+        first.set_result(None)
         return entry.live
 
     def _spawn(self, work: Any) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInput, NotFound
 from shipyard.registry import records
+from shipyard.registry.audit import Actor, acting_as
 from shipyard.registry.manifest import DeploymentManifest, Route
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
@@ -163,8 +164,10 @@ class RolloutController:
         )
         if not holds:
             return
-        for rollout in await asyncio.to_thread(self.registry.rollouts.running):
-            await self._advance(rollout)
+        # Revisions and audit events it makes name the controller, not whoever started it.
+        with acting_as(Actor("rollout-controller", "system", self.holder)):
+            for rollout in await asyncio.to_thread(self.registry.rollouts.running):
+                await self._advance(rollout)
 
     async def _advance(self, rollout: records.Rollout) -> None:
         name = rollout.deployment
