@@ -22,7 +22,7 @@ from tests.security.conftest import KeyedHome
 from tests.server import RunningServer, running_server
 
 IDENTITIES = ["anonymous", "viewer", "predictor", "deployer", "admin", "revoked", "expired"]
-PARAMS = {"name": "nomodel", "version": "1", "key": "k", "alias": "a", "key_id": "nokey",
+PARAMS = {"name": "nomodel", "version": "1", "key": "k", "alias": "a", "key_id": "nokey", "action": "pause",
           "deployment": "nodeploy"}  # fmt: skip
 
 
