@@ -22,8 +22,10 @@ from tests.security.conftest import KeyedHome
 from tests.server import RunningServer, running_server
 
 IDENTITIES = ["anonymous", "viewer", "predictor", "deployer", "admin", "revoked", "expired"]
-PARAMS = {"name": "nomodel", "version": "1", "key": "k", "alias": "a", "key_id": "nokey", "action": "pause",
-          "deployment": "nodeploy"}  # fmt: skip
+PARAMS = {
+    "name": "nomodel", "version": "1", "key": "k", "alias": "a", "key_id": "nokey",
+    "action": "pause", "deployment": "nodeploy",
+}  # fmt: skip
 
 
 def app_routes(home: Path) -> set[tuple[str, str]]:
