@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
 from shipyard.routing.rollouts import RolloutController
 from shipyard.security.gate import Gatekeeper
+from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
@@ -80,7 +82,7 @@ def build_app(
         # during traffic stay short.
         gc.collect()
         gc.freeze()
-        flusher = asyncio.get_running_loop().create_task(_flush_key_use(gate))
+        flusher = asyncio.get_running_loop().create_task(_watch_keys(gate))
         steering = asyncio.get_running_loop().create_task(controller.run())
         try:
             yield
@@ -114,14 +116,18 @@ def build_app(
     return FrontDoor(app)
 
 
-async def _flush_key_use(gate: Gatekeeper) -> None:
-    """Record keys' last use every few seconds, never on the request path."""
+async def _watch_keys(gate: Gatekeeper) -> None:
+    """Re-read the key table and record keys' last use, never on the request path."""
+    flushed = time.monotonic()
     while True:
-        await asyncio.sleep(5)
+        await asyncio.sleep(REFRESH_SECONDS)  # a refresh cadence, not a sync point
         try:
-            await asyncio.to_thread(gate.keys.flush_last_used)
+            await asyncio.to_thread(gate.keys.refresh)
+            if time.monotonic() - flushed >= 5:
+                flushed = time.monotonic()
+                await asyncio.to_thread(gate.keys.flush_last_used)
         except Exception:
-            log.exception("recording API keys' last use failed")
+            log.exception("refreshing API keys failed")
 
 
 def _token_verifier(settings: Settings) -> TokenVerifier | None:

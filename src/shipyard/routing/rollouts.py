@@ -159,6 +159,9 @@ class RolloutController:
                 log.exception("rollout controller tick failed")
 
     async def tick(self) -> None:
+        running = await asyncio.to_thread(self.registry.rollouts.running)
+        if not running:
+            return  # nothing to drive: no lease write (a write per tick costs an fsync)
         holds = await asyncio.to_thread(
             self.registry.rollouts.hold_lease, LEASE, self.holder, self.lease_seconds
         )
@@ -166,7 +169,7 @@ class RolloutController:
             return
         # Revisions and audit events it makes name the controller, not whoever started it.
         with acting_as(Actor("rollout-controller", "system", self.holder)):
-            for rollout in await asyncio.to_thread(self.registry.rollouts.running):
+            for rollout in running:
                 await self._advance(rollout)
 
     async def _advance(self, rollout: records.Rollout) -> None:

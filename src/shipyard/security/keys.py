@@ -123,7 +123,7 @@ class KeyStore:
             record = _record(row)
             after = record.model_dump(mode="json", include={"role", "models", "expires_at"})
             record_event(session, "key.create", key_id, after=after)
-        self._loaded_at = float("-inf")
+        self.refresh()
         return f"{PREFIX}_{key_id}_{secret}", record
 
     def revoke(self, key_id: str) -> records.ApiKey:
@@ -135,7 +135,7 @@ class KeyStore:
                 row.revoked_at = datetime.now(UTC)
                 record_event(session, "key.revoke", key_id, before={"role": row.role})
             record = _record(row)
-        self._loaded_at = float("-inf")
+        self.refresh()
         return record
 
     def list(self) -> list[records.ApiKey]:
@@ -154,25 +154,34 @@ class KeyStore:
     # ---- checking keys ----------------------------------------------------
 
     def _table(self) -> dict[str, ApiKeyRow]:
-        if time.monotonic() - self._loaded_at >= REFRESH_SECONDS:
-            with self._lock, self._sessions() as session:
-                rows = session.scalars(sa.select(ApiKeyRow)).all()
-                session.expunge_all()
-                self._rows = {r.id: r for r in rows}
-                live = [r for r in rows if r.revoked_at is None]
-                self._any_active = bool(live)
-                # While the last live key's expiry is ahead, some key is active.
-                expiries = [r.expires_at for r in live]
-                self._live_until = (
-                    None if not live or None in expiries else max(e for e in expiries if e)
-                )
-                self._loaded_at = time.monotonic()
-                self._verified = {
-                    digest: entry
-                    for digest, entry in self._verified.items()
-                    if entry[1].key_id in self._rows
-                }
+        """The key table from memory; read from the database only the first time.
+
+        A server calls refresh() every REFRESH_SECONDS from a background thread,
+        so a request never waits on the database (see server.py).
+        """
+        if self._loaded_at == float("-inf"):
+            self.refresh()
         return self._rows
+
+    def refresh(self) -> None:
+        """Re-read the key table (revocations, expiries, new keys)."""
+        with self._lock, self._sessions() as session:
+            rows = session.scalars(sa.select(ApiKeyRow)).all()
+            session.expunge_all()
+            self._rows = {r.id: r for r in rows}
+            live = [r for r in rows if r.revoked_at is None]
+            self._any_active = bool(live)
+            # While the last live key's expiry is ahead, some key is active.
+            expiries = [r.expires_at for r in live]
+            self._live_until = (
+                None if not live or None in expiries else max(e for e in expiries if e)
+            )
+            self._loaded_at = time.monotonic()
+            self._verified = {
+                digest: entry
+                for digest, entry in self._verified.items()
+                if entry[1].key_id in self._rows
+            }
 
     def verify(self, token: str) -> Principal | None:
         """The key's principal, or None for an unknown, wrong, revoked or expired key."""
