@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-DELAY, FAIL_ON_NEGATIVE = {delay}, {fail}
+DELAY, FAIL_ON_NEGATIVE, INVERT = {delay}, {fail}, {invert}
 
 
 class Model:
@@ -36,13 +36,14 @@ class Model:
         time.sleep(DELAY)
         if FAIL_ON_NEGATIVE and (x < 0).any():
             raise ValueError("negative input")
-        return {{"y": (x.sum(axis=1) > 0).astype(np.int64)}}
+        return {{"y": ((x.sum(axis=1) > 0) ^ INVERT).astype(np.int64)}}
 """
-VERSIONS = {  # version: (seconds per batch, fails on negative input)
-    1: (0.002, False),  # stable
-    2: (0.0021, False),  # healthy candidate
-    3: (0.002, True),  # errors on part of the input
-    4: (0.02, False),  # ten times slower
+VERSIONS = {  # version: (seconds per batch, fails on negative input, inverts its answers)
+    1: (0.002, False, False),  # stable
+    2: (0.0021, False, False),  # healthy candidate
+    3: (0.002, True, False),  # errors on part of the input
+    4: (0.02, False, False),  # ten times slower
+    5: (0.002, False, True),  # as fast and as often 1 as stable, but wrong: disagrees
 }
 MANIFEST = "name: svc-api\nmodel: svc\nroutes: [{version: 1}]\n"
 ROLLOUT = {"steps": [50, 100], "bake_seconds": 0.5, "min_requests": 20}
@@ -62,6 +63,10 @@ def test_gates_name_the_numbers() -> None:
     assert "p95 latency 5.00x" in reason
     assert "prediction drift KS 1.00" in reason
     assert evaluate(DEFAULT_GATES, stable, stable) is None
+    stable.compared, stable.agreed = 40, 30
+    assert evaluate(DEFAULT_GATES, stable, stable) is None  # agreement gate off by default
+    reason = evaluate({**DEFAULT_GATES, "min_agreement": 0.9}, stable, stable)
+    assert reason == "agreement with stable 0.75 over 40 compared answers (needed 0.9)"
 
 
 @pytest.fixture
@@ -69,10 +74,10 @@ def home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     registry = Registry.open(Settings(home=home))
     try:
-        for version, (delay, fail) in VERSIONS.items():
+        for version, (delay, fail, invert) in VERSIONS.items():
             path = tmp_path / f"v{version}" / "model.py"
             path.parent.mkdir()
-            path.write_text(MODEL.format(delay=delay, fail=fail))
+            path.write_text(MODEL.format(delay=delay, fail=fail, invert=invert))
             assert registry.register(path, RegistrationOptions(name="svc")).version == version
         registry.deployments.apply(parse_manifest(MANIFEST))
     finally:
@@ -117,9 +122,15 @@ def test_healthy_candidate_is_promoted_and_bad_ones_roll_back(home: Path) -> Non
             assert done["state"] == "rolled_back", done
             assert why in done["reason"]
             assert _live_routes(http, server) == [{"version": 2, "weight": 100.0}]
+        disagreeing = {**ROLLOUT, "min_requests": 150, "gates": {"min_agreement": 0.9}}
+        assert http.post(start, json={"to": 5, **disagreeing}).status_code == 201
+        done = _drive(server, http)
+        assert done["state"] == "rolled_back", done
+        assert "agreement with stable 0.00" in done["reason"]
+        assert "drift" not in done["reason"]  # same label mix: only agreement tells them apart
         audit = http.get(f"{server.url}/api/audit", params={"limit": 1000}).json()
         rollbacks = [e for e in audit if e["action"] == "rollout.rollback"]
-        assert len(rollbacks) == 2
+        assert len(rollbacks) == 3
         assert "error rate" in rollbacks[0]["after"]["reason"]
 
 

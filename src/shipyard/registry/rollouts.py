@@ -19,6 +19,7 @@ DEFAULT_GATES = {
     "max_error_rate_increase": 0.02,
     "max_p95_ratio": 2.0,
     "max_drift": 0.5,
+    "min_agreement": 0.0,
 }
 
 
@@ -130,15 +131,22 @@ class RolloutRepository:
     # ---- lease --------------------------------------------------------------
 
     def hold_lease(self, name: str, holder: str, seconds: float) -> bool:
-        """Take or renew `name` for `holder` unless someone else holds it unexpired."""
+        """Take or renew `name` for `holder` unless someone else holds it unexpired.
+
+        The row is locked while deciding (FOR UPDATE on PostgreSQL, the write lock
+        on SQLite), and two first-ever takers collide on the primary key: one wins.
+        """
         now = datetime.now(UTC)
-        with write_session(self._sessions) as session:
-            row = session.get(LeaseRow, name)
-            if row is not None and row.holder != holder and row.expires_at > now:
-                return False
-            if row is None:
-                session.add(LeaseRow(name=name, holder=holder,
-                                     expires_at=now + timedelta(seconds=seconds)))  # fmt: skip
-            else:
-                row.holder, row.expires_at = holder, now + timedelta(seconds=seconds)
-            return True
+        try:
+            with write_session(self._sessions) as session:
+                row = session.get(LeaseRow, name, with_for_update=True)
+                if row is not None and row.holder != holder and row.expires_at > now:
+                    return False
+                expires = now + timedelta(seconds=seconds)
+                if row is None:
+                    session.add(LeaseRow(name=name, holder=holder, expires_at=expires))
+                else:
+                    row.holder, row.expires_at = holder, expires
+                return True
+        except sa.exc.IntegrityError:
+            return False  # someone took it first

@@ -33,6 +33,8 @@ from shipyard.serving.types import InferRequest
 log = logging.getLogger("shipyard.routing")
 REFRESH_SECONDS = 1.0
 PIN_HEADER = b"x-shipyard-version"
+COMPARE_FRACTION = 0.25
+"""Share of a minority arm's requests also sent to the main arm to measure agreement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,31 @@ class DeploymentRouter:
                 return first if isinstance(first, bytes) else str(first).encode()
         return None
 
+    def compare(
+        self, deployment: str, live: LiveRevision, answered_by: str, run: Any,
+        outputs: dict[str, np.ndarray],
+    ) -> None:  # fmt: skip
+        """While a deployment splits traffic, copy a sample of the other arms' requests to
+        its main (heaviest) arm and count agreement; never awaited. Rollout gates read it."""
+        if len(live.arms) < 2 or random.random() >= COMPARE_FRACTION:
+            return
+        main = max(live.arms, key=lambda arm: arm.weight).version
+        if answered_by == main:
+            return
+        window = self.windows.get((deployment, answered_by))
+        if window is None:
+            return
+
+        async def check() -> None:
+            try:
+                reference = await run(main)
+            except Exception:
+                return  # the main arm's own failures are counted where it serves
+            window.compared += 1
+            window.agreed += _agree(outputs, reference)
+
+        self._spawn(check())
+
     def shadow(
         self,
         live: LiveRevision,
@@ -285,6 +312,9 @@ class ArmWindow:
     errors: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
     predictions: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+    compared: int = 0
+    """Answers also computed by the deployment's main arm, to measure agreement."""
+    agreed: int = 0
 
     def record(self, seconds: float, outputs: dict[str, np.ndarray] | None) -> None:
         self.requests += 1

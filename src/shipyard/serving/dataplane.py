@@ -76,6 +76,7 @@ class DataPlane:
                     return (await self._predict(model, shadow_version, request))[1]
 
                 self.router.shadow(live, shadow_run, result)
+                self.router.compare(name, live, chosen, shadow_run, result)
                 return self._response(loaded, result, cached, wanted, request)
         loaded, result, cached, wanted = await self._predict(name, version, request)
         return self._response(loaded, result, cached, wanted, request)
