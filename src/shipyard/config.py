@@ -34,6 +34,19 @@ class ModelServing:
     max_queue: int
     cache: bool
 
+    def overridden_by(self, own: ServingOptions | None) -> ModelServing:
+        """These options with every field `own` sets taking its place."""
+        if own is None:
+            return self
+        delay_ms = own.max_batch_delay_ms
+        return ModelServing(
+            workers=own.workers or self.workers,
+            max_batch_size=own.max_batch_size or self.max_batch_size,
+            max_batch_delay=self.max_batch_delay if delay_ms is None else delay_ms / 1000,
+            max_queue=own.max_queue or self.max_queue,
+            cache=self.cache if own.cache is None else own.cache,
+        )
+
 
 class Settings(BaseSettings):
     """Where Shipyard keeps its state and how it reaches it."""
@@ -121,15 +134,14 @@ class Settings(BaseSettings):
 
     def serving_for(self, model: str) -> ModelServing:
         """The options for one model: its own entry in `models`, else the server-wide ones."""
-        own = self.models.get(model, ServingOptions())
-        delay_ms = own.max_batch_delay_ms
-        return ModelServing(
-            workers=own.workers or self.workers_per_model or os.cpu_count() or 1,
-            max_batch_size=own.max_batch_size or self.max_batch_size,
-            max_batch_delay=(self.max_batch_delay_ms if delay_ms is None else delay_ms) / 1000,
-            max_queue=own.max_queue or self.max_queue,
-            cache=self.cache if own.cache is None else own.cache,
+        server_wide = ModelServing(
+            workers=self.workers_per_model or os.cpu_count() or 1,
+            max_batch_size=self.max_batch_size,
+            max_batch_delay=self.max_batch_delay_ms / 1000,
+            max_queue=self.max_queue,
+            cache=self.cache,
         )
+        return server_wide.overridden_by(self.models.get(model))
 
     @cached_property
     def resolved_database_url(self) -> str:

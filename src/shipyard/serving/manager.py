@@ -72,20 +72,6 @@ class ModelManager:
         self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
 
-    def _serving(self, model: str) -> ModelServing:
-        base = self.serving_for(model)
-        own = self.serving_overrides.get(model)
-        if own is None:
-            return base
-        delay = own.max_batch_delay_ms
-        return ModelServing(
-            workers=own.workers or base.workers,
-            max_batch_size=own.max_batch_size or base.max_batch_size,
-            max_batch_delay=base.max_batch_delay if delay is None else delay / 1000,
-            max_queue=own.max_queue or base.max_queue,
-            cache=base.cache if own.cache is None else own.cache,
-        )
-
     def _resolve_now(self, name: str, version: str | None) -> ModelVersion:
         check_model_name(name)
         if version is None:
@@ -155,7 +141,10 @@ class ModelManager:
         existing = self.models.get(key)
         if existing is not None and existing.state in ("loading", "ready"):
             return existing
-        loaded = LoadedModel(record, self._serving(record.model))
+        serving = self.serving_for(record.model).overridden_by(
+            self.serving_overrides.get(record.model)
+        )
+        loaded = LoadedModel(record, serving)
         self.models[key] = loaded
         asyncio.get_running_loop().create_task(self._load(loaded))
         return loaded
