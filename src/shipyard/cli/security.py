@@ -13,13 +13,11 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 
 
 def _registry() -> Registry:
+    """The local registry, acting as the local user (as `shipyard models` does)."""
+    from shipyard.client import LocalClient
     from shipyard.config import Settings
-    from shipyard.registry.audit import Actor, set_default_actor
-    from shipyard.registry.service import Registry, default_user
 
-    settings = Settings()
-    set_default_actor(Actor(default_user(settings), source="cli"))
-    return Registry.open(settings)
+    return LocalClient.open(Settings()).registry
 
 
 @keys_app.command("create")

@@ -149,6 +149,10 @@ class Worker:
     def detach(self) -> None:
         """Stop reading replies (call from the loop, before stop())."""
         self._stop_reading()
+        self._release_segments()
+
+    def _release_segments(self) -> None:
+        """Unlink the inputs of requests that will get no reply."""
         for names in self.segments.values():
             unlink(names)
         self.segments.clear()
@@ -201,9 +205,7 @@ class Worker:
                     WorkerCrashed(f"the worker serving {self.spec.key} crashed; retry the request")
                 )
         self.pending.clear()
-        for names in self.segments.values():
-            unlink(names)
-        self.segments.clear()
+        self._release_segments()
         if self.on_death is not None:
             self.on_death(self)
 
