@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -78,8 +77,8 @@ class KeyStore:
         self._sessions = sessions
         self._lock = threading.Lock()
         self._rows: dict[str, ApiKeyRow] = {}
-        self._loaded_at = float("-inf")
-        self._verified: dict[bytes, tuple[float, Principal]] = {}
+        self._loaded = False
+        self._verified: dict[bytes, Principal] = {}
         self._used: set[str] = set()
         self._refused: set[bytes] = set()
         self._any_active = False
@@ -159,7 +158,7 @@ class KeyStore:
         A server calls refresh() every REFRESH_SECONDS from a background thread,
         so a request never waits on the database (see server.py).
         """
-        if self._loaded_at == float("-inf"):
+        if not self._loaded:
             self.refresh()
         return self._rows
 
@@ -176,22 +175,14 @@ class KeyStore:
             self._live_until = (
                 None if not live or None in expiries else max(e for e in expiries if e)
             )
-            self._loaded_at = time.monotonic()
-            self._verified = {
-                digest: entry
-                for digest, entry in self._verified.items()
-                if entry[1].key_id in self._rows
-            }
+            self._loaded = True
 
     def verify(self, token: str) -> Principal | None:
         """The key's principal, or None for an unknown, wrong, revoked or expired key."""
         digest = hashlib.sha256(token.encode()).digest()
         rows = self._table()
-        cached = self._verified.get(digest)
-        principal: Principal | None
-        if cached is not None:
-            principal = cached[1]
-        else:
+        principal = self._verified.get(digest)
+        if principal is None:
             if digest in self._refused:
                 return None
             principal = self._check(token, rows)
@@ -199,13 +190,19 @@ class KeyStore:
                 self._verified.clear()
                 self._refused.clear()
             if principal is None:
-                self._refused.add(digest)  # a wrong token costs one scrypt, not one per try
+                parts = token.split("_", 2)
+                if len(parts) == 3 and parts[1] in rows:
+                    # A known key with a wrong secret costs one scrypt, not one per try. An
+                    # unknown id costs nothing, and may be a key made since the last refresh.
+                    self._refused.add(digest)
                 return None
-            self._verified[digest] = (time.monotonic(), principal)
+            self._verified[digest] = principal
         row = rows.get(principal.key_id or "")
         now = datetime.now(UTC)
         if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
+            # Revocation and expiry are for good: refuse this token cheaply from now on.
             self._verified.pop(digest, None)
+            self._refused.add(digest)
             return None
         self._used.add(row.id)
         return principal
