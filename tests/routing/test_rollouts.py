@@ -63,7 +63,7 @@ def test_gates_name_the_numbers() -> None:
     assert "p95 latency 5.00x" in reason
     assert "prediction drift KS 1.00" in reason
     assert evaluate(DEFAULT_GATES, stable, stable) is None
-    stable.compared, stable.agreed = 40, 30
+    stable.agreement.sent, stable.agreement.failed, stable.agreement.agreed = 42, 2, 30
     assert evaluate(DEFAULT_GATES, stable, stable) is None  # agreement gate off by default
     reason = evaluate({**DEFAULT_GATES, "min_agreement": 0.9}, stable, stable)
     assert reason == "agreement with stable 0.75 over 40 compared answers (needed 0.9)"

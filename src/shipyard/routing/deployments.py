@@ -44,8 +44,11 @@ class Arm:
 
 
 @dataclass
-class ShadowStats:
-    """Counters read by /metrics: copies sent, agreeing answers, failures, latency."""
+class CopyStats:
+    """Requests also sent to another version: copies, equal answers, failures, time.
+
+    Kept for shadow traffic (read by /metrics) and for the agreement rollout gate.
+    """
 
     sent: int = 0
     agreed: int = 0
@@ -60,7 +63,12 @@ class LiveRevision:
     arms: list[Arm]
     shadow_version: str | None
     total_weight: float
-    shadow: ShadowStats = field(default_factory=ShadowStats)
+    shadow: CopyStats = field(default_factory=CopyStats)
+
+    @property
+    def main_version(self) -> str:
+        """The heaviest arm: what the deployment mostly serves (stable, in a rollout)."""
+        return max(self.arms, key=lambda arm: arm.weight).version
 
     def choose(self, sticky_key: bytes | None) -> str:
         point = (
@@ -240,22 +248,12 @@ class DeploymentRouter:
         its main (heaviest) arm and count agreement; never awaited. Rollout gates read it."""
         if len(live.arms) < 2 or random.random() >= COMPARE_FRACTION:
             return
-        main = max(live.arms, key=lambda arm: arm.weight).version
+        main = live.main_version
         if answered_by == main:
             return
         window = self.windows.get((deployment, answered_by))
-        if window is None:
-            return
-
-        async def check() -> None:
-            try:
-                reference = await run(main)
-            except Exception:
-                return  # the main arm's own failures are counted where it serves
-            window.compared += 1
-            window.agreed += _agree(outputs, reference)
-
-        self._spawn(check())
+        if window is not None:
+            self._spawn(_copy(window.agreement, run, main, outputs))
 
     def shadow(
         self,
@@ -269,23 +267,24 @@ class DeploymentRouter:
             return
         if random.random() >= manifest.shadow.fraction:
             return
-        self._spawn(self._shadow(live, run, live_outputs))
+        self._spawn(_copy(live.shadow, run, live.shadow_version, live_outputs))
 
-    @staticmethod
-    async def _shadow(live: LiveRevision, run: Any, live_outputs: dict[str, np.ndarray]) -> None:
-        stats = live.shadow
-        stats.sent += 1
-        started = time.perf_counter()
-        try:
-            outputs: dict[str, np.ndarray] = await run(live.shadow_version)
-        except Exception as exc:
-            stats.failed += 1
-            log.info("shadow request to %s failed: %s", live.shadow_version, exc)
-            return
-        finally:
-            stats.seconds += time.perf_counter() - started
-        if _agree(live_outputs, outputs):
-            stats.agreed += 1
+
+async def _copy(
+    stats: CopyStats, run: Any, version: str, live_outputs: dict[str, np.ndarray]
+) -> None:
+    """Answer the same request with `version` and count whether it agreed."""
+    stats.sent += 1
+    started = time.perf_counter()
+    try:
+        outputs: dict[str, np.ndarray] = await run(version)
+    except Exception as exc:
+        stats.failed += 1
+        log.info("copy of a request to version %s failed: %s", version, exc)
+        return
+    finally:
+        stats.seconds += time.perf_counter() - started
+    stats.agreed += _agree(live_outputs, outputs)
 
 
 def _agree(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> bool:
@@ -312,9 +311,8 @@ class ArmWindow:
     errors: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
     predictions: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
-    compared: int = 0
-    """Answers also computed by the deployment's main arm, to measure agreement."""
-    agreed: int = 0
+    agreement: CopyStats = field(default_factory=CopyStats)
+    """This arm's requests also answered by the deployment's main arm."""
 
     def record(self, seconds: float, outputs: dict[str, np.ndarray] | None) -> None:
         self.requests += 1

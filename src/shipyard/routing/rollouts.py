@@ -134,10 +134,12 @@ def evaluate(gates: dict[str, float], candidate: ArmWindow, stable: ArmWindow) -
         if distance > gates["max_drift"]:
             failures.append(f"prediction drift KS {distance:.2f} (allowed {gates['max_drift']:g})")
     floor = gates.get("min_agreement", 0.0)
-    if floor > 0 and candidate.compared >= 20:
-        agreement = candidate.agreed / candidate.compared
+    copies = candidate.agreement
+    compared = copies.sent - copies.failed
+    if floor > 0 and compared >= 20:
+        agreement = copies.agreed / compared
         if agreement < floor:
-            failures.append(f"agreement with stable {agreement:.2f} over {candidate.compared} "
+            failures.append(f"agreement with stable {agreement:.2f} over {compared} "
                             f"compared answers (needed {floor:g})")  # fmt: skip
     return "; ".join(failures) or None
 
