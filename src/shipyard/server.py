@@ -13,7 +13,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from shipyard.api.app import create_app
-from shipyard.api.deployments import router as deployments_router
 from shipyard.config import Settings
 from shipyard.monitoring.metrics import router as metrics_router
 from shipyard.registry.refs import ModelRef
@@ -112,7 +111,6 @@ def build_app(
     )
     app.include_router(inference_router)
     app.include_router(metrics_router)
-    app.include_router(deployments_router)
     return FrontDoor(app)
 
 

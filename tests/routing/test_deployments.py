@@ -261,3 +261,25 @@ def test_pinning_a_version_needs_a_deployer(tmp_path: Path) -> None:
         pinned = call("deployer", "2")
         assert pinned.status_code == 200
         assert pinned.headers["x-shipyard-model-version"] == "fraud:2"
+
+
+def test_a_deployment_is_addressed_by_name_like_a_model(deployed: RunningServer) -> None:
+    import grpc
+
+    from shipyard.serving.grpc_v2 import inference_pb2 as pb
+    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+
+    with httpx.Client(base_url=deployed.url, timeout=30) as http:
+        metadata = http.get("/v2/models/fraud-api")
+        assert metadata.status_code == 200 and metadata.json()["name"] == "fraud"
+        assert http.get("/v2/models/fraud-api/ready").json()["ready"] is True
+    assert deployed.grpc_target is not None
+    data, _ = fixtures.training_data(rows=1)
+    request = pb.ModelInferRequest(model_name="fraud-api")
+    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    tensor.contents.fp64_contents.extend(data.reshape(-1).tolist())
+    with grpc.insecure_channel(deployed.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        assert stub.ModelReady(pb.ModelReadyRequest(name="fraud-api"), timeout=30).ready
+        answer = stub.ModelInfer(request, timeout=30)
+    assert answer.model_name == "fraud" and answer.model_version in ("1", "2")

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from shipyard import __version__
+from shipyard.api.deployments import router as deployments_router
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.models import router as models_router
 from shipyard.api.security import router as security_router
@@ -35,5 +36,6 @@ def create_app(
     app.state.keys = KeyStore(app.state.trust.sessions)
     install_error_handlers(app)
     app.include_router(models_router)
+    app.include_router(deployments_router)
     app.include_router(security_router)
     return app

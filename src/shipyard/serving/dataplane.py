@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import InvalidInput, ModelNotReady, ShipyardError
+from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.codec import output_datatype
@@ -14,7 +16,7 @@ from shipyard.serving.types import InferRequest, InferResponse, Tensor
 from shipyard.serving.validation import conform
 
 if TYPE_CHECKING:  # routing sits above the data plane; only its types are named here
-    from shipyard.routing.deployments import DeploymentRouter, RequestHints
+    from shipyard.routing.deployments import DeploymentRouter, LiveRevision, RequestHints
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 MAX_TIMEOUT_SECONDS = 600.0
@@ -30,6 +32,18 @@ def request_timeout(parameters: dict[str, Any], default: float) -> float:
     return min(float(value), MAX_TIMEOUT_SECONDS)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request addresses, resolved once per request (see DataPlane.describe)."""
+
+    name: str
+    version: str | None
+    """The model version to answer with; None for a deployment, which picks per request."""
+    record: ModelVersion
+    """That version's record, or a deployment's main arm: whose signature inputs follow."""
+    deployment: LiveRevision | None
+
+
 class DataPlane:
     def __init__(
         self,
@@ -43,42 +57,52 @@ class DataPlane:
         self.cache = cache
         self.router = router
 
-    async def check_exists(self, name: str, version: str | None) -> None:
-        """Raise NotFound for a name that is neither a deployment nor a model (cheap)."""
-        if version is None and self.router is not None and await self.router.live(name):
-            return
-        await self.manager.resolve(name, version)
-
-    async def infer(
-        self,
-        name: str,
-        version: str | None,
-        request: InferRequest,
-        hints: RequestHints | None = None,
-    ) -> InferResponse:
-        """Answer a request to a model version, or to a deployment (which picks the version)."""
+    async def describe(self, name: str, version: str | None) -> Target:
+        """What a name addresses: a deployment (described by its main arm) or a model
+        version. NotFound if neither. Cheap: both lookups are served from memory."""
         if version is None and self.router is not None:
             live = await self.router.live(name)
             if live is not None:
-                model = live.manifest.model
-                pinned = hints.pinned_version if hints is not None else None
-                chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
-                started = time.perf_counter()
-                try:
-                    loaded, result, cached, wanted = await self._predict(model, chosen, request)
-                except ShipyardError as exc:
-                    if exc.status >= 500:  # the version failed, not the caller: gates count it
-                        self.router.record(name, chosen, time.perf_counter() - started, None)
-                    raise
-                self.router.record(name, chosen, time.perf_counter() - started, result)
+                record = await self.manager.resolve(live.manifest.model, live.main_version)
+                return Target(name, None, record, live)
+        record = await self.manager.resolve(name, version)
+        return Target(name, str(record.version), record, None)
 
-                async def shadow_run(shadow_version: str) -> Tensors:
-                    return (await self._predict(model, shadow_version, request))[1]
+    def is_ready(self, target: Target) -> bool:
+        """Loaded and warm. A deployment's live revision exists only once all its arms are."""
+        if target.deployment is not None:
+            return True
+        loaded = self.manager.models.get(f"{target.record.model}:{target.record.version}")
+        return loaded is not None and loaded.state == "ready"
 
-                self.router.shadow(live, shadow_run, result)
-                self.router.compare(name, live, chosen, shadow_run, result)
-                return self._response(loaded, result, cached, wanted, request)
-        loaded, result, cached, wanted = await self._predict(name, version, request)
+    async def infer(
+        self, target: Target, request: InferRequest, hints: RequestHints | None = None
+    ) -> InferResponse:
+        """Answer a request to a model version, or to a deployment (which picks the version)."""
+        live = target.deployment
+        if live is None or self.router is None:
+            loaded, result, cached, wanted = await self._predict(
+                target.record.model, target.version, request
+            )
+            return self._response(loaded, result, cached, wanted, request)
+        model = live.manifest.model
+        pinned = hints.pinned_version if hints is not None else None
+        chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
+        started = time.perf_counter()
+        try:
+            loaded, result, cached, wanted = await self._predict(model, chosen, request)
+        except ShipyardError as exc:
+            if exc.status >= 500:  # the version failed, not the caller: gates count it
+                self.router.record(target.name, chosen, time.perf_counter() - started, None)
+            raise
+        self.router.record(target.name, chosen, time.perf_counter() - started, result)
+        if live.shadow_version is not None or len(live.arms) > 1:
+
+            async def answer_with(other_version: str) -> Tensors:
+                return (await self._predict(model, other_version, request))[1]
+
+            self.router.shadow(live, answer_with, result)
+            self.router.compare(target.name, live, chosen, answer_with, result)
         return self._response(loaded, result, cached, wanted, request)
 
     async def _predict(

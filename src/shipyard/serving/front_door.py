@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 
-from shipyard.errors import Forbidden, PayloadTooLarge, ShipyardError, http_error
+from shipyard.errors import PayloadTooLarge, ShipyardError, http_error
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.routing.deployments import PIN_HEADER, RequestHints
 from shipyard.security.gate import Gatekeeper
@@ -42,18 +43,9 @@ Send = Callable[[Message], Awaitable[None]]
 _HEADERS_READ = frozenset({b"content-length", b"content-type", b"inference-header-content-length"})
 
 
-_INFER_TEMPLATES = {
-    (True, False): "/v2/models/{name}/infer",
-    (True, True): "/v2/models/{name}/versions/{version}/infer",
-    (False, False): "/invocations",
-    (False, True): "/deployments/{deployment}/invocations",
-}
-
-
-def _header(scope: Scope, name: bytes | str) -> str | None:
-    wanted = name if isinstance(name, bytes) else name.encode()
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
-        if key == wanted:
+        if key == name:
             return str(value.decode("latin-1"))
     return None
 
@@ -67,21 +59,35 @@ class ClientGone(Exception):
     """The client hung up before sending its whole body: nobody to answer."""
 
 
-def match_inference(path: str) -> tuple[str, str | None] | None:
-    """(model, version) for a V2 infer path, ("", None) for /invocations,
-    ("", deployment) for /deployments/{deployment}/invocations, else None."""
+@dataclass(frozen=True, slots=True)
+class InferenceRoute:
+    template: str
+    """The path template, as named in security/policy.py's rules."""
+    name: str | None = None
+    """The model or deployment a V2 path names."""
+    version: str | None = None
+    deployment: str | None = None
+    """The deployment /deployments/{deployment}/invocations names."""
+
+
+_INVOCATIONS = InferenceRoute("/invocations")
+
+
+def match_inference(path: str) -> InferenceRoute | None:
+    """The inference endpoint a POST path is, or None (string checks: no regex, no router)."""
     if path == "/invocations":
-        return "", None
+        return _INVOCATIONS
     parts = path.split("/")
     if len(parts) == 4 and parts[1] == "deployments" and parts[3] == "invocations" and parts[2]:
-        return "", parts[2]
+        return InferenceRoute("/deployments/{deployment}/invocations", deployment=parts[2])
     # "", "v2", "models", name, "infer"  |  ..., name, "versions", version, "infer"
     if len(parts) < 5 or parts[1] != "v2" or parts[2] != "models" or parts[-1] != "infer":
         return None
     if len(parts) == 5 and parts[3]:
-        return parts[3], None
+        return InferenceRoute("/v2/models/{name}/infer", name=parts[3])
     if len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
-        return parts[3], parts[5]
+        template = "/v2/models/{name}/versions/{version}/infer"
+        return InferenceRoute(template, name=parts[3], version=parts[5])
     return None
 
 
@@ -100,11 +106,10 @@ class FrontDoor:
         if route is not None:
             # Inference changes nothing, so it needs no actor for the audit trail: only
             # the gate, kept to dictionary lookups (see keys.py) on this hot path.
-            pinned = _header(scope, PIN_HEADER.decode())
+            pinned = _header(scope, PIN_HEADER)
             if gate is not None and not gate.open:
-                called = route[0] or route[1] or self.app.state.rest.default_model
-                infer_template = _INFER_TEMPLATES[(bool(route[0]), route[1] is not None)]
-                needed = rest_rule("POST", infer_template) or Permission.ADMIN  # no rule: admin
+                called = route.name or route.deployment or self.app.state.rest.default_model
+                needed = rest_rule("POST", route.template) or Permission.ADMIN  # no rule: admin
                 if pinned is not None:
                     needed = PIN_VERSION  # testing a version behind a deployment's back
                 if not await self._admitted(gate, needed, called, scope, send):
@@ -117,8 +122,9 @@ class FrontDoor:
             return
         permission = rest_rule(scope["method"], template)
         if permission is None:  # fail closed: see security/policy.py
-            error = Forbidden(f"no access rule for {scope['method']} {template}")
-            await _send(send, 403, _error_answer(403, error.message))
+            await _send(
+                send, 403, _error_answer(403, f"no access rule for {scope['method']} {template}")
+            )
             return
         principal = await self._admitted(gate, permission, model, scope, send)
         if principal is None:
@@ -149,7 +155,7 @@ class FrontDoor:
 
     async def _infer(
         self,
-        route: tuple[str, str | None],
+        route: InferenceRoute,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -166,17 +172,16 @@ class FrontDoor:
         async def read_body() -> bytes:
             return await _read_body(receive, headers.get("content-length"), limits.max_body_bytes)
 
-        name, version = route
         hints = RequestHints(scope["headers"], pinned)
         status = 200
         try:
-            if name:
+            if route.name is not None:
                 answer = await v2_infer(
-                    state.dataplane, limits, name, version, headers, read_body, hints
+                    state.dataplane, limits, route.name, route.version, headers, read_body, hints
                 )
             else:
                 answer = await mlflow_invocations(
-                    state.dataplane, limits, headers, read_body, deployment=version, hints=hints
+                    state.dataplane, limits, headers, read_body, route.deployment, hints
                 )
         except ClientGone:
             return

@@ -121,7 +121,7 @@ async def v2_infer(
 
     `name` may be a deployment, which then picks the version.
     """
-    await dataplane.check_exists(name, version)  # unknown name: 404 before reading
+    target = await dataplane.describe(name, version)  # unknown name: 404 before reading
     body = await read_body()
     header = headers.get(codec.HEADER_LENGTH)
     if header is not None and not header.isdigit():
@@ -129,7 +129,7 @@ async def v2_infer(
     infer_request = codec.decode_request(
         body, int(header) if header else None, limits.max_tensor_elements
     )
-    response = await dataplane.infer(name, version, infer_request, hints)
+    response = await dataplane.infer(target, infer_request, hints)
     payload, json_length = codec.encode_response(response, infer_request)
     answer_headers = {
         "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
@@ -156,15 +156,10 @@ async def mlflow_invocations(
             "/invocations needs a default model: start with `shipyard serve MODEL`, "
             "or call /v2/models/{name}/infer"
         )
-    version: str | None = None
-    if deployment is not None:
-        live = await dataplane.router.live(deployment) if dataplane.router else None
-        if live is None:
-            raise NotFound(f"no deployment {deployment!r}")
-        record = await dataplane.manager.resolve(live.manifest.model, live.arms[0].version)
-    else:
-        record = await dataplane.manager.resolve(name, None)
-        version = str(record.version)
+    target = await dataplane.describe(name, None)
+    if deployment is not None and target.deployment is None:
+        raise NotFound(f"no deployment {deployment!r}")
+    record = target.record
     body = await read_body()
     content_type = headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type == "text/csv":
@@ -176,7 +171,7 @@ async def mlflow_invocations(
             f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
         )
     infer_request = mlflow_protocol.to_request(tensors, record.signature)
-    response = await dataplane.infer(name, version, infer_request, hints)
+    response = await dataplane.infer(target, infer_request, hints)
     return Answer(
         mlflow_protocol.encode_predictions(response.outputs),
         "application/json",
@@ -229,16 +224,13 @@ async def ready(request: Request) -> Response:
 
 
 async def _model_metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
-    manager = _dataplane(request).manager
-    record = await manager.resolve(name, version)
-    return _metadata(record)
+    return _metadata((await _dataplane(request).describe(name, version)).record)
 
 
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    manager = _dataplane(request).manager
-    record = await manager.resolve(name, version)
-    loaded = manager.models.get(f"{record.model}:{record.version}")
-    is_ready = loaded is not None and loaded.state == "ready"
+    dataplane = _dataplane(request)
+    target = await dataplane.describe(name, version)
+    record, is_ready = target.record, dataplane.is_ready(target)
     return JSONResponse(
         {"name": record.model, "version": str(record.version), "ready": is_ready},
         status_code=200 if is_ready else 503,

@@ -88,9 +88,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        record = await self.manager.resolve(request.name, request.version or None)
-        loaded = self.manager.models.get(f"{record.model}:{record.version}")
-        return pb.ModelReadyResponse(ready=loaded is not None and loaded.state == "ready")
+        target = await self.dataplane.describe(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.dataplane.is_ready(target))
 
     @_translate_errors
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -100,7 +99,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        record = await self.manager.resolve(request.name, request.version or None)
+        record = (await self.dataplane.describe(request.name, request.version or None)).record
         signature = record.signature
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -115,11 +114,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        await self.manager.resolve(request.model_name, request.model_version or None)
+        target = await self.dataplane.describe(request.model_name, request.model_version or None)
         infer_request = request_from_proto(request, self.max_elements)
-        response = await self.dataplane.infer(
-            request.model_name, request.model_version or None, infer_request
-        )
+        response = await self.dataplane.infer(target, infer_request)
         return response_to_proto(response, infer_request)
 
     @_translate_errors
