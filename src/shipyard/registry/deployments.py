@@ -21,6 +21,8 @@ from shipyard.registry.db import write_session
 from shipyard.registry.manifest import DeploymentManifest
 from shipyard.registry.tables import DeploymentRevisionRow, DeploymentRow, utcnow
 
+_LIVE = DeploymentRevisionRow.revision == DeploymentRow.current_revision
+
 
 def _yaml(manifest: dict[str, Any] | None) -> list[str]:
     if manifest is None:
@@ -47,7 +49,7 @@ class DeploymentRepository:
         self, manifest: DeploymentManifest, dry_run: bool = False, reason: str = "apply"
     ) -> records.ApplyResult:
         document = manifest.model_dump(mode="json", exclude_none=True)
-        live = self._live(manifest.name)
+        live = self.find(manifest.name)
         live_document = live.manifest if live else None
         diff = list(
             difflib.unified_diff(
@@ -72,11 +74,11 @@ class DeploymentRepository:
 
     def rollback(self, name: str, to: int) -> records.DeploymentRevision:
         target = self.revision(name, to)
-        live = self._live(name)
+        live = self.find(name)
         self._add_revision(
             name, target.manifest, f"rollback to {to}", live.manifest if live else None
         )
-        live = self._live(name)
+        live = self.find(name)
         assert live is not None
         return live
 
@@ -115,47 +117,42 @@ class DeploymentRepository:
             )
         return number
 
-    def _live(self, name: str) -> records.DeploymentRevision | None:
+    def _revisions(self, *conditions: Any) -> list[records.DeploymentRevision]:
+        """Revisions matching `conditions`, by deployment name, then revision number."""
         with self._sessions() as session:
-            found = session.execute(
-                sa.select(DeploymentRevisionRow)
+            rows = session.execute(
+                sa.select(DeploymentRevisionRow, DeploymentRow.name)
                 .join(DeploymentRow, DeploymentRow.id == DeploymentRevisionRow.deployment_id)
-                .where(
-                    (DeploymentRow.name == name)
-                    & (DeploymentRevisionRow.revision == DeploymentRow.current_revision)
-                )
-            ).scalar_one_or_none()
-            return _record(name, found) if found is not None else None
+                .where(*conditions)
+                .order_by(DeploymentRow.name, DeploymentRevisionRow.revision)
+            ).all()
+        return [_record(name, row) for row, name in rows]
+
+    def find(self, name: str) -> records.DeploymentRevision | None:
+        """The live revision of `name`, or None if there is no such deployment."""
+        found = self._revisions(DeploymentRow.name == name, _LIVE)
+        return found[0] if found else None
 
     def get(self, name: str) -> records.DeploymentRevision:
-        live = self._live(name)
+        live = self.find(name)
         if live is None:
             raise NotFound(f"no deployment {name!r}")
         return live
 
-    def find(self, name: str) -> records.DeploymentRevision | None:
-        return self._live(name)
-
     def revision(self, name: str, number: int) -> records.DeploymentRevision:
-        for entry in self.history(name):
-            if entry.revision == number:
-                return entry
-        raise NotFound(f"deployment {name!r} has no revision {number}")
+        found = self._revisions(
+            DeploymentRow.name == name, DeploymentRevisionRow.revision == number
+        )
+        if not found:
+            raise NotFound(f"deployment {name!r} has no revision {number}")
+        return found[0]
 
     def history(self, name: str) -> list[records.DeploymentRevision]:
-        with self._sessions() as session:
-            rows = session.scalars(
-                sa.select(DeploymentRevisionRow)
-                .join(DeploymentRow, DeploymentRow.id == DeploymentRevisionRow.deployment_id)
-                .where(DeploymentRow.name == name)
-                .order_by(DeploymentRevisionRow.revision)
-            ).all()
-        if not rows:
+        found = self._revisions(DeploymentRow.name == name)
+        if not found:
             raise NotFound(f"no deployment {name!r}")
-        return [_record(name, r) for r in rows]
+        return found
 
     def list(self) -> list[records.DeploymentRevision]:
-        with self._sessions() as session:
-            names = session.scalars(sa.select(DeploymentRow.name).order_by(DeploymentRow.name))
-            listed = list(names)
-        return [self.get(name) for name in listed]
+        """Every deployment's live revision."""
+        return self._revisions(_LIVE)
