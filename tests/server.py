@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_RUNNING = re.compile(r"Uvicorn running on (https?://[^\s]+)")
-_GRPC = re.compile(r"gRPC running on (\S+)")
+_RUNNING = re.compile(r"Uvicorn running on (https?://[^\s\"]+)")
+_GRPC = re.compile(r"gRPC running on ([^\s\"]+)")
 # The shape of an API key (security/keys.py); no server log may ever hold one.
 _KEY_SHAPE = re.compile(r"sy_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}")
 

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -131,6 +132,60 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(
         default=64 * 1024 * 1024, ge=1, description="Most elements one input tensor may have."
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Server logs: one JSON object per line, or plain text."
+    )
+    access_log: bool = Field(
+        default=True, description="One log line per inference request (request id, latency)."
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="Export trace spans over OTLP/HTTP to this traces URL "
+        "(e.g. http://127.0.0.1:4318/v1/traces); unset: no tracing.",
+    )
+    prediction_log_sample: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of direct model calls kept in the prediction log "
+        "(deployments set their own: monitoring.sample).",
+    )
+    prediction_log_batch: int = Field(
+        default=500, ge=1, le=100_000, description="Records per prediction-log write."
+    )
+    prediction_log_flush_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="Longest wait before a prediction-log write."
+    )
+    prediction_log_retention: str | None = Field(
+        default="30d", description="Delete prediction-log records older than this (e.g. 30d)."
+    )
+    price_per_replica_hour: float | None = Field(
+        default=None,
+        ge=0,
+        description="Price of one worker (one core) for an hour: enables cost per 1,000 "
+        "predictions.",
+    )
+
+    @field_validator("prediction_log_retention")
+    @classmethod
+    def _retention(cls, value: str | None) -> str | None:
+        from shipyard.durations import duration_seconds
+        from shipyard.errors import InvalidInput
+
+        if value is not None:
+            try:
+                duration_seconds(value, "retention")
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def prediction_log_retention_seconds(self) -> float | None:
+        from shipyard.durations import duration_seconds
+
+        if self.prediction_log_retention is None:
+            return None
+        return duration_seconds(self.prediction_log_retention)
 
     def serving_for(self, model: str) -> ModelServing:
         """The options for one model: its own entry in `models`, else the server-wide ones."""

@@ -11,10 +11,18 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from shipyard.api.app import create_app
 from shipyard.config import Settings
+from shipyard.monitoring.cost import CostMeter
+from shipyard.monitoring.drift_monitor import DriftMonitor, DriftScheduler
+from shipyard.monitoring.logs import configure_logging
+from shipyard.monitoring.metrics import DataPlaneCollector
 from shipyard.monitoring.metrics import router as metrics_router
+from shipyard.monitoring.prediction_log import PredictionLog
+from shipyard.monitoring.requests import RequestObserver
+from shipyard.monitoring.tracing import RequestTracer
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
@@ -53,8 +61,29 @@ def build_app(
         manager = ModelManager(registry, serving_for=settings.serving_for)
         cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
         router = DeploymentRouter(manager)
+        direct_rate = settings.prediction_log_sample
+        predictions = PredictionLog(
+            registry.engine,
+            lambda deployment: router.sample_rate(deployment, direct_rate),
+            batch_rows=settings.prediction_log_batch,
+            flush_seconds=settings.prediction_log_flush_seconds,
+            retention_seconds=settings.prediction_log_retention_seconds,
+        )
+        predictions.start()
+        app.state.predictions = predictions
         app.state.dataplane = DataPlane(
-            manager, timeout=settings.request_timeout, cache=cache, router=router
+            manager,
+            timeout=settings.request_timeout,
+            cache=cache,
+            router=router,
+            predictions=predictions,
+        )
+        cost = None
+        if settings.price_per_replica_hour is not None:
+            cost = CostMeter(manager, settings.price_per_replica_hour)
+        app.state.cost = cost
+        app.state.metrics.register(
+            DataPlaneCollector(app.state.dataplane, predictions, app.state.drift, cost)
         )
         controller = RolloutController(registry, router, tick_seconds=settings.rollout_tick)
         if default_model is not None:
@@ -83,11 +112,15 @@ def build_app(
         gc.freeze()
         flusher = asyncio.get_running_loop().create_task(_watch_keys(gate))
         steering = asyncio.get_running_loop().create_task(controller.run())
+        watching = asyncio.get_running_loop().create_task(DriftScheduler(app.state.drift).run())
         try:
             yield
         finally:
             flusher.cancel()
             steering.cancel()
+            watching.cancel()
+            await asyncio.to_thread(predictions.close)
+            observer.close()
             await asyncio.to_thread(gate.keys.flush_last_used)
             if grpc_server is not None:
                 await grpc_server.stop(grace=2)
@@ -104,6 +137,14 @@ def build_app(
         tokens=_token_verifier(settings),
     )
     app.state.gate = gate
+    app.state.metrics = CollectorRegistry(auto_describe=False)
+    observer = RequestObserver(
+        app.state.metrics,
+        tracer=RequestTracer.from_endpoint(settings.otlp_endpoint),
+        access_log=settings.access_log,
+    )
+    app.state.observer = observer
+    app.state.drift = DriftMonitor(registry)
     app.state.rest = RestLimits(
         default_model=default_model.name if default_model else None,
         max_body_bytes=settings.max_body_bytes,
@@ -169,21 +210,17 @@ def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
     log.warning("running open on %s (--insecure): anyone who can reach it may do anything", host)
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 def run(
     app: FrontDoor, settings: Settings, *, host: str, port: int, insecure: bool = False
 ) -> None:
-    configure_logging()
+    configure_logging(json_lines=settings.log_format == "json")
     check_exposure(app, host, insecure)
     uvicorn.run(
         app,
         host=host,
         port=port,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go through ours (JSON lines by default)
         access_log=False,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,

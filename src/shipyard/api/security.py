@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from shipyard.durations import parse_duration
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor
-from shipyard.security.keys import KeyStore, parse_duration
+from shipyard.security.keys import KeyStore
 
 router = APIRouter(prefix="/api", tags=["security"])
 
@@ -45,7 +46,7 @@ def create_key(request: Request, body: NewKey) -> CreatedKey:
         created_by=current_actor().name,
         name=body.name,
         models=body.models,
-        expires_in=parse_duration(body.expires) if body.expires else None,
+        expires_in=parse_duration(body.expires, "expiry") if body.expires else None,
         rate_per_second=body.rate_per_second,
     )
     return CreatedKey(key=token, record=record)

@@ -30,10 +30,11 @@ def create(
 ) -> None:
     """Make a key and print it once: it is stored only as a salted hash."""
     from shipyard.config import Settings
+    from shipyard.durations import parse_duration
     from shipyard.registry.service import default_user
-    from shipyard.security.keys import KeyStore, parse_duration
+    from shipyard.security.keys import KeyStore
 
-    lifetime = parse_duration(expires) if expires else None
+    lifetime = parse_duration(expires, "expiry") if expires else None
     registry = _registry()
     try:
         token, record = KeyStore(registry.sessions).create(
@@ -102,8 +103,8 @@ def audit(
     """The audit trail: who changed what, when, from where."""
     from datetime import UTC, datetime
 
+    from shipyard.durations import parse_duration
     from shipyard.errors import InvalidInput
-    from shipyard.security.keys import parse_duration
 
     start = None
     if since:

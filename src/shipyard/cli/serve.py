@@ -42,12 +42,13 @@ def serve(
 
     from shipyard.cli.server import tls_options
     from shipyard.config import Settings
+    from shipyard.monitoring.logs import configure_logging
     from shipyard.registry.records import RegistrationOptions
     from shipyard.registry.refs import ModelRef, parse_ref
     from shipyard.registry.service import Registry
-    from shipyard.server import build_app, configure_logging, run
+    from shipyard.server import build_app, run
 
-    configure_logging()
+    configure_logging(json_lines=Settings().log_format == "json")
     given = {
         "workers_per_model": workers,
         "max_batch_size": max_batch_size,

@@ -11,19 +11,37 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from shipyard.monitoring.cost import CostMeter
+from shipyard.monitoring.drift_monitor import DriftMonitor
+from shipyard.monitoring.prediction_log import PredictionLog
 from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.workers import BATCH_SIZE_BOUNDS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class DataPlaneCollector(Collector):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        predictions: PredictionLog | None = None,
+        drift: DriftMonitor | None = None,
+        cost: CostMeter | None = None,
+    ) -> None:
         self.dataplane = dataplane
+        self.predictions = predictions
+        self.drift = drift
+        self.cost = cost
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
         queued = GaugeMetricFamily(
             "shipyard_queue_depth", "Requests waiting for a worker.", labels=labels
@@ -38,6 +56,17 @@ class DataPlaneCollector(Collector):
         refused = CounterMetricFamily(
             "shipyard_refused", "Requests refused by admission control (503).", labels=labels
         )
+        restarts = CounterMetricFamily(
+            "shipyard_worker_restarts", "Workers replaced after dying.", labels=labels
+        )
+        load_time = GaugeMetricFamily(
+            "shipyard_model_load_seconds",
+            "Time to fetch, load and warm a version in every worker.",
+            labels=labels,
+        )
+        sizes = HistogramMetricFamily(
+            "shipyard_batch_size", "Rows per predict call sent to a worker.", labels=labels
+        )
         for loaded in list(self.dataplane.manager.models.values()):
             pool = loaded.pool
             if pool is None:
@@ -48,9 +77,87 @@ class DataPlaneCollector(Collector):
             batches.add_metric(values, pool.stats.batches)
             rows.add_metric(values, pool.stats.rows)
             refused.add_metric(values, pool.stats.refused)
-        yield from (queued, workers, batches, rows, refused)
+            restarts.add_metric(values, pool.stats.restarts)
+            load_time.add_metric(values, loaded.load_seconds)
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*map(str, BATCH_SIZE_BOUNDS), "+Inf"), pool.stats.batch_sizes, strict=True
+            ):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            sizes.add_metric(values, buckets, sum_value=pool.stats.rows)
+        yield from (queued, workers, batches, rows, refused, restarts, load_time, sizes)
         yield from self._cache()
         yield from self._deployments()
+        yield from self._prediction_log()
+        yield from self._drift()
+        yield from self._cost()
+
+    def _prediction_log(self) -> Iterator[Metric]:
+        if self.predictions is None:
+            return
+        stats = self.predictions.stats
+        for name, value, text in (
+            ("sampled", stats.sampled, "Requests sampled into the prediction log."),
+            ("written", stats.written, "Prediction log records committed (durable)."),
+            ("dropped", stats.dropped, "Sampled records dropped: writer behind or write failed."),
+        ):
+            yield CounterMetricFamily(f"shipyard_prediction_log_{name}", text, value=value)
+
+    def _drift(self) -> Iterator[Metric]:
+        if self.drift is None:
+            return
+        labels = ["deployment", "version"]
+        detected = GaugeMetricFamily(
+            "shipyard_drift_detected",
+            "1 when the latest drift check found dataset drift.",
+            labels=labels,
+        )
+        share = GaugeMetricFamily(
+            "shipyard_drift_share", "Share of features drifted in the latest check.", labels=labels
+        )
+        p_values = GaugeMetricFamily(
+            "shipyard_drift_feature_p_value",
+            "Latest drift test p-value per feature (output: the predictions).",
+            labels=[*labels, "feature"],
+        )
+        for (deployment, version), report in list(self.drift.latest.items()):
+            values = [deployment, str(version)]
+            detected.add_metric(values, 1.0 if report.drifted else 0.0)
+            share.add_metric(values, report.share)
+            features = list(report.result.get("features", []))
+            output = report.result.get("output")
+            for feature in [*features, *([output] if output else [])]:
+                p_value = feature.get("p_value")
+                if p_value is not None:
+                    name = "output" if feature is output else str(feature.get("name"))
+                    p_values.add_metric([*values, name], p_value)
+        yield from (detected, share, p_values)
+        yield CounterMetricFamily(
+            "shipyard_drift_checks", "Drift checks run by this process.", value=self.drift.checks
+        )
+        yield CounterMetricFamily(
+            "shipyard_drift_alerts", "Drift alerts sent to webhooks.", value=self.drift.alerts
+        )
+
+    def _cost(self) -> Iterator[Metric]:
+        if self.cost is None:
+            return
+        labels = ["model", "version"]
+        cpu = CounterMetricFamily(
+            "shipyard_worker_cpu_seconds", "CPU time used by a version's workers.", labels=labels
+        )
+        per_1k = GaugeMetricFamily(
+            "shipyard_cost_per_1k_predictions",
+            "Price of 1,000 predictions from workers' CPU time and the replica-hour price.",
+            labels=labels,
+        )
+        for usage in self.cost.read():
+            values = [usage.model, usage.version]
+            cpu.add_metric(values, usage.cpu_seconds)
+            if usage.cost_per_1k is not None:
+                per_1k.add_metric(values, usage.cost_per_1k)
+        yield from (cpu, per_1k)
 
     def _deployments(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         router = self.dataplane.router
@@ -106,17 +213,11 @@ class DataPlaneCollector(Collector):
         yield GaugeMetricFamily("shipyard_cache_bytes", "Bytes cached.", value=cache.bytes)
 
 
-def render(dataplane: DataPlane) -> bytes:
-    """The exposition text for one scrape."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DataPlaneCollector(dataplane))
-    return generate_latest(registry)
-
-
 router = APIRouter(tags=["monitoring"])
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition: queues, batches, admission refusals, cache hit ratio."""
-    return Response(render(request.app.state.dataplane), media_type=CONTENT_TYPE)
+    """Prometheus exposition: requests, latency by stage, queues, batches, cache, drift, cost."""
+    registry: CollectorRegistry = request.app.state.metrics
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE)

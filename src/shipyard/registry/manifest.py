@@ -11,6 +11,9 @@ routes:
 sticky: {header: x-user-id}          # or {input: user_id}: one caller, one arm
 shadow: {version: 5, fraction: 0.1}  # copies, answers discarded, agreement recorded
 serving: {workers: 2, max_batch_size: 32, cache: true}
+monitoring:                          # see docs/monitoring.md
+  sample: 0.1                        # share of requests kept in the prediction log
+  drift: {window: 1h, schedule: 10m, p_value: 0.05, share: 0.5, webhook: https://…}
 ```
 """
 
@@ -22,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shipyard.config import ServingOptions
+from shipyard.durations import duration_seconds
 from shipyard.errors import InvalidInput
 from shipyard.registry.refs import check_model_name
 
@@ -81,6 +85,59 @@ class RolloutPolicy(BaseModel):
     webhook: str | None = None
 
 
+class DriftPolicy(BaseModel):
+    """How a deployment's inputs are checked against its version's reference sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: str = "1h"
+    """How far back the logged inputs are taken from."""
+    schedule: str | None = None
+    """How often the server checks on its own (e.g. 10m); None: on demand only."""
+    p_value: float = Field(default=0.05, gt=0, lt=1)
+    """A feature drifts when its test's p-value is below this."""
+    psi: float | None = Field(default=None, gt=0)
+    """A feature also drifts when its population stability index reaches this."""
+    share: float = Field(default=0.5, gt=0, le=1)
+    """The dataset drifts when at least this share of its features drift."""
+    min_rows: int = Field(default=100, ge=1)
+    """Fewer logged rows than this in the window: no verdict."""
+    webhook: str | None = None
+    """POSTed a JSON alert when a check finds drift (and the last one did not)."""
+
+    @model_validator(mode="after")
+    def _durations(self) -> DriftPolicy:
+        try:
+            duration_seconds(self.window, "window")
+            if self.schedule is not None:
+                duration_seconds(self.schedule, "schedule")
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None  # pydantic then says where
+        return self
+
+    @property
+    def window_seconds(self) -> float:
+        return duration_seconds(self.window)
+
+    @property
+    def schedule_seconds(self) -> float | None:
+        return duration_seconds(self.schedule) if self.schedule else None
+
+
+class MonitoringPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sample: float = Field(default=0.1, ge=0, le=1)
+    """Share of requests written to the prediction log."""
+    prediction_output: str | None = None
+    """The output whose values are the predictions scored against feedback
+    (default: `predict` if the model has it, else its first output)."""
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
+
+
+_DEFAULT_MONITORING = MonitoringPolicy()
+
+
 class DeploymentManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,6 +149,13 @@ class DeploymentManifest(BaseModel):
     shadow: Shadow | None = None
     serving: ServingOptions | None = None
     rollout: RolloutPolicy | None = None
+    monitoring: MonitoringPolicy | None = None
+    """None: the defaults (see `watch`), left out of stored revisions."""
+
+    @property
+    def watch(self) -> MonitoringPolicy:
+        """The monitoring policy in force: the manifest's, or the defaults."""
+        return self.monitoring if self.monitoring is not None else _DEFAULT_MONITORING
 
     @model_validator(mode="after")
     def _sane(self) -> DeploymentManifest:

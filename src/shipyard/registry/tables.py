@@ -217,3 +217,70 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(sa.String(200))
     expires_at: Mapped[datetime]
+
+
+# Row ids of the monitoring tables can pass 2**31 on a busy endpoint; SQLite only
+# autoincrements an INTEGER primary key, so BIGINT there would lose autoincrement.
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class PredictionRow(Base):
+    """One sampled request: what went in, what came out, who answered, how fast.
+
+    Inputs and outputs are JSON text ({name: nested list}) encoded by the
+    prediction log's writer thread with orjson: several times faster than the
+    json module SQLAlchemy's JSON type would use, and off the request path.
+    Times are unix seconds (float) so windows are plain range scans.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        sa.Index("ix_predictions_deployment_at", "deployment", "at"),
+        sa.Index("ix_predictions_model_version_at", "model", "version", "at"),
+        sa.Index("ix_predictions_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(sa.Float)
+    request_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    deployment: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int]
+    latency_ms: Mapped[float] = mapped_column(sa.Float)
+    rows: Mapped[int]
+    inputs: Mapped[str] = mapped_column(sa.Text)
+    outputs: Mapped[str] = mapped_column(sa.Text)
+
+
+class FeedbackRow(Base):
+    """A ground-truth label for a request id; the newest label for an id wins."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    label: Mapped[str] = mapped_column(sa.Text)
+    """JSON: a scalar for a one-row request, or a list with one label per row."""
+    at: Mapped[float] = mapped_column(sa.Float)
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+
+
+class DriftReportRow(Base):
+    """One drift check of a deployment's version over a window of logged inputs."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (sa.Index("ix_drift_reports_deployment_at", "deployment", "at"),)
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(sa.String(200))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int]
+    at: Mapped[float] = mapped_column(sa.Float)
+    window_seconds: Mapped[float] = mapped_column(sa.Float)
+    current_rows: Mapped[int]
+    drifted: Mapped[bool]
+    share: Mapped[float] = mapped_column(sa.Float)
+    trigger: Mapped[str] = mapped_column(sa.String(20))
+    """"schedule" or "demand"."""
+    result: Mapped[str] = mapped_column(sa.Text)
+    """The full result as JSON (features, tests, histograms) for the HTML report."""

@@ -28,7 +28,7 @@ import numpy as np
 from shipyard.registry.manifest import DeploymentManifest
 from shipyard.registry.records import DeploymentRevision
 from shipyard.serving.manager import ModelManager
-from shipyard.serving.types import InferRequest
+from shipyard.serving.types import InferRequest, RequestContext
 
 log = logging.getLogger("shipyard.routing")
 REFRESH_SECONDS = 1.0
@@ -89,6 +89,8 @@ class RequestHints:
 
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     pinned_version: str | None = None
+    context: RequestContext | None = None
+    """The request's identity and timeline, when the transport keeps one (monitoring)."""
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -222,6 +224,16 @@ class DeploymentRouter:
             shadow_version=shadow_version,
             total_weight=sum(a.weight for a in arms),
         )
+
+    def sample_rate(self, name: str | None, direct_rate: float = 0.0) -> float:
+        """Share of a deployment's requests for the prediction log (its manifest's
+        monitoring.sample); `direct_rate` for calls that name a model, not a deployment."""
+        if name is None:
+            return direct_rate
+        entry = self.entries.get(name)
+        if entry is None or entry.live is None:
+            return 0.0
+        return entry.live.manifest.watch.sample
 
     @staticmethod
     def sticky_key(

@@ -49,14 +49,6 @@ def _hash(secret: str, salt: str) -> str:
     return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
 
 
-def parse_duration(text: str) -> timedelta:
-    """`30d`, `12h`, `45m`: how long a key lives."""
-    units = {"d": "days", "h": "hours", "m": "minutes"}
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) < 1:
-        raise InvalidInput(f"expiry {text!r} is not like 30d, 12h or 45m")
-    return timedelta(**{units[text[-1]]: int(text[:-1])})
-
-
 def _record(row: ApiKeyRow) -> records.ApiKey:
     return records.ApiKey(
         id=row.id,

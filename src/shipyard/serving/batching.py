@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shipyard.runtimes.base import Tensors
+from shipyard.serving.types import RequestContext
 
 BatchKey = tuple[object, ...]
 
@@ -32,6 +33,8 @@ class Pending:
     key: BatchKey | None = field(default=None)
     solo: bool = False
     """Run alone: set when a batch it was in failed, to find which request broke it."""
+    context: RequestContext | None = None
+    """Where the pool stamps queue and predict times, when the caller keeps a timeline."""
 
     def __post_init__(self) -> None:
         counts = {a.shape[0] if a.ndim else -1 for a in self.inputs.values()}

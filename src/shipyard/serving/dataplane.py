@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shipyard.errors import InvalidInput, ModelNotReady, ShipyardError
 from shipyard.registry.records import ModelVersion
@@ -12,7 +12,7 @@ from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.codec import output_datatype
 from shipyard.serving.manager import LoadedModel, ModelManager
-from shipyard.serving.types import InferRequest, InferResponse, Tensor
+from shipyard.serving.types import InferRequest, InferResponse, RequestContext, Tensor
 from shipyard.serving.validation import conform
 
 if TYPE_CHECKING:  # routing sits above the data plane; only its types are named here
@@ -30,6 +30,13 @@ def request_timeout(parameters: dict[str, Any], default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidInput("parameters.timeout must be a positive number of seconds")
     return min(float(value), MAX_TIMEOUT_SECONDS)
+
+
+class PredictionSink(Protocol):
+    """Where answered requests go to be sampled into the prediction log (monitoring)."""
+
+    def offer(self, context: RequestContext, inputs: Tensors, outputs: Tensors) -> None:
+        """Take the request or not (sampling); never blocks, never raises."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +58,13 @@ class DataPlane:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         cache: ResultCache | None = None,
         router: DeploymentRouter | None = None,
+        predictions: PredictionSink | None = None,
     ) -> None:
         self.manager = manager
         self.timeout = timeout
         self.cache = cache
         self.router = router
+        self.predictions = predictions
 
     async def describe(self, name: str, version: str | None) -> Target:
         """What a name addresses: a deployment (described by its main arm) or a model
@@ -80,34 +89,65 @@ class DataPlane:
     ) -> InferResponse:
         """Answer a request to a model version, or to a deployment (which picks the version)."""
         live = target.deployment
+        context = hints.context if hints is not None else None
         if live is None or self.router is None:
-            loaded, result, cached, wanted = await self._predict(
-                target.record.model, target.version, request
+            if context is not None:
+                context.model, context.version = target.record.model, target.version
+            loaded, inputs, result, cached, wanted = await self._predict(
+                target.record.model, target.version, request, context
             )
+            self._observed(context, loaded, inputs, result, cached)
             return self._response(loaded, result, cached, wanted, request)
         model = live.manifest.model
         pinned = hints.pinned_version if hints is not None else None
         chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
+        if context is not None:
+            context.deployment, context.model, context.version = target.name, model, chosen
         started = time.perf_counter()
         try:
-            loaded, result, cached, wanted = await self._predict(model, chosen, request)
+            loaded, inputs, result, cached, wanted = await self._predict(
+                model, chosen, request, context
+            )
         except ShipyardError as exc:
             if exc.status >= 500:  # the version failed, not the caller: gates count it
                 self.router.record(target.name, chosen, time.perf_counter() - started, None)
             raise
         self.router.record(target.name, chosen, time.perf_counter() - started, result)
+        self._observed(context, loaded, inputs, result, cached)
         if live.shadow_version is not None or len(live.arms) > 1:
 
             async def answer_with(other_version: str) -> Tensors:
-                return (await self._predict(model, other_version, request))[1]
+                return (await self._predict(model, other_version, request))[2]
 
             self.router.shadow(live, answer_with, result)
             self.router.compare(target.name, live, chosen, answer_with, result)
         return self._response(loaded, result, cached, wanted, request)
 
+    def _observed(
+        self,
+        context: RequestContext | None,
+        loaded: LoadedModel,
+        inputs: Tensors,
+        result: Tensors,
+        cached: bool,
+    ) -> None:
+        """Note what answered, and offer the exchange to the prediction log."""
+        if context is None:
+            return
+        context.version = str(loaded.record.version)  # an alias resolved to its number
+        context.cached = cached
+        first = next(iter(inputs.values()), None)
+        context.rows = int(first.shape[0]) if first is not None and first.ndim else 1
+        if self.predictions is not None:
+            self.predictions.offer(context, inputs, result)
+
     async def _predict(
-        self, name: str, version: str | None, request: InferRequest
-    ) -> tuple[LoadedModel, Tensors, bool, list[str] | None]:
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        context: RequestContext | None = None,
+    ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
         loaded = await self.manager.get_ready(name, version, timeout)
         inputs = conform(request.inputs, loaded.record.signature)
@@ -120,10 +160,10 @@ class DataPlane:
             pool = loaded.pool
             if pool is None:  # unloaded between the readiness check and now
                 raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
-            result = await pool.predict(inputs, wanted, timeout)
+            result = await pool.predict(inputs, wanted, timeout, context)
             if cache is not None and key is not None:
                 cache.put(key, result)
-        return loaded, result, cached, wanted
+        return loaded, inputs, result, cached, wanted
 
     @staticmethod
     def _response(

@@ -11,6 +11,7 @@ benchmarks/BENCHMARKS.md). The handlers are the ones the FastAPI routes use
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from shipyard.errors import PayloadTooLarge, ShipyardError, http_error
+from shipyard.monitoring.requests import REQUEST_ID_HEADER, RequestObserver
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.routing.deployments import PIN_HEADER, RequestHints
 from shipyard.security.gate import Gatekeeper
@@ -30,6 +32,7 @@ from shipyard.serving.rest import (
     mlflow_invocations,
     v2_infer,
 )
+from shipyard.serving.types import RequestContext
 
 log = logging.getLogger("shipyard.api")
 
@@ -104,17 +107,17 @@ class FrontDoor:
         route = match_inference(scope["path"]) if scope["method"] == "POST" else None
         gate: Gatekeeper | None = getattr(self.app.state, "gate", None)
         if route is not None:
-            # Inference changes nothing, so it needs no actor for the audit trail: only
-            # the gate, kept to dictionary lookups (see keys.py) on this hot path.
-            pinned = _header(scope, PIN_HEADER)
-            if gate is not None and not gate.open:
-                called = route.name or route.deployment or self.app.state.rest.default_model
-                needed = rest_rule("POST", route.template) or Permission.ADMIN  # no rule: admin
-                if pinned is not None:
-                    needed = PIN_VERSION  # testing a version behind a deployment's back
-                if not await self._admitted(gate, needed, called, scope, send):
-                    return
-            await self._infer(route, scope, receive, send, pinned)
+            observer: RequestObserver = self.app.state.observer
+            context = observer.start(
+                route.template,
+                "rest",
+                _header(scope, REQUEST_ID_HEADER),
+                _header(scope, b"traceparent"),
+            )
+            try:
+                await self._gated_infer(route, gate, scope, receive, send, context)
+            finally:
+                observer.finish(context)
             return
         template, model = self._route_of(scope)
         if gate is None or template is None:
@@ -132,16 +135,45 @@ class FrontDoor:
         with acting_as(Actor(principal.name, principal.role, _client(scope))):
             await self.app(scope, receive, send)
 
+    async def _gated_infer(
+        self,
+        route: InferenceRoute,
+        gate: Gatekeeper | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        context: RequestContext,
+    ) -> None:
+        # Inference changes nothing, so it needs no actor for the audit trail: only
+        # the gate, kept to dictionary lookups (see keys.py) on this hot path.
+        pinned = _header(scope, PIN_HEADER)
+        if gate is not None and not gate.open:
+            called = route.name or route.deployment or self.app.state.rest.default_model
+            needed = rest_rule("POST", route.template) or Permission.ADMIN  # no rule: admin
+            if pinned is not None:
+                needed = PIN_VERSION  # testing a version behind a deployment's back
+            if not await self._admitted(gate, needed, called, scope, send, context):
+                return
+        await self._infer(route, scope, receive, send, context, pinned)
+
     @staticmethod
     async def _admitted(
-        gate: Gatekeeper, permission: Permission, model: str | None, scope: Scope, send: Send
+        gate: Gatekeeper,
+        permission: Permission,
+        model: str | None,
+        scope: Scope,
+        send: Send,
+        context: RequestContext | None = None,
     ) -> Principal | None:
         """The caller if the gate lets it through; else the refusal is sent and None returned."""
         try:
             authorization = _header(scope, b"authorization")
             return gate.admit(permission, authorization, model, _client(scope))
         except ShipyardError as exc:
-            await _send(send, int(exc.status), _error_answer(int(exc.status), exc.message))
+            status = int(exc.status)
+            if context is not None:
+                context.status, context.error = status, exc.message
+            await _send(send, status, _error_answer(status, exc.message), context)
             return None
 
     @staticmethod
@@ -159,6 +191,7 @@ class FrontDoor:
         scope: Scope,
         receive: Receive,
         send: Send,
+        context: RequestContext,
         pinned: str | None = None,
     ) -> None:
         state = self.app.state
@@ -172,7 +205,7 @@ class FrontDoor:
         async def read_body() -> bytes:
             return await _read_body(receive, headers.get("content-length"), limits.max_body_bytes)
 
-        hints = RequestHints(scope["headers"], pinned)
+        hints = RequestHints(scope["headers"], pinned, context)
         status = 200
         try:
             if route.name is not None:
@@ -187,6 +220,7 @@ class FrontDoor:
             return
         except ShipyardError as exc:
             status = int(exc.status)
+            context.error = exc.message
             if status == 500:  # 503s and 504s are load, counted in /metrics, not news
                 log.error("POST %s failed: %s", scope["path"], exc.message)
             answer = _error_answer(status, exc.message)
@@ -194,16 +228,23 @@ class FrontDoor:
             # Internals stay in the server log; the client learns only that it failed.
             log.exception("POST %s failed", scope["path"])
             status = 500
+            context.error = "internal server error"
             answer = _error_answer(status, "internal server error")
-        await _send(send, status, answer)
+        context.status = status
+        context.finished = time.perf_counter()
+        await _send(send, status, answer, context)
 
 
-async def _send(send: Send, status: int, answer: Answer) -> None:
+async def _send(
+    send: Send, status: int, answer: Answer, context: RequestContext | None = None
+) -> None:
     raw_headers = [
         (b"content-type", answer.media_type.encode()),
         (b"content-length", str(len(answer.body)).encode()),
     ]
     raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+    if context is not None:
+        raw_headers.append((REQUEST_ID_HEADER, context.request_id.encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": answer.body})
 

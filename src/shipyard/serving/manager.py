@@ -43,6 +43,8 @@ class LoadedModel:
     state: State = "loading"
     reason: str = ""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    load_seconds: float = 0.0
+    """Fetching the artifact and starting every worker (model load and warm-up)."""
 
     @property
     def key(self) -> str:
@@ -181,7 +183,8 @@ class ModelManager:
                 log.exception("loading %s failed", loaded.key)
             else:
                 loaded.pool, loaded.state = pool, "ready"
-                log.info("loaded %s in %.2f s", loaded.key, time.perf_counter() - started)
+                loaded.load_seconds = time.perf_counter() - started
+                log.info("loaded %s in %.2f s", loaded.key, loaded.load_seconds)
             finally:
                 loaded.ready.set()
 

@@ -9,12 +9,14 @@ requests it held, with 503, and is replaced.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import itertools
 import logging
 import math
 import multiprocessing
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -32,6 +34,7 @@ from shipyard.errors import (
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.batching import Pending, concat, split, take_batch
 from shipyard.serving.shared_tensors import Attached, share, take, unlink
+from shipyard.serving.types import RequestContext
 
 log = logging.getLogger("shipyard.workers")
 _CONTEXT = multiprocessing.get_context("spawn")  # fork would copy the server's threads
@@ -235,13 +238,29 @@ class Worker:
             self.process.join(timeout=5)
 
 
+BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+"""Upper bounds of the batch-size histogram's buckets (rows); the last bucket is +Inf."""
+
+
 @dataclass
 class PoolStats:
-    """Counters the metrics endpoint reads; plain ints, nothing on the hot path."""
+    """Counters the metrics endpoint reads; plain ints, nothing on the hot path.
+
+    The batch-size histogram is counted here rather than in a prometheus-client
+    Histogram so the pool (serving core) does not depend on monitoring; the
+    collector exposes these counts as a histogram at scrape time.
+    """
 
     batches: int = 0
     rows: int = 0
     refused: int = 0
+    restarts: int = 0
+    batch_sizes: list[int] = field(default_factory=lambda: [0] * (len(BATCH_SIZE_BOUNDS) + 1))
+
+    def count_batch(self, rows: int) -> None:
+        self.batches += 1
+        self.rows += rows
+        self.batch_sizes[bisect.bisect_left(BATCH_SIZE_BOUNDS, rows)] += 1
 
 
 class WorkerPool:
@@ -274,6 +293,8 @@ class WorkerPool:
         self._ids = itertools.count()
         self._closed = False
         self._delayed: asyncio.TimerHandle | None = None
+        self._held_since = 0.0
+        """perf_counter() when a free worker began holding a short batch (0: not holding)."""
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded and warmed the model."""
@@ -301,6 +322,7 @@ class WorkerPool:
             self.workers.remove(dead)
         if self._closed:
             return
+        self.stats.restarts += 1
         task = asyncio.get_running_loop().create_task(self._add_worker())
         task.add_done_callback(self._log_replacement)
 
@@ -330,13 +352,22 @@ class WorkerPool:
                 f"(about {expected:.2f} s of work is queued); retry shortly"
             )
 
-    async def predict(self, inputs: Tensors, outputs: list[str] | None, timeout: float) -> Tensors:
+    async def predict(
+        self,
+        inputs: Tensors,
+        outputs: list[str] | None,
+        timeout: float,
+        context: RequestContext | None = None,
+    ) -> Tensors:
         live = sum(1 for w in self.workers if w.alive)
         self._admit(live, timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         now = loop.time()
         item = Pending(inputs, tuple(outputs) if outputs else None, future, now + timeout, now)
+        if context is not None:
+            item.context = context
+            context.queued = time.perf_counter()
         self.queue.append(item)
         self._dispatch()
         # A timer rather than asyncio.wait_for: wait_for wraps every request in an
@@ -376,10 +407,22 @@ class WorkerPool:
             except WorkerCrashed as exc:
                 self._fail(batch, exc)
                 continue
-            self.stats.batches += 1
-            self.stats.rows += sum(p.rows or 0 for p in batch)
+            rows = sum(p.rows or 0 for p in batch)
+            self.stats.count_batch(rows)
+            self._stamp_dispatch(batch, rows)
             started = loop.time()
             result.add_done_callback(functools.partial(self._finish, batch, started))
+
+    def _stamp_dispatch(self, batch: list[Pending], rows: int) -> None:
+        stamp = time.perf_counter()
+        held_since, self._held_since = self._held_since, 0.0
+        for item in batch:
+            context = item.context
+            if context is not None:
+                context.dispatched = stamp
+                context.batch_rows = rows
+                if held_since:
+                    context.batch_wait = stamp - max(held_since, context.queued)
 
     def _wait_for_fuller_batch(self, now: float) -> bool:
         """With a batch delay set, hold a short batch until it fills or its oldest has waited."""
@@ -388,6 +431,8 @@ class WorkerPool:
         send_at = self.queue[0].arrived + self.max_batch_delay
         if now >= send_at or sum(p.rows or 1 for p in self.queue) >= self.max_batch_rows:
             return False
+        if not self._held_since:
+            self._held_since = time.perf_counter()
         if self._delayed is None:
             self._delayed = asyncio.get_running_loop().call_at(send_at, self._delay_over)
         return True
@@ -402,6 +447,10 @@ class WorkerPool:
             elapsed if not self.batch_seconds else (0.8 * self.batch_seconds + 0.2 * elapsed)
         )
         error = done.exception()
+        stamp = time.perf_counter()
+        for item in batch:
+            if item.context is not None:
+                item.context.predicted = stamp
         if error is None:
             parts = split(done.result(), batch)
             if parts is not None:

@@ -1,0 +1,20 @@
+"""Durations as people write them: `30d`, `12h`, `45m`, `30s`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shipyard.errors import InvalidInput
+
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(text: str, what: str = "duration") -> timedelta:
+    """A positive whole number of days, hours, minutes or seconds."""
+    if len(text) < 2 or text[-1] not in _UNITS or not text[:-1].isdigit() or int(text[:-1]) < 1:
+        raise InvalidInput(f"{what} {text!r} is not like 30d, 12h, 45m or 30s")
+    return timedelta(**{_UNITS[text[-1]]: int(text[:-1])})
+
+
+def duration_seconds(text: str, what: str = "duration") -> float:
+    return parse_duration(text, what).total_seconds()

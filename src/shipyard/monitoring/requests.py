@@ -1,0 +1,149 @@
+"""What happens to each inference request once answered: metrics, access log, trace.
+
+Transports open a RequestContext when a request arrives (`start`) and hand it
+back once the answer is sent (`finish`); everything here reads the stamps the
+layers wrote, after the client has its answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shipyard.monitoring.logs import log_request
+from shipyard.monitoring.tracing import RequestTracer
+from shipyard.serving.types import RequestContext
+
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID = 128
+# Inference latencies span ~0.3 ms (cache hit) to seconds (a big batch, a deadline).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1,
+    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+STAGES = ("queue", "batch_wait", "predict")
+
+
+def _usable_request_id(value: str | None) -> bool:
+    """A caller's id is echoed into logs and headers: short, printable ASCII only."""
+    return (
+        value is not None
+        and 0 < len(value) <= MAX_REQUEST_ID
+        and value.isascii()
+        and value.isprintable()
+    )
+
+
+class RequestObserver:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        tracer: RequestTracer | None = None,
+        access_log: bool = True,
+    ) -> None:
+        self.tracer = tracer
+        self.access_log = access_log
+        self.in_flight = 0
+        # Ids unique across processes and restarts without a uuid4 per request.
+        self._prefix = os.urandom(6).hex() + "-"
+        self._counter = itertools.count(1)
+        labels = ("deployment", "model", "version")
+        self._requests = Counter(
+            "shipyard_requests",
+            "Inference requests answered, by status code.",
+            (*labels, "status"),
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "shipyard_request_duration_seconds",
+            "Inference request latency, arrival to answer sent.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._stages = Histogram(
+            "shipyard_stage_duration_seconds",
+            "Time in each stage: queue (waiting for a worker), batch_wait (held for a "
+            "fuller batch), predict (the worker's round trip).",
+            ("model", "version", "stage"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        Gauge(
+            "shipyard_in_flight_requests",
+            "Inference requests received and not yet answered.",
+            registry=registry,
+        ).set_function(lambda: self.in_flight)
+        # Label lookups take a lock in prometheus-client; children are cached here.
+        self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._stage_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
+
+    def start(
+        self,
+        route: str,
+        transport: str,
+        request_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> RequestContext:
+        self.in_flight += 1
+        if not _usable_request_id(request_id):
+            request_id = f"{self._prefix}{next(self._counter):x}"
+        return RequestContext(
+            request_id=request_id,  # type: ignore[arg-type]  # checked above
+            started=time.perf_counter(),
+            wall=time.time(),
+            transport=transport,
+            route=route,
+            traceparent=traceparent,
+        )
+
+    def finish(self, context: RequestContext) -> None:
+        self.in_flight -= 1
+        if not context.finished:
+            context.finished = time.perf_counter()
+        elapsed = context.finished - context.started
+        deployment = context.deployment or ""
+        model = context.model or ""
+        version = context.version or ""
+        key = (deployment, model, version, str(context.status))
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self._requests.labels(*key),
+                self._latency.labels(deployment, model, version),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+        if context.dispatched:
+            self._observe_stages(context, model, version)
+        if self.access_log:
+            log_request(context, elapsed)
+        if self.tracer is not None:
+            self.tracer.record(context)
+
+    def _observe_stages(self, context: RequestContext, model: str, version: str) -> None:
+        stages = self._stage_children.get((model, version))
+        if stages is None:
+            queue, batch_wait, predict = (self._stages.labels(model, version, s) for s in STAGES)
+            stages = (queue, batch_wait, predict)
+            self._stage_children[(model, version)] = stages
+        stages[0].observe(context.dispatched - context.queued - context.batch_wait)
+        stages[1].observe(context.batch_wait)
+        if context.predicted:
+            stages[2].observe(context.predicted - context.dispatched)
+
+    def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.shutdown()
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
