@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from shipyard.api.app import create_app
 from shipyard.config import Settings
 from shipyard.monitoring.cost import CostMeter
-from shipyard.monitoring.drift_monitor import DriftMonitor, DriftScheduler
+from shipyard.monitoring.drift_monitor import DriftScheduler
 from shipyard.monitoring.logs import configure_logging
 from shipyard.monitoring.metrics import DataPlaneCollector
 from shipyard.monitoring.metrics import router as metrics_router
@@ -103,6 +103,7 @@ def build_app(
                 max_elements=settings.max_tensor_elements,
                 gate=gate,
                 tls=_tls_pair(settings),
+                observer=observer,
             )
             log.info("gRPC running on %s:%d", grpc_address[0], port)
         # Everything allocated so far (frameworks, registry, models' metadata) lives as
@@ -144,7 +145,7 @@ def build_app(
         access_log=settings.access_log,
     )
     app.state.observer = observer
-    app.state.drift = DriftMonitor(registry)
+    app.state.drift = app.state.monitoring.drift
     app.state.rest = RestLimits(
         default_model=default_model.name if default_model else None,
         max_body_bytes=settings.max_body_bytes,

@@ -24,7 +24,7 @@ from tests.server import RunningServer, running_server
 IDENTITIES = ["anonymous", "viewer", "predictor", "deployer", "admin", "revoked", "expired"]
 PARAMS = {
     "name": "nomodel", "version": "1", "key": "k", "alias": "a", "key_id": "nokey",
-    "action": "pause", "deployment": "nodeploy",
+    "action": "pause", "deployment": "nodeploy", "report_id": "999999",
 }  # fmt: skip
 
 

@@ -12,7 +12,9 @@ from shipyard import __version__
 from shipyard.api.deployments import router as deployments_router
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.models import router as models_router
+from shipyard.api.monitoring import router as monitoring_router
 from shipyard.api.security import router as security_router
+from shipyard.monitoring.service import MonitoringService
 from shipyard.registry.service import Registry
 from shipyard.security.keys import KeyStore
 
@@ -34,8 +36,10 @@ def create_app(
     app.state.registry = registry
     app.state.trust = trust or registry
     app.state.keys = KeyStore(app.state.trust.sessions)
+    app.state.monitoring = MonitoringService(registry)
     install_error_handlers(app)
     app.include_router(models_router)
     app.include_router(deployments_router)
     app.include_router(security_router)
+    app.include_router(monitoring_router)
     return app

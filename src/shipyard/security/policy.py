@@ -84,6 +84,16 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("POST", "/api/deployments/{name}/rollout"): P.DEPLOY,
     ("GET", "/api/deployments/{name}/rollout"): P.READ,
     ("POST", "/api/deployments/{name}/rollout/{action}"): P.DEPLOY,
+    # monitoring
+    ("POST", "/api/feedback"): P.INFER,  # whoever gets predictions may label them
+    # Logged inputs may be personal data: reading them takes more than a viewer.
+    ("GET", "/api/predictions"): P.DEPLOY,
+    ("GET", "/api/predictions/export"): P.DEPLOY,
+    ("GET", "/api/deployments/{name}/quality"): P.READ,
+    ("POST", "/api/deployments/{name}/drift"): P.DEPLOY,
+    ("GET", "/api/deployments/{name}/drift"): P.READ,
+    ("GET", "/api/drift/{report_id}/report"): P.READ,
+    ("GET", "/api/monitoring/cost"): P.READ,
     # keys and audit
     ("GET", "/api/keys"): P.ADMIN,
     ("POST", "/api/keys"): P.ADMIN,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,13 +12,16 @@ import grpc
 
 from shipyard import __version__
 from shipyard.errors import ShipyardError
+from shipyard.monitoring.requests import RequestObserver
 from shipyard.registry.audit import Actor, acting_as
+from shipyard.routing.deployments import RequestHints
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.policy import GRPC_RULES
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.grpc_v2 import inference_pb2 as pb
 from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
 from shipyard.serving.grpc_v2.converters import request_from_proto, response_to_proto
+from shipyard.serving.types import RequestContext
 
 log = logging.getLogger("shipyard.grpc")
 
@@ -35,26 +39,33 @@ STATUS_CODES: dict[int, grpc.StatusCode] = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {code: status for status, code in STATUS_CODES.items()}
+GRPC_TO_HTTP[grpc.StatusCode.RESOURCE_EXHAUSTED] = 429
+GRPC_TO_HTTP[grpc.StatusCode.INTERNAL] = 500
+
 Reply = TypeVar("Reply")
+_RULE_OF = {"_model_infer": "ModelInfer"}
+"""Inner methods that carry an RPC's work, and the RPC whose access rule they follow."""
 
 
 def _translate_errors(
-    method: Callable[[Any, Any, Any], Awaitable[Reply]],
-) -> Callable[[Any, Any, Any], Awaitable[Reply]]:
-    permission = GRPC_RULES[method.__name__]  # a method without a rule fails at import
+    method: Callable[..., Awaitable[Reply]],
+) -> Callable[..., Awaitable[Reply]]:
+    rule = _RULE_OF.get(method.__name__, method.__name__)
+    permission = GRPC_RULES[rule]  # a method without a rule fails at import
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: Any) -> Reply:
+    async def wrapper(self: Any, request: Any, context: Any, *extra: Any) -> Reply:
         try:
             gate: Gatekeeper | None = self.gate
             if gate is None:
-                return await method(self, request, context)
+                return await method(self, request, context, *extra)
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
             model = getattr(request, "model_name", None) or getattr(request, "name", None)
             source = context.peer() or ""
             principal = gate.admit(permission, metadata.get("authorization"), model, source)
             with acting_as(Actor(principal.name, principal.role, source)):
-                return await method(self, request, context)
+                return await method(self, request, context, *extra)
         except ShipyardError as exc:
             code = STATUS_CODES.get(int(exc.status), grpc.StatusCode.INTERNAL)
             await context.abort(code, exc.message)
@@ -70,10 +81,15 @@ def _translate_errors(
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, dataplane: DataPlane, max_elements: int, gate: Gatekeeper | None = None
+        self,
+        dataplane: DataPlane,
+        max_elements: int,
+        gate: Gatekeeper | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.gate = gate
+        self.observer = observer
         self.manager = dataplane.manager
         self.max_elements = max_elements
 
@@ -112,11 +128,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                      for s in (signature.outputs if signature else [])],
         )  # fmt: skip
 
-    @_translate_errors
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """Inference, observed like REST: a request id (echoed in the initial metadata),
+        metrics, the access log and trace spans."""
+        if self.observer is None:
+            return await self._model_infer(request, context)
+        metadata = dict(context.invocation_metadata() or ())
+        observed = self.observer.start(
+            "inference.GRPCInferenceService/ModelInfer",
+            "grpc",
+            metadata.get("x-request-id"),
+            metadata.get("traceparent"),
+        )
+        await context.send_initial_metadata((("x-request-id", observed.request_id),))
+        try:
+            return await self._model_infer(request, context, observed)
+        except grpc.aio.AbortError:
+            code = context.code()
+            observed.status = GRPC_TO_HTTP.get(code, 500) if code is not None else 500
+            observed.error = context.details() or None
+            raise
+        finally:
+            self.observer.finish(observed)
+
+    @_translate_errors
+    async def _model_infer(
+        self, request: Any, context: Any, observed: RequestContext | None = None
+    ) -> Any:
         target = await self.dataplane.describe(request.model_name, request.model_version or None)
         infer_request = request_from_proto(request, self.max_elements)
-        response = await self.dataplane.infer(target, infer_request)
+        if observed is not None:
+            observed.decoded = time.perf_counter()
+        hints = RequestHints(context=observed) if observed is not None else None
+        response = await self.dataplane.infer(target, infer_request, hints)
         return response_to_proto(response, infer_request)
 
     @_translate_errors
@@ -150,6 +194,7 @@ async def start_grpc_server(
     max_elements: int,
     gate: Gatekeeper | None = None,
     tls: tuple[bytes, bytes] | None = None,
+    observer: RequestObserver | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on host:port (0 = any free port); returns the server and its port."""
     server = grpc.aio.server(
@@ -163,7 +208,7 @@ async def start_grpc_server(
     service_name = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
     reflection.enable_server_reflection([service_name, reflection.SERVICE_NAME], server)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceServicer(dataplane, max_elements, gate), server
+        InferenceServicer(dataplane, max_elements, gate, observer), server
     )
     if tls is not None:  # (certificate chain, private key), PEM
         credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])

@@ -1,0 +1,147 @@
+"""Control-plane REST routes for monitoring: feedback, prediction log, quality, drift, cost."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from shipyard.durations import duration_seconds
+from shipyard.errors import Conflict
+from shipyard.monitoring.service import MonitoringService
+from shipyard.monitoring.store import (
+    MAX_FEEDBACK_ITEMS,
+    DriftReport,
+    FeedbackItem,
+    FeedbackResult,
+    PredictionFilter,
+    PredictionRecord,
+)
+from shipyard.registry.audit import current_actor
+
+router = APIRouter(prefix="/api", tags=["monitoring"])
+
+
+class FeedbackBatch(BaseModel):
+    items: list[FeedbackItem] = Field(max_length=MAX_FEEDBACK_ITEMS)
+
+
+def _monitoring(request: Request) -> MonitoringService:
+    service: MonitoringService = request.app.state.monitoring
+    return service
+
+
+def _filter(
+    deployment: str | None,
+    model: str | None,
+    version: int | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> PredictionFilter:
+    return PredictionFilter(
+        deployment=deployment,
+        model=model,
+        version=version,
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+    )
+
+
+@router.post("/feedback")
+def post_feedback(request: Request, body: FeedbackBatch) -> FeedbackResult:
+    """Ground-truth labels by request id (the `x-request-id` of the prediction)."""
+    return _monitoring(request).feedback(body.items, current_actor().name)
+
+
+@router.get("/predictions")
+def list_predictions(
+    request: Request,
+    deployment: str | None = None,
+    model: str | None = None,
+    version: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    after_id: int | None = None,
+) -> list[PredictionRecord]:
+    """Prediction log records, newest first (or oldest first after `after_id`)."""
+    where = _filter(deployment, model, version, since, until)
+    return _monitoring(request).predictions(where, limit, after_id)
+
+
+@router.get("/predictions/export", response_class=FileResponse)
+async def export_predictions(
+    request: Request,
+    deployment: str | None = None,
+    model: str | None = None,
+    version: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> FileResponse:
+    """The matching records as one Parquet file, one row per predicted row."""
+    where = _filter(deployment, model, version, since, until)
+    folder = Path(tempfile.mkdtemp(prefix="shipyard-export-"))
+    path = folder / "predictions.parquet"
+    await run_in_threadpool(_monitoring(request).export, where, str(path))
+
+    def remove() -> None:
+        path.unlink(missing_ok=True)
+        folder.rmdir()
+
+    return FileResponse(
+        path,
+        media_type="application/vnd.apache.parquet",
+        filename="predictions.parquet",
+        background=BackgroundTask(remove),
+    )
+
+
+@router.get("/deployments/{name}/quality")
+def deployment_quality(
+    request: Request, name: str, window: str = "1h", bucket: str | None = None
+) -> dict[str, Any]:
+    """Accuracy/F1/AUC (classifiers) or MAE/RMSE (regressors) per version, from feedback."""
+    return _monitoring(request).quality(
+        name,
+        duration_seconds(window, "window"),
+        duration_seconds(bucket, "bucket") if bucket else None,
+    )
+
+
+@router.post("/deployments/{name}/drift")
+def check_drift(
+    request: Request, name: str, window: str | None = None, version: int | None = None
+) -> list[DriftReport]:
+    """Check the deployment's logged inputs for drift now; the result is kept as history."""
+    seconds = duration_seconds(window, "window") if window else None
+    return _monitoring(request).check_drift(name, seconds, version)
+
+
+@router.get("/deployments/{name}/drift")
+def drift_history(
+    request: Request, name: str, limit: int = 20, version: int | None = None
+) -> list[DriftReport]:
+    return _monitoring(request).drift_history(name, limit, version)
+
+
+@router.get("/drift/{report_id}/report", response_class=HTMLResponse)
+def drift_report(request: Request, report_id: int) -> HTMLResponse:
+    """The check as an HTML page: tests per feature, reference-vs-current histograms."""
+    return HTMLResponse(_monitoring(request).drift_html(report_id))
+
+
+@router.get("/monitoring/cost")
+def cost(request: Request) -> list[dict[str, Any]]:
+    """Cost per 1,000 predictions per loaded version (needs SHIPYARD_PRICE_PER_REPLICA_HOUR)."""
+    meter = getattr(request.app.state, "cost", None)
+    if meter is None:
+        raise Conflict("cost needs a price: set SHIPYARD_PRICE_PER_REPLICA_HOUR")
+    return [asdict(usage) for usage in meter.read()]
