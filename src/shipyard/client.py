@@ -71,15 +71,19 @@ class Client:
         except httpx.TransportError as exc:
             raise ShipyardError(f"cannot reach Shipyard at {self._http.base_url}: {exc}") from exc
         if response.is_error:
-            try:
-                message = str(response.json()["error"])
-            except (ValueError, KeyError, TypeError):
-                message = response.text or response.reason_phrase
-            error_class = _ERRORS_BY_STATUS.get(response.status_code)
-            if error_class is not None:
-                raise error_class(message)
-            raise ServerError(response.status_code, message)
+            self._raise_for(response)
         return response
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        try:
+            message = str(response.json()["error"])
+        except (ValueError, KeyError, TypeError):
+            message = response.text or response.reason_phrase
+        error_class = _ERRORS_BY_STATUS.get(response.status_code)
+        if error_class is not None:
+            raise error_class(message)
+        raise ServerError(response.status_code, message)
 
     def _get(self, path: str, record: type[RecordT], **params: Any) -> RecordT:
         clean = {k: v for k, v in params.items() if v is not None}
@@ -235,6 +239,65 @@ class Client:
         answer = self._call("POST", f"/api/deployments/{name}/rollout/{action}")
         return records.Rollout.model_validate(answer.json())
 
+    # ---- monitoring --------------------------------------------------------
+
+    def send_feedback(self, items: list[dict[str, Any]]) -> dict[str, int]:
+        """Ground-truth labels: [{"request_id": ..., "label": ...}, ...]."""
+        result: dict[str, int] = self._call("POST", "/api/feedback", json={"items": items}).json()
+        return result
+
+    def quality(
+        self, deployment: str, window: str = "1h", bucket: str | None = None
+    ) -> dict[str, Any]:
+        params = {"window": window, **({"bucket": bucket} if bucket else {})}
+        result: dict[str, Any] = self._call(
+            "GET", f"/api/deployments/{deployment}/quality", params=params
+        ).json()
+        return result
+
+    def check_drift(
+        self, deployment: str, window: str | None = None, version: int | None = None
+    ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"window": window, "version": version}.items() if v}
+        result: list[dict[str, Any]] = self._call(
+            "POST", f"/api/deployments/{deployment}/drift", params=params, timeout=300
+        ).json()
+        return result
+
+    def drift_history(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call(
+            "GET", f"/api/deployments/{deployment}/drift", params={"limit": limit}
+        ).json()
+        return result
+
+    def drift_report_html(self, report_id: int) -> str:
+        return self._call("GET", f"/api/drift/{report_id}/report").text
+
+    def predictions(self, **filters: Any) -> list[dict[str, Any]]:
+        clean = {k: v for k, v in filters.items() if v is not None}
+        result: list[dict[str, Any]] = self._call("GET", "/api/predictions", params=clean).json()
+        return result
+
+    def export_predictions(self, destination: str | Path, **filters: Any) -> int:
+        """Download the matching records as Parquet; returns the rows written."""
+        import pyarrow.parquet as pq
+
+        clean = {k: v for k, v in filters.items() if v is not None}
+        with (
+            self._http.stream("GET", "/api/predictions/export", params=clean) as response,
+            Path(destination).open("wb") as sink,
+        ):
+            if response.is_error:
+                response.read()
+                self._raise_for(response)
+            for chunk in response.iter_bytes():
+                sink.write(chunk)
+        return int(pq.ParquetFile(destination).metadata.num_rows)
+
+    def cost(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/api/monitoring/cost").json()
+        return result
+
     @staticmethod
     def _v2_path(ref: ModelRef) -> str:
         if ref.is_model:
@@ -357,3 +420,80 @@ class LocalClient:
         from shipyard.routing.rollouts import RolloutService
 
         return RolloutService(self.registry).act(name, action)
+
+    # ---- monitoring --------------------------------------------------------
+
+    @property
+    def _monitoring(self) -> Any:
+        from shipyard.monitoring.service import MonitoringService
+
+        if not hasattr(self, "_service"):
+            self._service = MonitoringService(self.registry)
+        return self._service
+
+    def send_feedback(self, items: list[dict[str, Any]]) -> dict[str, int]:
+        from shipyard.monitoring.store import FeedbackItem
+        from shipyard.registry.audit import current_actor
+
+        labels = [FeedbackItem.model_validate(item) for item in items]
+        return dict(self._monitoring.feedback(labels, current_actor().name).model_dump())
+
+    def quality(
+        self, deployment: str, window: str = "1h", bucket: str | None = None
+    ) -> dict[str, Any]:
+        from shipyard.durations import duration_seconds
+
+        result: dict[str, Any] = self._monitoring.quality(
+            deployment,
+            duration_seconds(window, "window"),
+            duration_seconds(bucket, "bucket") if bucket else None,
+        )
+        return result
+
+    def check_drift(
+        self, deployment: str, window: str | None = None, version: int | None = None
+    ) -> list[dict[str, Any]]:
+        from shipyard.durations import duration_seconds
+
+        seconds = duration_seconds(window, "window") if window else None
+        reports = self._monitoring.check_drift(deployment, seconds, version)
+        return [report.model_dump() for report in reports]
+
+    def drift_history(self, deployment: str, limit: int = 20) -> list[dict[str, Any]]:
+        return [r.model_dump() for r in self._monitoring.drift_history(deployment, limit)]
+
+    def drift_report_html(self, report_id: int) -> str:
+        return str(self._monitoring.drift_html(report_id))
+
+    def predictions(self, **filters: Any) -> list[dict[str, Any]]:
+        where, limit, after_id = _prediction_filter(filters)
+        return [r.model_dump() for r in self._monitoring.predictions(where, limit, after_id)]
+
+    def export_predictions(self, destination: str | Path, **filters: Any) -> int:
+        where, _, _ = _prediction_filter(filters)
+        return int(self._monitoring.export(where, str(destination)))
+
+    def cost(self) -> list[dict[str, Any]]:
+        raise Conflict("cost is measured by a running server: set SHIPYARD_URL")
+
+
+def _prediction_filter(filters: dict[str, Any]) -> tuple[Any, int, int | None]:
+    from datetime import datetime
+
+    from shipyard.monitoring.store import PredictionFilter
+
+    def stamp(value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value.timestamp()
+        return datetime.fromisoformat(str(value)).timestamp()
+
+    where = PredictionFilter(
+        deployment=filters.get("deployment"),
+        model=filters.get("model"),
+        version=filters.get("version"),
+        since=stamp(filters.get("since")),
+        until=stamp(filters.get("until")),
+    )
+    return where, int(filters.get("limit", 100)), filters.get("after_id")

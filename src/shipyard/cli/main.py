@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from shipyard.cli import deployments, models, predict, security, serve, server
+from shipyard.cli import deployments, models, monitor, predict, security, serve, server
 
 app = typer.Typer(
     name="shipyard",
@@ -21,6 +21,8 @@ app.add_typer(deployments.app, name="deployments")
 app.command("apply")(deployments.apply)
 app.add_typer(deployments.rollout_app, name="rollout")
 app.command("audit")(security.audit)
+app.add_typer(monitor.app, name="monitor")
+app.command("feedback")(monitor.feedback)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
