@@ -183,14 +183,9 @@ def quality(
         ],
     )
     for entry in answer.get("over_time", []):
-        typer.echo(
-            f"v{entry['version']} {entry['start']:.0f}: "
-            + ", ".join(
-                f"{k}={_number(v)}"
-                for k, v in entry.items()
-                if k not in ("version", "start", "end")
-            )  # fmt: skip
-        )
+        shown = {k: v for k, v in entry.items() if k not in ("version", "start", "end")}
+        values = ", ".join(f"{k}={_number(v)}" for k, v in shown.items())
+        typer.echo(f"v{entry['version']} {entry['start']:.0f}: {values}")
 
 
 @app.command("predictions")
