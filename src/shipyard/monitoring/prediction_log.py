@@ -45,7 +45,14 @@ def encode_tensors(tensors: Tensors) -> str:
             plain[name] = _plain(array.tolist())
         else:
             plain[name] = array
-    return orjson.dumps(plain, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return orjson.dumps(plain, option=orjson.OPT_SERIALIZE_NUMPY, default=_fallback).decode()
+
+
+def _fallback(value: Any) -> Any:
+    """What orjson's numpy support declines: non-contiguous views, float16, numpy scalars."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot log a {type(value).__name__}")
 
 
 def _plain(value: Any) -> Any:
