@@ -85,7 +85,9 @@ def build_app(
         app.state.metrics.register(
             DataPlaneCollector(app.state.dataplane, predictions, app.state.drift, cost)
         )
-        controller = RolloutController(registry, router, tick_seconds=settings.rollout_tick)
+        controller = RolloutController(
+            registry, router, tick_seconds=settings.rollout_tick, drift=app.state.drift
+        )
         if default_model is not None:
             version = None
             if default_model.version is not None:

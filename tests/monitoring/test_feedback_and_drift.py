@@ -202,3 +202,45 @@ def fixtures_settings(home: Path) -> Any:
     from shipyard.config import Settings
 
     return Settings(home=home)
+
+
+def test_input_drift_is_a_rollout_gate(registry: Registry, tmp_path: Path) -> None:
+    from shipyard.routing.deployments import DeploymentRouter
+    from shipyard.routing.rollouts import RolloutController, RolloutService
+    from shipyard.serving.manager import ModelManager
+
+    _register(registry, tmp_path)
+    candidate = fixtures.write_sklearn_model(tmp_path / "v2", seed=1)
+    example = fixtures.write_example_csv(tmp_path / "v2", rows=400)
+    registry.register(candidate, RegistrationOptions(name="fraud"), example)
+    registry.deployments.apply(parse_manifest(MANIFEST % ""))
+    rollout = RolloutService(registry).start(
+        "fraud-api", to=2, gates={"max_input_drift_share": 0.5}
+    )
+    controller = RolloutController(
+        registry, DeploymentRouter(ModelManager(registry)), drift=MonitoringService(registry).drift
+    )
+    steady, _ = fixtures.training_data(rows=150, seed=11)
+    log = PredictionLog(registry.engine, lambda _: 1.0)
+    for i, row in enumerate(steady):
+        context = RequestContext(f"s{i}", time.perf_counter(), time.time(), rows=1)
+        context.deployment, context.model, context.version = "fraud-api", "fraud", "2"
+        log.offer(context, {n: row[j : j + 1] for j, n in enumerate(fixtures.FEATURES)},
+                  {"predict": np.array([1])})  # fmt: skip
+    log.flush()
+    assert controller._input_drift(rollout, 3600) is None  # drawn like the reference
+
+    moved = steady + np.array([3.0, 3.0, 3.0, 0.0])
+    for i, row in enumerate(moved):
+        context = RequestContext(f"m{i}", time.perf_counter(), time.time(), rows=1)
+        context.deployment, context.model, context.version = "fraud-api", "fraud", "2"
+        log.offer(context, {n: row[j : j + 1] for j, n in enumerate(fixtures.FEATURES)},
+                  {"predict": np.array([1])})  # fmt: skip
+    log.flush()
+    failure = controller._input_drift(rollout, 3600)
+    assert failure is not None and "input drift" in failure and "allowed 50%" in failure
+    assert [r.trigger for r in registry_drift(registry)] == ["rollout", "rollout"]
+
+
+def registry_drift(registry: Registry) -> list[Any]:
+    return MonitoringService(registry).drift_history("fraud-api")

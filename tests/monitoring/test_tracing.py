@@ -2,103 +2,27 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from shipyard.monitoring.tracing import RequestTracer
 from shipyard.serving.types import RequestContext
+from tests.monitoring.otlp import OtlpReceiver, ReceivedSpan, receiving
+from tests.monitoring.otlp import attributes as _attributes
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 
 
-@dataclass
-class ReceivedSpan:
-    span: Span
-    resource: dict[str, Any]
-
-
-class OtlpReceiver:
-    """A minimal OTLP/HTTP trace collector: decodes each export and keeps its spans."""
-
-    def __init__(self) -> None:
-        self.spans: list[ReceivedSpan] = []
-        self.arrived = threading.Condition()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                if self.path != "/v1/traces":
-                    self.send_error(404)
-                    return
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver.add(request)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        # A short poll interval so that shutdown() at teardown returns promptly.
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def add(self, request: ExportTraceServiceRequest) -> None:
-        with self.arrived:
-            for resource_spans in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        self.spans.append(ReceivedSpan(span, resource))
-            self.arrived.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedSpan]:
-        with self.arrived:
-            if not self.arrived.wait_for(lambda: len(self.spans) >= count, timeout):
-                pytest.fail(f"expected {count} spans, received {len(self.spans)}")
-            return list(self.spans)
-
-
-def _value(value: Any) -> Any:
-    return getattr(value, value.WhichOneof("value"))
-
-
-def _attributes(span: Span) -> dict[str, Any]:
-    return {a.key: _value(a.value) for a in span.attributes}
-
-
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
-    receiver.thread.join(timeout=5)
+    with receiving() as receiver:
+        yield receiver
 
 
 @pytest.fixture

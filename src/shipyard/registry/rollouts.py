@@ -20,6 +20,9 @@ DEFAULT_GATES = {
     "max_p95_ratio": 2.0,
     "max_drift": 0.5,
     "min_agreement": 0.0,
+    # Share of input features drifted from the candidate's reference sample over the
+    # step (monitoring/drift_monitor.py); 1.0 is off. Needs monitoring.sample > 0.
+    "max_input_drift_share": 1.0,
 }
 
 

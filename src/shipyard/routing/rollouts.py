@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput, NotFound
+from shipyard.monitoring.drift_monitor import DriftMonitor
 from shipyard.registry import records
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.registry.manifest import DeploymentManifest, Route
@@ -149,9 +150,10 @@ class RolloutController:
 
     def __init__(
         self, registry: Registry, router: DeploymentRouter, tick_seconds: float = 0.5,
-        lease_seconds: float = 10.0,
+        lease_seconds: float = 10.0, drift: DriftMonitor | None = None,
     ) -> None:  # fmt: skip
         self.registry = registry
+        self.drift = drift
         self.service = RolloutService(registry)
         self.router = router
         self.tick_seconds = tick_seconds
@@ -204,6 +206,8 @@ class RolloutController:
             return
         stable = self.router.window(name, str(rollout.stable_version))
         failure = evaluate(rollout.gates, candidate, stable)
+        if failure is None:
+            failure = await asyncio.to_thread(self._input_drift, rollout, baked)
         if failure is not None:
             await asyncio.to_thread(self.service.route, rollout, 0,
                                     f"rollout {rollout.id} rolled back")  # fmt: skip
@@ -220,6 +224,25 @@ class RolloutController:
             await self._notify(done)
             return
         await self._set(rollout, "rollout.step", step_index=following, step_started_at=None)
+
+    def _input_drift(self, rollout: records.Rollout, baked: float) -> str | None:
+        """The input-drift gate: the candidate's logged inputs over this step against
+        its reference sample. No verdict (too few logged rows) passes, like the
+        latency gate with too few samples."""
+        limit = rollout.gates.get("max_input_drift_share", 1.0)
+        if limit >= 1.0 or self.drift is None:
+            return None
+        try:
+            (report,) = self.drift.check(
+                rollout.deployment, baked, rollout.candidate_version, trigger="rollout"
+            )
+        except (NotFound, InvalidInput) as exc:
+            log.info("input drift gate of rollout %d: no verdict: %s", rollout.id, exc.message)
+            return None
+        if report.result.get("enough_rows") and report.share > limit:
+            return (f"input drift: {report.share:.0%} of features drifted from the reference "
+                    f"sample (allowed {limit:.0%}; drift report {report.id})")  # fmt: skip
+        return None
 
     @staticmethod
     def _split(manifest: dict[str, Any]) -> tuple[int | None, int | None, int]:
