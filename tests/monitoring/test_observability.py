@@ -268,22 +268,23 @@ def test_request_id_is_echoed_and_logged_once(server: RunningServer) -> None:
     assert line["rows"] == ROWS
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] > 0
     assert "error" not in line
-    datetime_prefix = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
-    assert datetime_prefix.fullmatch(line["ts"]), line["ts"]
+    iso_utc_ms = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
+    assert iso_utc_ms.fullmatch(line["ts"]), line["ts"]
 
 
 def test_request_id_is_generated_when_missing_or_unusable(server: RunningServer) -> None:
-    longest = "r" * 128
-    sent: list[str | bytes | None] = [None, None, "r" * 129, "tab\there", b"caf\xe9", longest]
+    longest = b"r" * 128
+    # None: no header; then too long, a control character, and a non-ASCII (latin-1) byte.
+    sent = [None, None, b"r" * 129, b"tab\there", b"caf\xe9", longest]
     answered = []
     with httpx.Client(base_url=server.url, timeout=30) as http:
         for value in sent:
-            headers = {"x-request-id": value} if value is not None else {}
+            headers = [(b"x-request-id", value)] if value is not None else []
             answer = http.post(INFER, json=_body(), headers=headers)
             assert answer.status_code == 200, answer.text
             answered.append(answer.headers["x-request-id"])
     *generated, kept = answered
-    assert kept == longest
+    assert kept == longest.decode()
     assert len(set(generated)) == len(generated)
     for request_id in generated:
         assert GENERATED_ID.fullmatch(request_id), request_id
