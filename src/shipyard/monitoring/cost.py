@@ -24,7 +24,7 @@ class _Usage:
     live: dict[int, float] = field(default_factory=dict)
     """pid -> CPU seconds last read, for workers still running."""
     started: dict[int, float] = field(default_factory=dict)
-    """pid -> time.time() the worker was first seen."""
+    """pid -> when the worker process started (unix seconds)."""
     replica_seconds_done: float = 0.0
 
 
@@ -63,9 +63,11 @@ class CostMeter:
                 if pid is None:
                     continue
                 pids.add(pid)
-                usage.started.setdefault(pid, now)
                 try:
-                    times = psutil.Process(pid).cpu_times()
+                    process = psutil.Process(pid)
+                    if pid not in usage.started:
+                        usage.started[pid] = process.create_time()
+                    times = process.cpu_times()
                 except psutil.Error:
                     continue
                 usage.live[pid] = times.user + times.system
