@@ -73,9 +73,13 @@ def worker_main(connection: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker process: load, report, then answer requests forever."""
     from pathlib import Path
 
+    # A spawned process starts with no logging set up: log like the server does.
+    from shipyard.monitoring.logs import configure_logging
     from shipyard.runtimes.base import LoadSpec
     from shipyard.runtimes.detect import flavor_named
     from shipyard.signature import Signature
+
+    configure_logging(json_lines=os.environ.get("SHIPYARD_LOG_FORMAT", "json") != "text")
 
     signature = Signature.model_validate(spec.signature) if spec.signature else None
     try:
