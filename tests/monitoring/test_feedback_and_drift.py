@@ -47,13 +47,16 @@ def _register(registry: Registry, folder: Path, example_rows: int = 400) -> Path
 
 
 def _log(
-    registry: Registry, deployment: str, requests: list[tuple[str, np.ndarray, np.ndarray]]
+    registry: Registry,
+    deployment: str,
+    requests: list[tuple[str, np.ndarray, np.ndarray]],
+    version: str = "1",
 ) -> None:
     """Write (request id, features, predictions) through the real prediction log writer."""
     log = PredictionLog(registry.engine, lambda _: 1.0)
     for request_id, features, predicted in requests:
         context = RequestContext(request_id, time.perf_counter(), time.time())
-        context.deployment, context.model, context.version = deployment, "fraud", "1"
+        context.deployment, context.model, context.version = deployment, "fraud", version
         context.rows = len(features)
         inputs = {name: features[:, j] for j, name in enumerate(fixtures.FEATURES)}
         log.offer(context, inputs, {"predict": predicted})
@@ -221,22 +224,12 @@ def test_input_drift_is_a_rollout_gate(registry: Registry, tmp_path: Path) -> No
         registry, DeploymentRouter(ModelManager(registry)), drift=MonitoringService(registry).drift
     )
     steady, _ = fixtures.training_data(rows=150, seed=11)
-    log = PredictionLog(registry.engine, lambda _: 1.0)
-    for i, row in enumerate(steady):
-        context = RequestContext(f"s{i}", time.perf_counter(), time.time(), rows=1)
-        context.deployment, context.model, context.version = "fraud-api", "fraud", "2"
-        log.offer(context, {n: row[j : j + 1] for j, n in enumerate(fixtures.FEATURES)},
-                  {"predict": np.array([1])})  # fmt: skip
-    log.flush()
+    one = np.array([1])
+    _log(registry, "fraud-api", [(f"s{i}", steady[i : i + 1], one) for i in range(150)], "2")
     assert controller._input_drift(rollout, 3600) is None  # drawn like the reference
 
     moved = steady + np.array([3.0, 3.0, 3.0, 0.0])
-    for i, row in enumerate(moved):
-        context = RequestContext(f"m{i}", time.perf_counter(), time.time(), rows=1)
-        context.deployment, context.model, context.version = "fraud-api", "fraud", "2"
-        log.offer(context, {n: row[j : j + 1] for j, n in enumerate(fixtures.FEATURES)},
-                  {"predict": np.array([1])})  # fmt: skip
-    log.flush()
+    _log(registry, "fraud-api", [(f"m{i}", moved[i : i + 1], one) for i in range(150)], "2")
     failure = controller._input_drift(rollout, 3600)
     assert failure is not None and "input drift" in failure and "allowed 50%" in failure
     assert [r.trigger for r in registry_drift(registry)] == ["rollout", "rollout"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInput, NotFound
 from shipyard.monitoring.drift import DriftResult, DriftThresholds, detect_drift
-from shipyard.monitoring.store import DriftReport, MonitoringStore
+from shipyard.monitoring.store import DriftReport, MonitoringStore, prediction_output
 from shipyard.registry.manifest import DeploymentManifest, DriftPolicy
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef
@@ -112,7 +112,7 @@ class DriftMonitor:
         thresholds = DriftThresholds(
             p_value=policy.p_value, psi=policy.psi, share=policy.share, min_rows=policy.min_rows
         )
-        output_name = _prediction_output(outputs, manifest.watch.prediction_output)
+        output_name = prediction_output(outputs, manifest.watch.prediction_output)
         reference_output = None
         if output_name is not None:
             reference_output = self._reference_output(record, reference, output_name)
@@ -189,14 +189,6 @@ def _alert(url: str, report: DriftReport) -> None:
         httpx.post(url, json=body, timeout=5.0).raise_for_status()
     except httpx.HTTPError as exc:
         log.warning("drift alert to %s failed: %s", url, exc)
-
-
-def _prediction_output(outputs: dict[str, np.ndarray], wanted: str | None) -> str | None:
-    if wanted is not None:
-        return wanted if wanted in outputs else None
-    if "predict" in outputs:
-        return "predict"
-    return next(iter(outputs), None)
 
 
 def _by_reference_columns(

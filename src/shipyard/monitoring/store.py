@@ -227,7 +227,7 @@ class MonitoringStore:
         deployment: str,
         since: float,
         until: float | None = None,
-        prediction_output: str | None = None,
+        wanted_output: str | None = None,
     ) -> list[LabelledPrediction]:
         """Logged predictions of a deployment that have a label, one item per row."""
         labels = self._labels_since(since)
@@ -237,7 +237,7 @@ class MonitoringStore:
             if label is None:
                 continue
             outputs = decode_tensors(row.outputs)
-            name = _prediction_output(outputs, prediction_output)
+            name = prediction_output(outputs, wanted_output)
             if name is None:
                 continue
             predicted = np.atleast_1d(outputs[name])
@@ -308,7 +308,8 @@ def _drift(row: sa.Row[Any]) -> DriftReport:
     )
 
 
-def _prediction_output(outputs: dict[str, np.ndarray], wanted: str | None) -> str | None:
+def prediction_output(outputs: dict[str, np.ndarray], wanted: str | None) -> str | None:
+    """The output holding the predictions: the one named, else `predict`, else the first."""
     if wanted is not None:
         return wanted if wanted in outputs else None
     if "predict" in outputs:
