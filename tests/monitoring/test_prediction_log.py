@@ -67,9 +67,7 @@ def _body(data: np.ndarray) -> dict[str, Any]:
 
 
 def _answered_outputs(document: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {
-        o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in document["outputs"]
-    }
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in document["outputs"]}
 
 
 def _counters(server: RunningServer) -> dict[str, float]:
@@ -96,7 +94,8 @@ class _Client(threading.Thread):
         self.url = url
         self.number = number
         self.sent: list[str] = []
-        self.answered: list[str] = []
+        self.answered: dict[str, float] = {}
+        """Request id -> time.monotonic() when its 200 arrived."""
         self.other_status: list[int] = []
         self.cut_off = False
         data, _ = fixtures.training_data(rows=1, seed=number)
@@ -116,7 +115,7 @@ class _Client(threading.Thread):
                     return
                 if response.status_code == 200:
                     assert response.headers["x-request-id"] == request_id
-                    self.answered.append(request_id)
+                    self.answered[request_id] = time.monotonic()
                 else:
                     self.other_status.append(response.status_code)
 
@@ -138,10 +137,11 @@ def test_kill_9_mid_load_loses_at_most_two_batches_and_invents_nothing(tmp_path:
         for client in clients:
             client.start()
 
-        written_seen = dropped_seen = 0.0
+        written_seen = dropped_seen = scraped_at = 0.0
         deadline = time.monotonic() + DEADLINE_SECONDS
         while written_seen < KILL_AFTER_WRITTEN:
             assert time.monotonic() < deadline, f"only {written_seen} records written in time"
+            scraped_at = time.monotonic()
             counters = _counters(server)
             written_seen = max(written_seen, counters["written"])
             dropped_seen = max(dropped_seen, counters["dropped"])
@@ -155,14 +155,17 @@ def test_kill_9_mid_load_loses_at_most_two_batches_and_invents_nothing(tmp_path:
     assert all(client.cut_off for client in clients), "the kill did not land mid-load"
     assert not [status for client in clients for status in client.other_status]
     sent = {request_id for client in clients for request_id in client.sent}
-    answered = {request_id for client in clients for request_id in client.answered}
-    answered.add(warm.headers["x-request-id"])
+    answered_at = {k: at for client in clients for k, at in client.answered.items()}
+    answered_at[warm.headers["x-request-id"]] = 0.0
     sent.add(warm.headers["x-request-id"])
+    answered = set(answered_at)
 
     engine = _engine(home)
     try:
         with engine.connect() as connection:
-            stored = list(connection.execute(sa.select(PREDICTIONS.c.request_id)).scalars())
+            stored: list[str] = list(
+                connection.execute(sa.select(PREDICTIONS.c.request_id)).scalars()
+            )
     finally:
         engine.dispose()
 
@@ -173,8 +176,15 @@ def test_kill_9_mid_load_loses_at_most_two_batches_and_invents_nothing(tmp_path:
     # A request in flight at the kill may be logged while its answer never arrives: at most
     # one per client. Anything else stored was answered 200.
     assert len(set(stored) - answered) <= CLIENTS
+    # Every answered request was offered to the log before its answer left. One that is not
+    # stored was either dropped or not yet committed at the kill (the documented bound:
+    # 2 * batch_rows). Drops after the last scrape are unseen, but such a request was
+    # answered after that scrape began: count only the requests answered before it.
     lost = answered - set(stored)
-    assert len(lost) - dropped_seen <= 2 * BATCH_ROWS, (len(answered), len(stored), dropped_seen)
+    lost_before_scrape = {k for k in lost if answered_at[k] < scraped_at}
+    assert len(lost_before_scrape) <= 2 * BATCH_ROWS + dropped_seen, (
+        len(answered), len(stored), len(lost), len(lost_before_scrape), dropped_seen,
+    )  # fmt: skip
 
 
 # ---- query, export, sampling (one live server) ---------------------------------------
@@ -255,6 +265,7 @@ def test_query_and_export_hold_what_was_sent_and_answered(served: RunningServer)
     assert sorted(r["request_id"] for r in records) == sorted(data)  # not scored-too's
     assert [r["id"] for r in records] == sorted((r["id"] for r in records), reverse=True)
     assert [r["request_id"] for r in oldest_first] == list(data)[:3]
+    assert {a["model_version"] for a in answers.values()} == {"1", "2"}
     for version, chosen in by_version.items():
         want = sorted(k for k, a in answers.items() if a["model_version"] == str(version))
         assert sorted(r["request_id"] for r in chosen) == want
@@ -292,9 +303,7 @@ def test_query_and_export_hold_what_was_sent_and_answered(served: RunningServer)
 
     assert exported_v2.status_code == 200, exported_v2.text
     v2_rows = pq.read_table(io.BytesIO(exported_v2.content)).to_pylist()
-    assert {row["request_id"] for row in v2_rows} == {
-        r["request_id"] for r in by_version[2]
-    }
+    assert {row["request_id"] for row in v2_rows} == {r["request_id"] for r in by_version[2]}
     assert {row["version"] for row in v2_rows} == {2}
 
 
