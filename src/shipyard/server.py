@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from shipyard.api.app import create_app
 from shipyard.config import Settings
@@ -140,6 +140,8 @@ def build_app(
         tokens=_token_verifier(settings),
     )
     app.state.gate = gate
+    # `_created` series would double every labelled series; Prometheus does not need them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     app.state.metrics = CollectorRegistry(auto_describe=False)
     observer = RequestObserver(
         app.state.metrics,

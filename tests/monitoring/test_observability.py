@@ -5,11 +5,13 @@ receiver, and the worker restart counter."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -151,8 +153,8 @@ def test_metrics_exposition_counts_known_traffic(server: RunningServer) -> None:
     n, k, n2 = 7, 3, 4
     with httpx.Client(base_url=server.url, timeout=30) as http:
         assert http.post(INFER, json=_body()).status_code == 200  # loads the model
-        applied = http.post("/api/deployments", content=DEPLOYMENT,
-                            headers={"content-type": "application/yaml"})  # fmt: skip
+        yaml = {"content-type": "application/yaml"}
+        applied = http.post("/api/deployments", content=DEPLOYMENT, headers=yaml)
         assert applied.status_code == 200, applied.text
         before = idle_scrape(server)
         for _ in range(n):
@@ -312,12 +314,6 @@ def test_error_answers_carry_a_request_id(server: RunningServer) -> None:
     assert "empty" in logged["error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a body that does not decode is counted and logged without its model: "
-    "v2_infer resolves the target before reading the body but only DataPlane.infer "
-    "writes the model and version into the RequestContext",
-)
 def test_undecodable_body_is_counted_against_its_model(server: RunningServer) -> None:
     answer = httpx.post(
         f"{server.url}{INFER}", content=b"{not json", headers={"x-request-id": "e-4"}, timeout=30
@@ -325,6 +321,18 @@ def test_undecodable_body_is_counted_against_its_model(server: RunningServer) ->
     assert answer.status_code == 400
     logged = access_line(server, "e-4")
     assert (logged["model"], logged["version"]) == ("doubler", "1")
+
+
+def test_client_hanging_up_mid_body_is_not_a_success(server: RunningServer) -> None:
+    address = urlsplit(server.url)
+    assert address.hostname is not None and address.port is not None
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall(
+            b"POST /v2/models/doubler/infer HTTP/1.1\r\nhost: shipyard\r\n"
+            b"x-request-id: gone-1\r\ncontent-type: application/json\r\n"
+            b'content-length: 1000\r\n\r\n{"inputs": ['
+        )
+    assert access_line(server, "gone-1")["status"] != 200
 
 
 def test_grpc_infer_sends_the_request_id_in_initial_metadata(server: RunningServer) -> None:
@@ -398,12 +406,15 @@ def test_worker_restart_is_counted_and_logged(server: RunningServer) -> None:
     logged = access_line(server, crashed.headers["x-request-id"])
     assert (logged["status"], logged["model"]) == (503, "crasher")
     assert "crashed" in logged["error"]
-    died = [
-        entry
-        for entry in map(orjson.loads, list(server.log))
-        if entry["logger"] == "shipyard.workers" and "died" in entry["message"]
-    ]
+
+    def deaths() -> list[dict[str, Any]] | None:
+        entries = map(orjson.loads, list(server.log))
+        found = [e for e in entries if e["logger"] == "shipyard.workers" and "died" in e["message"]]
+        return found or None
+
+    died = _eventually(deaths, "the worker's death logged")
     assert len(died) == 1 and died[0]["level"] == "warning", died
+    assert "crasher:1" in died[0]["message"]
 
 
 def test_every_server_log_line_is_json(server: RunningServer) -> None:

@@ -66,15 +66,24 @@ class DataPlane:
         self.router = router
         self.predictions = predictions
 
-    async def describe(self, name: str, version: str | None) -> Target:
+    async def describe(
+        self, name: str, version: str | None, context: RequestContext | None = None
+    ) -> Target:
         """What a name addresses: a deployment (described by its main arm) or a model
-        version. NotFound if neither. Cheap: both lookups are served from memory."""
+        version. NotFound if neither. Cheap: both lookups are served from memory.
+
+        With a context, the request is labelled with what it addressed from here on,
+        so a request refused later (a body that will not decode) still counts there."""
         if version is None and self.router is not None:
             live = await self.router.live(name)
             if live is not None:
                 record = await self.manager.resolve(live.manifest.model, live.main_version)
+                if context is not None:
+                    context.deployment, context.model = name, record.model
                 return Target(name, None, record, live)
         record = await self.manager.resolve(name, version)
+        if context is not None:
+            context.model, context.version = record.model, str(record.version)
         return Target(name, str(record.version), record, None)
 
     def is_ready(self, target: Target) -> bool:

@@ -217,6 +217,8 @@ class FrontDoor:
                     state.dataplane, limits, headers, read_body, route.deployment, hints
                 )
         except ClientGone:
+            # Nobody to answer; counted and logged as nginx's 499, never sent.
+            context.status, context.error = 499, "client closed the request"
             return
         except ShipyardError as exc:
             status = int(exc.status)

@@ -121,7 +121,8 @@ async def v2_infer(
 
     `name` may be a deployment, which then picks the version.
     """
-    target = await dataplane.describe(name, version)  # unknown name: 404 before reading
+    context = hints.context if hints is not None else None
+    target = await dataplane.describe(name, version, context)  # unknown: 404 before reading
     body = await read_body()
     header = headers.get(codec.HEADER_LENGTH)
     if header is not None and not header.isdigit():
@@ -156,7 +157,7 @@ async def mlflow_invocations(
             "/invocations needs a default model: start with `shipyard serve MODEL`, "
             "or call /v2/models/{name}/infer"
         )
-    target = await dataplane.describe(name, None)
+    target = await dataplane.describe(name, None, hints.context if hints is not None else None)
     if deployment is not None and target.deployment is None:
         raise NotFound(f"no deployment {deployment!r}")
     record = target.record

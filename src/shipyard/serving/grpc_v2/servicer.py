@@ -155,7 +155,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _model_infer(
         self, request: Any, context: Any, observed: RequestContext | None = None
     ) -> Any:
-        target = await self.dataplane.describe(request.model_name, request.model_version or None)
+        target = await self.dataplane.describe(
+            request.model_name, request.model_version or None, observed
+        )
         infer_request = request_from_proto(request, self.max_elements)
         if observed is not None:
             observed.decoded = time.perf_counter()
