@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH, PYTHON_BIN, ROOT, free_port, running, train, wrk  # noqa: E402
+from run import BENCH, PYTHON_BIN, ROOT, free_port, running, train, wrk
 
 START = "<!-- monitoring overhead: written by monitoring_overhead.py -->"
 END = "<!-- end of monitoring overhead -->"
@@ -113,8 +113,10 @@ def write_table(rows: list[tuple[str, int, float, float, float, int]], args: Any
         "",
         "| configuration | concurrency | req/s | p50 ms | p99 ms | failed |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {label} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {failed} |"
-          for label, c, rps, p50, p99, failed in rows),  # fmt: skip
+        *(
+            f"| {label} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {failed} |"
+            for label, c, rps, p50, p99, failed in rows
+        ),
         END,
     ]
     target = BENCH / "BENCHMARKS.md"
