@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         description="Export trace spans over OTLP/HTTP to this traces URL "
         "(e.g. http://127.0.0.1:4318/v1/traces); unset: no tracing.",
     )
+    otlp_sample: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of requests traced (a caller's sampled traceparent is always traced).",
+    )
     prediction_log_sample: float = Field(
         default=0.0,
         ge=0,

@@ -147,6 +147,7 @@ def build_app(
         app.state.metrics,
         tracer=RequestTracer.from_endpoint(settings.otlp_endpoint),
         access_log=settings.access_log,
+        trace_sample=settings.otlp_sample,
     )
     app.state.observer = observer
     app.state.drift = app.state.monitoring.drift

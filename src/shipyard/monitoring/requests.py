@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import time
 from collections.abc import Iterable
 
@@ -44,8 +45,10 @@ class RequestObserver:
         registry: CollectorRegistry,
         tracer: RequestTracer | None = None,
         access_log: bool = True,
+        trace_sample: float = 1.0,
     ) -> None:
         self.tracer = tracer
+        self.trace_sample = trace_sample
         self.access_log = access_log
         self.in_flight = 0
         # Ids unique across processes and restarts without a uuid4 per request.
@@ -123,8 +126,18 @@ class RequestObserver:
             self._observe_stages(context, model, version)
         if self.access_log:
             log_request(context, elapsed)
-        if self.tracer is not None:
+        if self.tracer is not None and self._traced(context):
             self.tracer.record(context)
+
+    def _traced(self, context: RequestContext) -> bool:
+        """Every request at rate 1; else a random share, plus those whose caller's trace
+        is sampled (W3C traceparent flags ending in 1), so its trace stays whole."""
+        if self.trace_sample >= 1.0:
+            return True
+        parent = context.traceparent
+        if parent is not None and len(parent) == 55 and parent.endswith("1"):
+            return True
+        return random.random() < self.trace_sample
 
     def _observe_stages(self, context: RequestContext, model: str, version: str) -> None:
         stages = self._stage_children.get((model, version))
