@@ -108,8 +108,9 @@ def write_table(rows: list[tuple[str, int, float, float, float, int]], args: Any
         "",
         f"Made by `.venv/bin/python benchmarks/monitoring_overhead.py --baseline {args.baseline} "
         f"--duration {args.duration} --concurrency {args.concurrency}` on "
-        f"{time.strftime('%Y-%m-%d')}: the same machine, model and load generator as above, "
-        "one configuration after another.",
+        f"{time.strftime('%Y-%m-%d')}: the light model and wrk as above, 2 cores shared by wrk "
+        "and the server, one configuration after another. Compare rows within this table: "
+        "machines differ from day to day.",
         "",
         "| configuration | concurrency | req/s | p50 ms | p99 ms | failed |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
