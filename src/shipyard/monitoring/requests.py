@@ -11,7 +11,6 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -153,10 +152,3 @@ class RequestObserver:
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.shutdown()
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
