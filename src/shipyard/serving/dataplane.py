@@ -100,8 +100,6 @@ class DataPlane:
         live = target.deployment
         context = hints.context if hints is not None else None
         if live is None or self.router is None:
-            if context is not None:
-                context.model, context.version = target.record.model, target.version
             loaded, inputs, result, cached, wanted = await self._predict(
                 target.record.model, target.version, request, context
             )
@@ -111,7 +109,7 @@ class DataPlane:
         pinned = hints.pinned_version if hints is not None else None
         chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
         if context is not None:
-            context.deployment, context.model, context.version = target.name, model, chosen
+            context.version = chosen  # describe() labelled the deployment and model
         started = time.perf_counter()
         try:
             loaded, inputs, result, cached, wanted = await self._predict(

@@ -5,6 +5,7 @@ Handlers translate only: bytes in -> InferRequest -> DataPlane -> bytes out.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,8 @@ async def v2_infer(
     infer_request = codec.decode_request(
         body, int(header) if header else None, limits.max_tensor_elements
     )
+    if context is not None:
+        context.decoded = time.perf_counter()
     response = await dataplane.infer(target, infer_request, hints)
     payload, json_length = codec.encode_response(response, infer_request)
     answer_headers = {
@@ -157,7 +160,8 @@ async def mlflow_invocations(
             "/invocations needs a default model: start with `shipyard serve MODEL`, "
             "or call /v2/models/{name}/infer"
         )
-    target = await dataplane.describe(name, None, hints.context if hints is not None else None)
+    context = hints.context if hints is not None else None
+    target = await dataplane.describe(name, None, context)
     if deployment is not None and target.deployment is None:
         raise NotFound(f"no deployment {deployment!r}")
     record = target.record
@@ -172,6 +176,8 @@ async def mlflow_invocations(
             f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
         )
     infer_request = mlflow_protocol.to_request(tensors, record.signature)
+    if context is not None:
+        context.decoded = time.perf_counter()
     response = await dataplane.infer(target, infer_request, hints)
     return Answer(
         mlflow_protocol.encode_predictions(response.outputs),
