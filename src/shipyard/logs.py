@@ -1,8 +1,9 @@
-"""Structured logs: one JSON object per line, for every server event and request.
+"""Structured logs: one JSON object per line, for every event of every process.
 
 Fields a log shipper can index without parsing prose: ts, level, logger,
 message, plus whatever a call passes as `extra={"fields": {...}}` (the access
-log's request id, deployment, version, status, latency).
+log's request id, deployment, version, status, latency: monitoring/requests.py).
+Top-level, like config.py: the server, the CLI and model workers all set it up.
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-
-from shipyard.serving.types import RequestContext
-
-ACCESS = logging.getLogger("shipyard.access")
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,25 +48,3 @@ def configure_logging(json_lines: bool = True, level: int = logging.INFO) -> Non
         logging.getLogger(name).handlers.clear()  # propagate to the root's one handler
         logging.getLogger(name).propagate = True
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def log_request(context: RequestContext, elapsed: float) -> None:
-    """The access log line of one inference request."""
-    if not ACCESS.isEnabledFor(logging.INFO):
-        return
-    fields: dict[str, Any] = {
-        "request_id": context.request_id,
-        "route": context.route,
-        "transport": context.transport,
-        "deployment": context.deployment,
-        "model": context.model,
-        "version": context.version,
-        "status": context.status,
-        "latency_ms": round(elapsed * 1000.0, 3),
-        "rows": context.rows,
-    }
-    if context.cached:
-        fields["cached"] = True
-    if context.error is not None:
-        fields["error"] = context.error
-    ACCESS.info("request", extra={"fields": fields})

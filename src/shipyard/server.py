@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from shipyard.api.app import create_app
 from shipyard.config import Settings
+from shipyard.logs import configure_logging
 from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.drift_monitor import DriftScheduler
-from shipyard.monitoring.logs import configure_logging
 from shipyard.monitoring.metrics import DataPlaneCollector
 from shipyard.monitoring.metrics import router as metrics_router
 from shipyard.monitoring.prediction_log import PredictionLog
@@ -58,6 +58,7 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        drift = app.state.monitoring.drift  # one monitor: scheduled, gate and API checks
         manager = ModelManager(registry, serving_for=settings.serving_for)
         cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
         router = DeploymentRouter(manager)
@@ -83,10 +84,10 @@ def build_app(
             cost = CostMeter(manager, settings.price_per_replica_hour)
         app.state.cost = cost
         app.state.metrics.register(
-            DataPlaneCollector(app.state.dataplane, predictions, app.state.drift, cost)
+            DataPlaneCollector(app.state.dataplane, predictions, drift, cost)
         )
         controller = RolloutController(
-            registry, router, tick_seconds=settings.rollout_tick, drift=app.state.drift
+            registry, router, tick_seconds=settings.rollout_tick, drift=drift
         )
         if default_model is not None:
             version = None
@@ -115,7 +116,7 @@ def build_app(
         gc.freeze()
         flusher = asyncio.get_running_loop().create_task(_watch_keys(gate))
         steering = asyncio.get_running_loop().create_task(controller.run())
-        watching = asyncio.get_running_loop().create_task(DriftScheduler(app.state.drift).run())
+        watching = asyncio.get_running_loop().create_task(DriftScheduler(drift).run())
         try:
             yield
         finally:
@@ -150,7 +151,6 @@ def build_app(
         trace_sample=settings.otlp_sample,
     )
     app.state.observer = observer
-    app.state.drift = app.state.monitoring.drift
     app.state.rest = RestLimits(
         default_model=default_model.name if default_model else None,
         max_body_bytes=settings.max_body_bytes,

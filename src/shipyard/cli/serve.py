@@ -42,7 +42,7 @@ def serve(
 
     from shipyard.cli.server import tls_options
     from shipyard.config import Settings
-    from shipyard.monitoring.logs import configure_logging
+    from shipyard.logs import configure_logging
     from shipyard.registry.records import RegistrationOptions
     from shipyard.registry.refs import ModelRef, parse_ref
     from shipyard.registry.service import Registry

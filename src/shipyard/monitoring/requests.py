@@ -8,16 +8,18 @@ layers wrote, after the client has its answer.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shipyard.monitoring.logs import log_request
 from shipyard.monitoring.tracing import RequestTracer
 from shipyard.serving.types import RequestContext
 
+ACCESS = logging.getLogger("shipyard.access")
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
 # Inference latencies span ~0.3 ms (cache hit) to seconds (a big batch, a deadline).
@@ -152,3 +154,25 @@ class RequestObserver:
     def close(self) -> None:
         if self.tracer is not None:
             self.tracer.shutdown()
+
+
+def log_request(context: RequestContext, elapsed: float) -> None:
+    """The access log line of one inference request."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "request_id": context.request_id,
+        "route": context.route,
+        "transport": context.transport,
+        "deployment": context.deployment,
+        "model": context.model,
+        "version": context.version,
+        "status": context.status,
+        "latency_ms": round(elapsed * 1000.0, 3),
+        "rows": context.rows,
+    }
+    if context.cached:
+        fields["cached"] = True
+    if context.error is not None:
+        fields["error"] = context.error
+    ACCESS.info("request", extra={"fields": fields})

@@ -74,7 +74,7 @@ def worker_main(connection: Connection, spec: WorkerSpec) -> None:
     from pathlib import Path
 
     # A spawned process starts with no logging set up: log like the server does.
-    from shipyard.monitoring.logs import configure_logging
+    from shipyard.logs import configure_logging
     from shipyard.runtimes.base import LoadSpec
     from shipyard.runtimes.detect import flavor_named
     from shipyard.signature import Signature
