@@ -9,6 +9,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 from contextlib import ExitStack
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,6 +25,7 @@ from shipyard.signature import datatype_from_numpy
 
 if TYPE_CHECKING:
     from shipyard.config import Settings
+    from shipyard.monitoring.service import MonitoringService
     from shipyard.registry.service import Registry
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -423,13 +425,11 @@ class LocalClient:
 
     # ---- monitoring --------------------------------------------------------
 
-    @property
-    def _monitoring(self) -> Any:
+    @cached_property
+    def _monitoring(self) -> MonitoringService:
         from shipyard.monitoring.service import MonitoringService
 
-        if not hasattr(self, "_service"):
-            self._service = MonitoringService(self.registry)
-        return self._service
+        return MonitoringService(self.registry)
 
     def send_feedback(self, items: list[dict[str, Any]]) -> dict[str, int]:
         from shipyard.monitoring.store import FeedbackItem

@@ -6,9 +6,9 @@ import tempfile
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
@@ -40,12 +40,13 @@ def _monitoring(request: Request) -> MonitoringService:
 
 
 def _filter(
-    deployment: str | None,
-    model: str | None,
-    version: int | None,
-    since: datetime | None,
-    until: datetime | None,
+    deployment: str | None = None,
+    model: str | None = None,
+    version: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> PredictionFilter:
+    """The prediction-log query parameters both reading routes take."""
     return PredictionFilter(
         deployment=deployment,
         model=model,
@@ -64,30 +65,19 @@ def post_feedback(request: Request, body: FeedbackBatch) -> FeedbackResult:
 @router.get("/predictions")
 def list_predictions(
     request: Request,
-    deployment: str | None = None,
-    model: str | None = None,
-    version: int | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    where: Annotated[PredictionFilter, Depends(_filter)],
     limit: int = 100,
     after_id: int | None = None,
 ) -> list[PredictionRecord]:
     """Prediction log records, newest first (or oldest first after `after_id`)."""
-    where = _filter(deployment, model, version, since, until)
     return _monitoring(request).predictions(where, limit, after_id)
 
 
 @router.get("/predictions/export", response_class=FileResponse)
 async def export_predictions(
-    request: Request,
-    deployment: str | None = None,
-    model: str | None = None,
-    version: int | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    request: Request, where: Annotated[PredictionFilter, Depends(_filter)]
 ) -> FileResponse:
     """The matching records as one Parquet file, one row per predicted row."""
-    where = _filter(deployment, model, version, since, until)
     folder = Path(tempfile.mkdtemp(prefix="shipyard-export-"))
     path = folder / "predictions.parquet"
     await run_in_threadpool(_monitoring(request).export, where, str(path))
