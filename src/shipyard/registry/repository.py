@@ -36,6 +36,9 @@ from shipyard.registry.tables import (
 )
 from shipyard.signature import Signature
 
+DEFAULT_ALIAS = "production"
+"""The alias a bare model name serves."""
+
 MAX_PAGE_SIZE = 1000
 
 
@@ -300,6 +303,15 @@ class ModelRepository:
             model = self._model_row(session, ref.name)
             row = self._version_row(session, model, ref)
             return self._version_record(ref.name, row, self._aliases_by_version(session, model.id))
+
+    def serving_version(self, ref: ModelRef) -> records.ModelVersion:
+        """What a reference serves: a bare name means its `production` alias, else the latest."""
+        if ref.is_model:
+            try:
+                return self.get_version(ModelRef(ref.name, alias=DEFAULT_ALIAS))
+            except NotFound:
+                pass
+        return self.get_version(ref)
 
     def find_version_by_digest(self, name: str, digest: str) -> records.ModelVersion | None:
         """The newest live version of `name` whose artifact has this digest, if any."""

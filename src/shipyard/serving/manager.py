@@ -24,7 +24,6 @@ from shipyard.registry.service import Registry
 from shipyard.serving.workers import WorkerPool, WorkerSpec
 
 log = logging.getLogger("shipyard.models")
-DEFAULT_ALIAS = "production"
 RESOLVE_TTL_SECONDS = 1.0
 
 State = Literal["loading", "ready", "failed", "unloaded"]
@@ -77,10 +76,7 @@ class ModelManager:
     def _resolve_now(self, name: str, version: str | None) -> ModelVersion:
         check_model_name(name)
         if version is None:
-            try:
-                return self.registry.models.get_version(ModelRef(name, alias=DEFAULT_ALIAS))
-            except NotFound:
-                return self.registry.models.get_version(ModelRef(name))
+            return self.registry.models.serving_version(ModelRef(name))
         parsed = parse_version_or_alias(version)
         if isinstance(parsed, int):
             return self.registry.models.get_version(ModelRef(name, version=parsed))
