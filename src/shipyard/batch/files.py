@@ -275,9 +275,12 @@ class Sink:
         self._write_atomically(self.part_path(index), encode(output, self.format))
 
     def write_success(self, summary: dict[str, Any]) -> None:
+        """Mark the output complete (readers can wait for it, as for Spark's)."""
         self._write_atomically(
             f"{self.root}/{SUCCESS_MARKER}", orjson.dumps(summary, option=orjson.OPT_INDENT_2)
         )
+        if self.local and self.fs.exists(f"{self.root}/_tmp"):
+            self.fs.rm(f"{self.root}/_tmp", recursive=True)
 
     def _write_atomically(self, path: str, data: bytes) -> None:
         if not self.local:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from shipyard.cli import deployments, models, monitor, predict, security, serve, server
+from shipyard.cli import batch, deployments, models, monitor, predict, security, serve, server
 
 app = typer.Typer(
     name="shipyard",
@@ -22,6 +22,7 @@ app.command("apply")(deployments.apply)
 app.add_typer(deployments.rollout_app, name="rollout")
 app.command("audit")(security.audit)
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(batch.app, name="batch")
 app.command("feedback")(monitor.feedback)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)

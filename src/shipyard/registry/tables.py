@@ -284,3 +284,37 @@ class DriftReportRow(Base):
     """"schedule" or "demand"."""
     result: Mapped[str] = mapped_column(sa.Text)
     """The full result as JSON (features, tests, histograms) for the HTML report."""
+
+
+class BatchJobRow(Base):
+    """One batch scoring job: what it reads and writes, with which version, and how far it got."""
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = (sa.Index("ix_batch_jobs_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int]
+    input_uri: Mapped[str] = mapped_column(sa.Text)
+    output_uri: Mapped[str] = mapped_column(sa.Text)
+    input_format: Mapped[str] = mapped_column(sa.String(20))
+    output_format: Mapped[str] = mapped_column(sa.String(20))
+    options: Mapped[dict[str, Any]]
+    """Everything needed to run it again the same way: chunk rows, id columns, outputs, workers…"""
+    executor: Mapped[str] = mapped_column(sa.String(20))
+    state: Mapped[str] = mapped_column(sa.String(20))
+    """queued, running, succeeded, failed or interrupted."""
+    rows_total: Mapped[int | None] = mapped_column(sa.BigInteger)
+    rows_done: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    rows_failed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    chunks_done: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    """How many times the job was started (1 + resumes)."""
+    error: Mapped[str] = mapped_column(sa.Text, default="")
+    runner: Mapped[str] = mapped_column(sa.String(200), default="")
+    """host:pid of the process running it, so a resume can tell a live run from a dead one."""
+    created_by: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """Written with every progress update: a running job whose stamp is old has died."""
+    finished_at: Mapped[datetime | None]
