@@ -152,8 +152,9 @@ class LocalExecutor:
                 timeout = max(0.0, retries[0][0] - time.monotonic()) if retries else None
                 finished, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    task = in_flight.pop(future)
-                    self._settle(future, task, in_flight, retries)
+                    task = in_flight.pop(future, None)
+                    if task is not None:  # None: a dead pool's chunk, already queued again
+                        self._settle(future, task, in_flight, retries)
         finally:
             self._close_pool(cancel=True)
 
