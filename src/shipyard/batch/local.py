@@ -9,6 +9,7 @@ or a worker that died) is tried again after a backoff; a dead pool is replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from shipyard.batch.files import Sink, Source
+from shipyard.batch.files import Segment, Sink, Source
 from shipyard.batch.jobs import JobOptions
 from shipyard.batch.model import ModelSpec, Scorer
 from shipyard.errors import InvalidInput, ShipyardError
@@ -40,9 +41,13 @@ class RowsRejected(Exception):
 
 @dataclass(frozen=True)
 class ChunkTask:
+    """One chunk: its rows as a table (text formats), or where to read them (Parquet)."""
+
     index: int
     first_row: int
-    table: pa.Table
+    rows: int
+    table: pa.Table | None = None
+    segments: list[Segment] | None = None
     attempt: int = 1
 
 
@@ -71,6 +76,7 @@ class Counts:
 @dataclass(frozen=True)
 class _WorkerSetup:
     spec: ModelSpec
+    source: Source
     sink: Sink
     options: JobOptions
 
@@ -96,12 +102,15 @@ def _start_worker(setup: _WorkerSetup, threads: int) -> None:
 def _score_chunk(task: ChunkTask) -> ChunkDone:
     assert _scorer is not None and _setup is not None, "worker not started"
     options = _setup.options
-    scored = _scorer.score(task.table, options.id_columns, task.first_row)
+    table = (
+        task.table if task.table is not None else _setup.source.read_segments(task.segments or [])
+    )
+    scored = _scorer.score(table, options.id_columns, task.first_row)
     if options.fail_on_error and scored.rejected:
         first = scored.errors.slice(0, 1).to_pylist()[0]
         raise RowsRejected(f"a row was rejected ({first}); stopping as --fail-on-error asks")
     _setup.sink.write(task.index, scored.output, scored.errors)
-    return ChunkDone(task.index, task.table.num_rows, scored.rejected)
+    return ChunkDone(task.index, table.num_rows, scored.rejected)
 
 
 # -- main process side ------------------------------------------------------------------
@@ -113,18 +122,20 @@ class LocalExecutor:
     def __init__(
         self,
         spec: ModelSpec,
+        source: Source,
         sink: Sink,
         options: JobOptions,
         on_progress: Callable[[Counts], None] = lambda _: None,
     ) -> None:
-        self.setup = _WorkerSetup(spec, sink, options)
+        self.setup = _WorkerSetup(spec, source, sink, options)
         self.options = options
         self.on_progress = on_progress
         self.counts = Counts()
         self._pool: ProcessPoolExecutor | None = None
 
-    def run(self, source: Source, done: set[int]) -> Counts:
+    def run(self, done: set[int]) -> Counts:
         """Score every chunk whose part is not in `done`; raise if a chunk keeps failing."""
+        source = self.setup.source
         self.counts.bytes_total = source.total_bytes
         chunks = self._chunks(source)
         in_flight: dict[Future[ChunkDone], ChunkTask] = {}
@@ -161,8 +172,14 @@ class LocalExecutor:
     def _chunks(self, source: Source) -> Iterator[ChunkTask]:
         first_row = 0
         rows = self.options.chunk_rows
+        if source.format == "parquet":
+            for index, segments in enumerate(source.plan(rows)):
+                size = sum(s.rows for s in segments)
+                yield ChunkTask(index, first_row, size, segments=segments)
+                first_row += size
+            return
         for index, table in enumerate(source.chunks(rows, on_bytes=self._read_bytes)):
-            yield ChunkTask(index=index, first_row=first_row, table=table)
+            yield ChunkTask(index, first_row, table.num_rows, table=table)
             first_row += table.num_rows
 
     def _read_bytes(self, count: int) -> None:
@@ -213,12 +230,12 @@ class LocalExecutor:
             reason,
             delay,
         )
-        again = ChunkTask(task.index, task.first_row, task.table, task.attempt + 1)
+        again = dataclasses.replace(task, attempt=task.attempt + 1)
         heapq.heappush(retries, (time.monotonic() + delay, task.index, again))
 
     def _count_skipped(self, task: ChunkTask) -> None:
         """A chunk a previous run finished: count it, including the errors it set aside."""
-        self.counts.rows_done += task.table.num_rows
+        self.counts.rows_done += task.rows
         self.counts.rows_failed += self._errors_in(task.index)
         self.counts.chunks_done += 1
         self.on_progress(self.counts)

@@ -93,20 +93,24 @@ class Scorer:
     def score(self, table: pa.Table, id_columns: Sequence[str] = (), first_row: int = 0) -> Scored:
         """Predict every row of `table`; `first_row` numbers its rows when there is no id column."""
         ids = _id_table(table, id_columns, first_row)
-        tensors, reasons = self._inputs(table, id_columns)
-        good = np.array([reason is None for reason in reasons], dtype=bool)
-        positions = np.flatnonzero(good)
-        if len(positions) < table.num_rows:
+        reasons: dict[int, str] = {}  # position -> why it cannot be scored; usually empty
+        tensors = self._inputs(table, id_columns, reasons)
+        positions = np.arange(table.num_rows, dtype=np.int64)
+        if reasons:
+            positions = np.setdiff1d(positions, np.fromiter(reasons, dtype=np.int64))
             tensors = {name: array[positions] for name, array in tensors.items()}
         pieces, rejected = self._predict(tensors, positions)
-        for position, reason in rejected:
-            reasons[position] = reason
-        accepted = np.concatenate([p for p, _ in pieces]) if pieces else np.empty(0, dtype=np.int64)
-        columns = _output_columns([outputs for _, outputs in pieces])
-        output = ids.take(pa.array(accepted, type=pa.int64()))
-        for name, column in columns.items():
+        reasons.update(rejected)
+        if len(pieces) == 1 and len(pieces[0][0]) == table.num_rows:
+            output = ids  # the usual case: every row scored, nothing to take
+        else:
+            accepted = (
+                np.concatenate([p for p, _ in pieces]) if pieces else np.empty(0, dtype=np.int64)
+            )
+            output = ids.take(pa.array(accepted, type=pa.int64()))
+        for name, column in _output_columns([outputs for _, outputs in pieces]).items():
             output = output.append_column(name, column)
-        bad = [i for i, reason in enumerate(reasons) if reason is not None]
+        bad = sorted(reasons)
         errors = ids.take(pa.array(bad, type=pa.int64())).append_column(
             ERROR, pa.array([reasons[i] for i in bad], type=pa.string())
         )
@@ -120,11 +124,10 @@ class Scorer:
         return [TensorSpec(name="input-0", datatype="FP64", shape=[-1, len(features)])]
 
     def _inputs(
-        self, table: pa.Table, id_columns: Sequence[str]
-    ) -> tuple[Tensors, list[str | None]]:
-        """Arrays as the runtime takes them, and per row why it cannot be scored (or None)."""
+        self, table: pa.Table, id_columns: Sequence[str], reasons: dict[int, str]
+    ) -> Tensors:
+        """Arrays as the runtime takes them; rows that cannot be, with why, into `reasons`."""
         specs = self._feature_specs(table, id_columns)
-        reasons: list[str | None] = [None] * table.num_rows
         tensors: Tensors = {}
         if len(specs) == 1 and len(specs[0].shape) == 2:
             spec = specs[0]
@@ -139,7 +142,7 @@ class Scorer:
             tensors[spec.name] = (
                 np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
             )
-            return tensors, reasons
+            return tensors
         missing = [s.name for s in specs if s.name not in table.column_names]
         if missing:
             raise InvalidInput(
@@ -150,23 +153,23 @@ class Scorer:
             tensors[spec.name] = _column_array(
                 table.column(spec.name), spec.name, spec.datatype, reasons
             )
-        return tensors, reasons
+        return tensors
 
     def _predict(
         self, tensors: Tensors, positions: np.ndarray
-    ) -> tuple[list[tuple[np.ndarray, Tensors]], list[tuple[int, str]]]:
+    ) -> tuple[list[tuple[np.ndarray, Tensors]], dict[int, str]]:
         """Predict; when the model refuses the batch, halve it until the refused rows are found.
 
         Costs one predict per batch when all rows are fine, and about 2·k·log(n) more
         for k refused rows among n, instead of n single-row predicts.
         """
         if len(positions) == 0:
-            return [], []
+            return [], {}
         try:
-            return [(positions, self.runtime.predict(tensors, self.outputs))], []
+            return [(positions, self.runtime.predict(tensors, self.outputs))], {}
         except Exception as exc:
             if len(positions) == 1:
-                return [], [(int(positions[0]), _reason(exc))]
+                return [], {int(positions[0]): _reason(exc)}
         half = len(positions) // 2
         left, left_rejected = self._predict(
             {n: a[:half] for n, a in tensors.items()}, positions[:half]
@@ -174,7 +177,7 @@ class Scorer:
         right, right_rejected = self._predict(
             {n: a[half:] for n, a in tensors.items()}, positions[half:]
         )
-        return left + right, left_rejected + right_rejected
+        return left + right, {**left_rejected, **right_rejected}
 
 
 def _reason(exc: Exception) -> str:
@@ -197,7 +200,7 @@ def _id_table(table: pa.Table, id_columns: Sequence[str], first_row: int) -> pa.
 
 
 def _column_array(
-    column: pa.ChunkedArray, name: str, datatype: str, reasons: list[str | None]
+    column: pa.ChunkedArray, name: str, datatype: str, reasons: dict[int, str]
 ) -> np.ndarray:
     """One column as the model's dtype; rows that cannot convert get a reason.
 
@@ -220,16 +223,15 @@ def _column_array(
     return np.asarray(converted.to_numpy(), dtype=dtype)
 
 
-def _refuse_nulls(column: pa.ChunkedArray, name: str, reasons: list[str | None]) -> None:
+def _refuse_nulls(column: pa.ChunkedArray, name: str, reasons: dict[int, str]) -> None:
     if not column.null_count:
         return
     for position in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
-        if reasons[position] is None:
-            reasons[position] = f"{name}: missing value"
+        reasons.setdefault(int(position), f"{name}: missing value")
 
 
 def _cast_row_by_row(
-    column: pa.ChunkedArray, name: str, target: pa.DataType, reasons: list[str | None]
+    column: pa.ChunkedArray, name: str, target: pa.DataType, reasons: dict[int, str]
 ) -> pa.ChunkedArray:
     """The slow path, taken only for a table with a value that does not convert."""
     values: list[Any] = []
@@ -237,8 +239,7 @@ def _cast_row_by_row(
         try:
             values.append(pa.scalar(value).cast(target).as_py() if value is not None else None)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError):
-            if reasons[position] is None:
-                reasons[position] = f"{name}: cannot read {value!r} as {target}"
+            reasons.setdefault(position, f"{name}: cannot read {value!r} as {target}")
             values.append(None)
     return pa.chunked_array([pa.array(values, type=target)])
 

@@ -81,8 +81,8 @@ def run_job(
         if job.executor == "ray":
             counts = _run_on_ray(job, spec, source, sink, recorder)
         else:
-            executor = LocalExecutor(spec, sink, job.options, recorder)
-            counts = executor.run(source, sink.done_parts())
+            executor = LocalExecutor(spec, source, sink, job.options, recorder)
+            counts = executor.run(sink.done_parts())
     except KeyboardInterrupt:
         store.finish(job_id, "interrupted", **recorder.numbers())
         raise

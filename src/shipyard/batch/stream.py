@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthorizationError
 from redis.retry import Retry
 
-from shipyard.batch.model import ERROR, Scorer
+from shipyard.batch.model import ERROR, ModelSpec, Scorer
 from shipyard.errors import InvalidInput, ShipyardError
 
 log = logging.getLogger("shipyard.stream")
@@ -238,7 +238,7 @@ def score_messages(
 def result_fields(
     message: Message,
     id_field: str | None,
-    scorer: Scorer,
+    spec: ModelSpec,
     values: Mapping[str, Any] | None,
     error: str | None,
 ) -> dict[str, str]:
@@ -246,8 +246,8 @@ def result_fields(
     fields = {SOURCE_ID: message.id}
     if id_field and message.key is not None:
         fields[id_field] = message.key
-    fields["model"] = scorer.spec.model
-    fields["version"] = str(scorer.spec.version)
+    fields["model"] = spec.model
+    fields["version"] = str(spec.version)
     if error is not None:
         fields[ERROR] = error
     else:
@@ -281,10 +281,13 @@ class StreamSummary:
     """Errors written because a message reached --max-deliveries (also in `errors`)."""
     batches: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0
+    """Time spent scoring and writing, for a rate that idle waiting does not dilute."""
 
     @property
     def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds > 0 else 0.0
+        """Messages per busy second."""
+        return self.messages / self.busy_seconds if self.busy_seconds > 0 else 0.0
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -294,6 +297,7 @@ class StreamSummary:
             "given_up": self.given_up,
             "batches": self.batches,
             "seconds": round(self.seconds, 3),
+            "busy_seconds": round(self.busy_seconds, 3),
             "messages_per_second": round(self.rate, 1),
         }
 
@@ -301,11 +305,15 @@ class StreamSummary:
 class StreamConsumer:
     """Reads, scores, writes and acknowledges until stopped: one per process."""
 
-    def __init__(self, scorer: Scorer, options: StreamOptions) -> None:
-        self.scorer = scorer
+    def __init__(
+        self, spec: ModelSpec, options: StreamOptions, outputs: Sequence[str] | None = None
+    ) -> None:
+        self.spec = spec
         self.options = options
-        self.group = options.group or f"shipyard-{scorer.spec.model}"
+        self.outputs = outputs
+        self.group = options.group or f"shipyard-{spec.model}"
         self.summary = StreamSummary()
+        self._scorer: Scorer | None = None
         self._stop = threading.Event()
         self._clients: dict[tuple[bool, str, int, int, str | None], redis.Redis] = {}
         for address in (options.source, options.sink, options.errors_sink or options.sink):
@@ -373,8 +381,17 @@ class StreamConsumer:
         elif not self._sink_full():
             self._read_new()
 
+    def _loaded_scorer(self) -> Scorer:
+        if self._scorer is None:
+            self._scorer = Scorer(self.spec, self.outputs)
+        return self._scorer
+
     def _prepare(self) -> None:
-        """Check every key is a stream (or absent); create the group if missing."""
+        """Check every key is a stream (or absent); create the group; load the model.
+
+        The model loads once Redis has answered, so a wrong address fails in a second
+        rather than after the model's import time.
+        """
         outputs = [self.options.sink, self.options.errors_sink or self.options.sink]
         for address in (self.options.source, *outputs):
             kind = _decoded(self._clients[address.server].type(address.stream))
@@ -388,12 +405,13 @@ class StreamConsumer:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._loaded_scorer()
 
     def _read_new(self) -> None:
         wanted = self.options.batch_size
         if self.options.max_messages is not None:
             wanted = min(wanted, self.options.max_messages - self.summary.messages)
-        response = self._source.xreadgroup(
+        response: Any = self._source.xreadgroup(
             self.group,
             self.options.consumer,
             {self.options.source.stream: ">"},
@@ -474,20 +492,22 @@ class StreamConsumer:
             f"gave up after {entry.deliveries} deliveries: the consumer stopped while scoring it"
         )
         log.error("message %s: %s", message.id, reason)
-        fields = result_fields(message, self.options.id_field, self.scorer, None, reason)
+        fields = result_fields(message, self.options.id_field, self.spec, None, reason)
         self._write([(fields, True)], [message.id])
         self.summary.given_up += 1
         self._count(errors=1)
 
     def _handle(self, entries: Sequence[tuple[Any, Any]]) -> None:
         messages = [read_message(i, f, self.options.id_field) for i, f in entries]
-        outcomes = score_messages(self.scorer, messages)
+        started = time.monotonic()
+        outcomes = score_messages(self._loaded_scorer(), messages)
         answers = [
-            (result_fields(m, self.options.id_field, self.scorer, values, error), error is not None)
+            (result_fields(m, self.options.id_field, self.spec, values, error), error is not None)
             for m, (values, error) in zip(messages, outcomes, strict=True)
         ]
         self._write(answers, [m.id for m in messages])
         self.summary.batches += 1
+        self.summary.busy_seconds += time.monotonic() - started
         failed = sum(1 for _, is_error in answers if is_error)
         self._count(errors=failed, results=len(answers) - failed)
 
@@ -503,22 +523,22 @@ class StreamConsumer:
         """Results (in message order) to their streams, then the acknowledgement.
 
         Writes to other servers go first; the source server's writes and the XACK go
-        in one MULTI/EXEC, so there nothing is acknowledged without its result.
+        in one MULTI/EXEC, so nothing there is acknowledged without its result.
         """
         errors_to = self.options.errors_sink or self.options.sink
-        by_server: dict[Any, list[tuple[str, dict[str, str]]]] = {}
-        for fields, is_error in answers:
+        by_server: dict[Any, list[tuple[str, dict[Any, Any]]]] = {}  # redis-py: Dict[FieldT, …]
+        for answer, is_error in answers:
             address = errors_to if is_error else self.options.sink
-            by_server.setdefault(address.server, []).append((address.stream, fields))
+            by_server.setdefault(address.server, []).append((address.stream, answer))
         for server, writes in by_server.items():
             if server != self.options.source.server:
                 pipe = self._clients[server].pipeline(transaction=False)
                 for stream, fields in writes:
-                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                    pipe.xadd(stream, fields)
                 pipe.execute()
         transaction = self._source.pipeline(transaction=True)
         for stream, fields in by_server.get(self.options.source.server, []):
-            transaction.xadd(stream, fields)  # type: ignore[arg-type]
+            transaction.xadd(stream, fields)
         transaction.xack(self.options.source.stream, self.group, *ids)
         replies = transaction.execute(raise_on_error=False)
         failed = [reply for reply in replies if isinstance(reply, Exception)]
@@ -551,7 +571,7 @@ class StreamConsumer:
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "model": self.scorer.spec.ref,
+            "model": self.spec.ref,
             "source": str(self.options.source),
             "sink": str(self.options.sink),
             "group": self.group,
