@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shipyard.batch.files import SUCCESS_MARKER, encode, read_output
-from shipyard.batch.jobs import JobOptions, JobStore
+from shipyard.batch.jobs import JobStore
+from shipyard.batch.options import JobOptions
 from shipyard.batch.runner import JobRequest, create_job, run_job
 from shipyard.config import Settings
 from shipyard.errors import Conflict, InvalidInput
@@ -64,7 +65,11 @@ def _write_parts(table: pa.Table, folder: Path, fmt: str, parts: int) -> Path:
     bounds[1] = max(1, bounds[1] - 7)  # uneven on purpose
     for i in range(parts):
         piece = table.slice(bounds[i], bounds[i + 1] - bounds[i])
-        (folder / f"in-{i:03d}.{EXTENSIONS[fmt]}").write_bytes(encode(piece, fmt))
+        path = folder / f"in-{i:03d}.{EXTENSIONS[fmt]}"
+        if fmt == "parquet":
+            pq.write_table(piece, path, row_group_size=25)
+        else:
+            path.write_bytes(encode(piece, fmt))
     return folder
 
 
@@ -118,10 +123,13 @@ def test_round_trip_keeps_ids_and_order(
     assert result.column_names == ["id", "predict"]
     assert [str(v) for v in result.column("id").to_pylist()] == table.column("id").to_pylist()
     assert result.column("predict").to_pylist() == _expected(tmp_path, table).tolist()
-    assert len(list(output.glob(f"part-*.{out_format}"))) == 8  # ceil(500 / 70)
+    parts = len(list(output.glob(f"part-*.{out_format}")))
+    # Text is cut every 70 rows; Parquet at row-group boundaries (groups of 25 here).
+    assert parts == (8 if in_format != "parquet" else 7)
     assert (output / SUCCESS_MARKER).exists() and not (output / "_tmp").exists()
     job = JobStore(registry.sessions).get(job_id)
-    assert (job.state, job.rows_done, job.rows_failed, job.chunks_done) == ("succeeded", 500, 0, 8)
+    assert (job.state, job.rows_done, job.rows_failed) == ("succeeded", 500, 0)
+    assert job.chunks_done == parts
     assert (job.model, job.version, job.input_format, job.output_format) == (
         "m",
         1,
@@ -142,8 +150,9 @@ def test_csv_ids_stay_text_and_row_numbers_name_rows_without_ids(
     assert lines[1].startswith('"000",')  # leading zeros kept: ids are read as text
 
     pq.write_table(table.drop_columns(["id"]), tmp_path / "in.parquet")
+    outputs = ["predict", "predict_proba"]
     _run(registry, input_uri=tmp_path / "in.parquet", output_uri=tmp_path / "numbered",
-         options=JobOptions(chunk_rows=16, workers=1, outputs=["predict", "predict_proba"]))  # fmt: skip
+         options=JobOptions(chunk_rows=16, workers=1, outputs=outputs))  # fmt: skip
     result = read_output(str(tmp_path / "numbered"), "parquet")
     assert result.column_names == ["row_number", "predict", "predict_proba_0", "predict_proba_1"]
     assert result.column("row_number").to_pylist() == list(range(50))
@@ -181,15 +190,19 @@ def test_rejected_rows_go_to_the_errors_file_with_reasons(
     assert (job.rows_done, job.rows_failed) == (40, 3)
 
 
-def test_fail_on_error_fails_the_job_and_says_which_row(
-    registry: Registry, tmp_path: Path
-) -> None:
+def test_fail_on_error_fails_the_job_and_says_which_row(registry: Registry, tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_text("id,f0,f1,f2,f3\na,1,2,3,4\nb,1,x,3,4\n")
     job = create_job(
         registry,
-        JobRequest("m", str(source), str(tmp_path / "out"), None, None,
-                   JobOptions(workers=1, id_columns=["id"], fail_on_error=True)),  # fmt: skip
+        JobRequest(
+            "m",
+            str(source),
+            str(tmp_path / "out"),
+            None,
+            None,
+            JobOptions(workers=1, id_columns=["id"], fail_on_error=True),
+        ),
         "tester",
     )
     with pytest.raises(InvalidInput, match="cannot read 'x'"):
@@ -204,8 +217,14 @@ def test_input_that_does_not_fit_the_model_fails_fast_without_retries(
     pq.write_table(pa.table({"f0": [1.0], "f1": [2.0]}), tmp_path / "in.parquet")
     job = create_job(
         registry,
-        JobRequest("m", str(tmp_path / "in.parquet"), str(tmp_path / "out"), None, None,
-                   JobOptions(workers=1)),  # fmt: skip
+        JobRequest(
+            "m",
+            str(tmp_path / "in.parquet"),
+            str(tmp_path / "out"),
+            None,
+            None,
+            JobOptions(workers=1),
+        ),
         "tester",
     )
     with pytest.raises(InvalidInput, match="no column 'f2'"):
@@ -267,7 +286,7 @@ def _wait_for_parts(folder: Path, at_least: int, process: subprocess.Popen[str])
 def _big_input(tmp_path: Path, rows: int) -> tuple[Path, pa.Table]:
     table = _input_table(rows, seed=11)
     path = tmp_path / "big.parquet"
-    pq.write_table(table, path, row_group_size=50_000)
+    pq.write_table(table, path, row_group_size=2000)  # one chunk per row group
     return path, table
 
 

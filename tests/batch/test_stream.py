@@ -324,34 +324,28 @@ def test_messages_are_scored_in_micro_batches(drained: Drained) -> None:
     assert 10 <= drained.summary["batches"] <= 12
 
 
-def _kill_mid_stream(
-    model: Model, client: redis.Redis, redis_url: str, keys: Callable[[str], str], log: Path
-) -> tuple[str, str, list[str], int]:
-    """A consumer w1 killed with SIGKILL part way through 2000 messages; 500 more arrive after."""
+def test_restart_after_kill_finishes_its_own_pending_entries(
+    model: Model, client: redis.Redis, redis_url: str, keys: Callable[[str], str], tmp_path: Path
+) -> None:
     source, sink = keys("in"), keys("out")
     ids = push(client, source, rows_for(2000))
     args = ["--source", f"{redis_url}/{source}", "--sink", f"{redis_url}/{sink}"]
     # Small batches keep the consumer busy long enough to be caught half way.
-    with running_consumer(model, log, *args, "--consumer", "w1", "--batch-size", "5") as first:
+    first_run = running_consumer(
+        model, tmp_path / "first.log", *args, "--consumer", "w1", "--batch-size", "5"
+    )
+    with first_run as first:
         wait_for(lambda: first.alive() and client.xlen(sink) >= 50, "the first results")
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(timeout=30)
     answered = client.xlen(sink)
     assert answered < 2000, "the consumer finished before it was killed"
-    ids += push(client, source, rows_for(500, seed=2), first=2000)
-    return source, sink, ids, answered
+    ids += push(client, source, rows_for(500, seed=2), first=2000)  # more arrive meanwhile
 
-
-def test_restart_after_kill_finishes_its_own_pending_entries(
-    model: Model, client: redis.Redis, redis_url: str, keys: Callable[[str], str], tmp_path: Path
-) -> None:
-    source, sink, ids, answered = _kill_mid_stream(
-        model, client, redis_url, keys, tmp_path / "first.log"
-    )
     # Same name: it finds what it had read but not acknowledged (XPENDING), then reads on.
     rest = run_consumer(
-        model, "--source", f"{redis_url}/{source}", "--sink", f"{redis_url}/{sink}",
-        "--consumer", "w1", "--claim-idle", "3600", "--max-messages", str(2500 - answered),
+        model, *args, "--consumer", "w1", "--claim-idle", "3600",
+        "--max-messages", str(2500 - answered),
     )  # fmt: skip
     assert rest.returncode == 0, rest.stderr
     results = answers(client, sink)
@@ -360,25 +354,50 @@ def test_restart_after_kill_finishes_its_own_pending_entries(
     assert pending(client, source) == 0
 
 
-def test_another_consumer_claims_what_a_dead_one_left_pending(
+def test_a_surviving_consumer_claims_what_dead_ones_left_pending(
     model: Model, client: redis.Redis, redis_url: str, keys: Callable[[str], str], tmp_path: Path
 ) -> None:
-    source, sink, ids, answered = _kill_mid_stream(
-        model, client, redis_url, keys, tmp_path / "first.log"
-    )
-    # A consumer that read and vanished for certain, besides whatever w1 held when killed.
+    source, sink = keys("in"), keys("out")
+    client.xgroup_create(source, "shipyard-fraud", id="0", mkstream=True)
+    ids = push(client, source, rows_for(7, seed=3))
+    # A consumer that read and vanished for certain, besides whatever w1 holds when killed.
     client.xreadgroup("shipyard-fraud", "ghost", {source: ">"}, count=7)
-    assert int(client.xpending(source, "shipyard-fraud")["pending"]) >= 7
-    rest = run_consumer(
-        model, "--source", f"{redis_url}/{source}", "--sink", f"{redis_url}/{sink}",
-        "--consumer", "w2", "--claim-idle", "0.3", "--max-messages", str(2500 - answered),
+    args = ["--source", f"{redis_url}/{source}", "--sink", f"{redis_url}/{sink}"]
+    # w1 takes small batches, to be caught half way; w2 is left to finish everything.
+    w1_run = running_consumer(
+        model, tmp_path / "w1.log", *args, "--consumer", "w1", "--batch-size", "5"
+    )
+    w2_run = running_consumer(
+        model, tmp_path / "w2.log", *args, "--consumer", "w2", "--batch-size", "100",
+        "--claim-idle", "0.3",
     )  # fmt: skip
-    assert rest.returncode == 0, rest.stderr
-    assert "claimed" in rest.stderr
+    with w1_run as w1, w2_run as w2:
+
+        def both_waiting() -> bool:  # blocked in XREADGROUP on the (for them) empty stream
+            blocked = {c["name"] for c in client.client_list() if "b" in c["flags"]}
+            return (
+                w1.alive()
+                and w2.alive()
+                and {"shipyard-stream-w1", "shipyard-stream-w2"} <= blocked
+            )
+
+        wait_for(both_waiting, "both consumers to wait for messages")  # so both get a share
+        ids += push(client, source, rows_for(2000), first=7)
+        wait_for(lambda: w1.alive() and client.xlen(sink) >= 50, "the first results")
+        os.kill(w1.process.pid, signal.SIGKILL)
+        w1.process.wait(timeout=30)
+        assert client.xlen(sink) < 2007, "the consumers finished before one was killed"
+        ids += push(client, source, rows_for(500, seed=2), first=2007)
+
+        def all_answered() -> bool:
+            return w2.alive() and client.xlen(sink) >= 2507 and pending(client, source) == 0
+
+        wait_for(all_answered, "w2 to answer everything, the dead consumers' entries too")
+        assert w2.stop() == 0
+    assert "claimed" in w2.log()
     results = answers(client, sink)
     assert sorted(results) == sorted(ids)
     assert [n for n, found in results.items() if len(found) != 1] == []
-    assert pending(client, source) == 0
 
 
 def test_a_message_that_keeps_killing_the_consumer_is_given_up(

@@ -102,59 +102,61 @@ class Source:
         """Known up front for Parquet (from file footers); None for text formats."""
         if self.format != "parquet":
             return None
-        import pyarrow.parquet as pq
-
-        total = 0
-        for file in self.files:
-            with self.fs.open(file.path, "rb") as handle:
-                total += pq.ParquetFile(handle).metadata.num_rows
-        return total
+        return sum(self._parquet(file.path).metadata.num_rows for file in self.files)
 
     def plan(self, rows: int) -> Iterator[list[Segment]]:
-        """Parquet only: the same fixed chunks as `chunks`, as file segments, read nothing.
+        """Parquet only: chunks as file segments, planned from footers without reading data.
 
-        Workers read their own segments, so the data never passes through the main
-        process: no second decode, no pickling of every chunk through a pipe.
+        Workers read their own segments, so data never passes through the main process
+        (no second decode, no pickling through a pipe). A chunk is whole row groups, at
+        least `rows` of them: Parquet decodes a row group as a unit, so splitting one
+        between chunks would decode it once per chunk.
         """
-        import pyarrow.parquet as pq
-
         pending: list[Segment] = []
         count = 0
         for file in self.files:
-            with self.fs.open(file.path, "rb") as handle:
-                in_file = pq.ParquetFile(handle).metadata.num_rows
-            start = 0
-            while start < in_file:
-                take = min(rows - count, in_file - start)
-                pending.append(Segment(file.path, start, take))
-                count += take
-                start += take
-                if count == rows:
+            metadata = self._parquet(file.path).metadata
+            for group in range(metadata.num_row_groups):
+                size = metadata.row_group(group).num_rows
+                last = pending[-1] if pending else None
+                if last is not None and last.path == file.path:
+                    pending[-1] = Segment(file.path, last.start, last.rows + size)
+                else:
+                    start = sum(metadata.row_group(g).num_rows for g in range(group))
+                    pending.append(Segment(file.path, start, size))
+                count += size
+                if count >= rows:
                     yield pending
                     pending, count = [], 0
         if count:
             yield pending
 
     def read_segments(self, segments: list[Segment]) -> pa.Table:
-        """Only the row groups a segment covers are read and decoded."""
-        import pyarrow.parquet as pq
-
+        """The row groups each segment covers, read and decoded in the calling process."""
         tables = []
         for segment in segments:
-            with self.fs.open(segment.path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                metadata = parquet.metadata
-                groups, first, offset = [], None, 0
-                end = segment.start + segment.rows
-                for group in range(metadata.num_row_groups):
-                    size = metadata.row_group(group).num_rows
-                    if offset < end and offset + size > segment.start:
-                        groups.append(group)
-                        first = offset if first is None else first
-                    offset += size
-                table = parquet.read_row_groups(groups)
-                tables.append(table.slice(segment.start - (first or 0), segment.rows))
+            parquet = self._parquet(segment.path)
+            metadata = parquet.metadata
+            groups, first, offset = [], 0, 0
+            end = segment.start + segment.rows
+            for group in range(metadata.num_row_groups):
+                size = metadata.row_group(group).num_rows
+                if offset < end and offset + size > segment.start:
+                    if not groups:
+                        first = offset
+                    groups.append(group)
+                offset += size
+            table = parquet.read_row_groups(groups)
+            tables.append(table.slice(segment.start - first, segment.rows))
         return _concat(tables)
+
+    def _parquet(self, path: str) -> Any:
+        """A local file through Arrow's own reader (memory-mapped), others through fsspec."""
+        import pyarrow.parquet as pq
+
+        if _is_local(self.fs):
+            return pq.ParquetFile(path, memory_map=True)
+        return pq.ParquetFile(self.fs.open(path, "rb"))
 
     def chunks(
         self, rows: int, on_bytes: Callable[[int], None] = lambda _: None
@@ -227,6 +229,11 @@ def csv_convert_options(fs: Any, path: str) -> Any:
     )
 
 
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol
+    return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+
 def _concat(tables: list[pa.Table]) -> pa.Table:
     if len(tables) == 1:
         return tables[0]
@@ -291,8 +298,7 @@ class Sink:
 
     @property
     def local(self) -> bool:
-        protocol = self.fs.protocol
-        return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+        return _is_local(self.fs)
 
     def part_path(self, index: int) -> str:
         return f"{self.root}/part-{index:06d}.{_EXTENSION[self.format]}"

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from shipyard.batch.options import JobOptions
 from shipyard.errors import NotFound
 from shipyard.registry.db import write_session
 from shipyard.registry.tables import BatchJobRow, utcnow
@@ -23,18 +24,6 @@ from shipyard.registry.tables import BatchJobRow, utcnow
 State = Literal["queued", "running", "succeeded", "failed", "interrupted"]
 STALE_AFTER_SECONDS = 120.0
 """A running job that has not reported for this long is shown as `stale` (its process died)."""
-
-
-class JobOptions(BaseModel):
-    """How the job runs: kept so `resume` runs it again exactly the same way."""
-
-    chunk_rows: int = 65_536
-    id_columns: list[str] = Field(default_factory=list)
-    outputs: list[str] | None = None
-    workers: int = 1
-    retries: int = 3
-    fail_on_error: bool = False
-    ray_address: str | None = None
 
 
 class JobRecord(BaseModel):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from shipyard.batch.files import Segment, Sink, Source
-from shipyard.batch.jobs import JobOptions
 from shipyard.batch.model import ModelSpec, Scorer
+from shipyard.batch.options import JobOptions
 from shipyard.errors import InvalidInput, ShipyardError
 
 log = logging.getLogger("shipyard.batch")

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shipyard.batch.files import Sink, Source, open_source
-from shipyard.batch.jobs import JobOptions, JobRecord, JobStore
+from shipyard.batch.jobs import JobRecord, JobStore
 from shipyard.batch.local import ChunkFailed, Counts, LocalExecutor
 from shipyard.batch.model import resolve_model
+from shipyard.batch.options import JobOptions
 from shipyard.errors import Conflict, InvalidInput, ShipyardError
 from shipyard.registry.service import Registry
 

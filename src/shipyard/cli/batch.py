@@ -63,7 +63,7 @@ def run(
     """Start a job: every input row gets one output row, or one line in _errors/."""
     import os
 
-    from shipyard.batch.jobs import JobOptions
+    from shipyard.batch.options import JobOptions
     from shipyard.batch.runner import JobRequest, create_job
     from shipyard.config import Settings
     from shipyard.registry.service import default_user
