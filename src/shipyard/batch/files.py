@@ -102,7 +102,7 @@ class Source:
         """Known up front for Parquet (from file footers); None for text formats."""
         if self.format != "parquet":
             return None
-        return sum(self._parquet(file.path).metadata.num_rows for file in self.files)
+        return sum(int(self._parquet(file.path).metadata.num_rows) for file in self.files)
 
     def plan(self, rows: int) -> Iterator[list[Segment]]:
         """Parquet only: chunks as file segments, planned from footers without reading data.
@@ -137,7 +137,8 @@ class Source:
         for segment in segments:
             parquet = self._parquet(segment.path)
             metadata = parquet.metadata
-            groups, first, offset = [], 0, 0
+            groups: list[int] = []
+            first = offset = 0
             end = segment.start + segment.rows
             for group in range(metadata.num_row_groups):
                 size = metadata.row_group(group).num_rows
@@ -269,11 +270,9 @@ def open_source(uri: str, fmt: str | None = None) -> Source:
             raise InvalidInput(f"{uri} holds no {fmt} files")
     else:
         fmt = fmt or format_of(path)
-        if fmt is None:
-            raise InvalidInput(
-                f"cannot tell the format of {uri} from its name: pass --input-format"
-            )
         files = [InputFile(path, int(fs.size(path) or 0))]
+    if fmt is None:
+        raise InvalidInput(f"cannot tell the format of {uri} from its name: pass --input-format")
     return Source(fs=fs, uri=uri, files=files, format=check_format(fmt))
 
 

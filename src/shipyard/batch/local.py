@@ -90,7 +90,7 @@ def _start_worker(setup: _WorkerSetup, threads: int) -> None:
     for name in _THREAD_ENV:
         os.environ.setdefault(name, str(threads))  # for libraries the model loads next
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(threads)  # for those already loaded (NumPy's BLAS)
     except ImportError:
@@ -146,9 +146,9 @@ class LocalExecutor:
             while True:
                 while len(in_flight) < limit:
                     if retries and retries[0][0] <= time.monotonic():
-                        task = heapq.heappop(retries)[2]
+                        task: ChunkTask | None = heapq.heappop(retries)[2]
                     elif not exhausted:
-                        task = next(chunks, None)  # type: ignore[arg-type]
+                        task = next(chunks, None)
                         if task is None:
                             exhausted = True
                             continue
@@ -157,15 +157,16 @@ class LocalExecutor:
                             continue
                     else:
                         break
+                    assert task is not None
                     in_flight[self._pool_now().submit(_score_chunk, task)] = task
                 if not in_flight and not retries and exhausted:
                     return self.counts
                 timeout = max(0.0, retries[0][0] - time.monotonic()) if retries else None
                 finished, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    task = in_flight.pop(future, None)
-                    if task is not None:  # None: a dead pool's chunk, already queued again
-                        self._settle(future, task, in_flight, retries)
+                    # Absent: a dead pool's chunk, already queued again by _settle.
+                    if future in in_flight:
+                        self._settle(future, in_flight.pop(future), in_flight, retries)
         finally:
             self._close_pool(cancel=True)
 

@@ -73,7 +73,7 @@ class Scored:
 
     @property
     def rejected(self) -> int:
-        return self.errors.num_rows
+        return int(self.errors.num_rows)
 
 
 class Scorer:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shipyard.batch.files import Sink, Source, open_source
-from shipyard.batch.jobs import JobRecord, JobStore
+from shipyard.batch.jobs import JobRecord, JobStore, State
 from shipyard.batch.local import ChunkFailed, Counts, LocalExecutor
 from shipyard.batch.model import resolve_model
 from shipyard.batch.options import JobOptions
@@ -85,14 +85,14 @@ def run_job(
             executor = LocalExecutor(spec, source, sink, job.options, recorder)
             counts = executor.run(sink.done_parts())
     except KeyboardInterrupt:
-        store.finish(job_id, "interrupted", **recorder.numbers())
+        recorder.finish("interrupted")
         raise
     except (ChunkFailed, ShipyardError) as exc:
         message = exc.message if isinstance(exc, ShipyardError) else str(exc)
-        store.finish(job_id, "failed", error=message, **recorder.numbers())
+        recorder.finish("failed", message)
         raise InvalidInput(f"{job_id} failed: {message}") from None
     except Exception as exc:
-        store.finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}", **recorder.numbers())
+        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     sink.write_success(
         {
@@ -141,14 +141,23 @@ class _ProgressRecorder:
         now = time.monotonic()
         if now - self._recorded_at >= _RECORD_EVERY_SECONDS:
             self._recorded_at = now
-            self.store.progress(self.job.id, **self.numbers())
+            self.store.progress(
+                self.job.id,
+                rows_done=counts.rows_done,
+                rows_failed=counts.rows_failed,
+                chunks_done=counts.chunks_done,
+            )
 
-    def numbers(self) -> dict[str, int]:
-        return {
-            "rows_done": self.latest.rows_done,
-            "rows_failed": self.latest.rows_failed,
-            "chunks_done": self.latest.chunks_done,
-        }
+    def finish(self, state: State, error: str = "") -> None:
+        """Record how a run that did not succeed ended, with the counts it reached."""
+        self.store.finish(
+            self.job.id,
+            state,
+            rows_done=self.latest.rows_done,
+            rows_failed=self.latest.rows_failed,
+            chunks_done=self.latest.chunks_done,
+            error=error,
+        )
 
 
 def _this_runner() -> str:
