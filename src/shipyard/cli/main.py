@@ -6,7 +6,17 @@ import sys
 
 import typer
 
-from shipyard.cli import batch, deployments, models, monitor, predict, security, serve, server
+from shipyard.cli import (
+    batch,
+    deployments,
+    models,
+    monitor,
+    predict,
+    security,
+    serve,
+    server,
+    stream,
+)
 
 app = typer.Typer(
     name="shipyard",
@@ -23,6 +33,7 @@ app.add_typer(deployments.rollout_app, name="rollout")
 app.command("audit")(security.audit)
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(batch.app, name="batch")
+app.add_typer(stream.app, name="stream")
 app.command("feedback")(monitor.feedback)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)
