@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,7 +111,13 @@ def parse_stream_uri(text: str, what: str = "stream") -> StreamAddress:
 
 
 def _without_password(text: str) -> str:
-    return re.sub(r"^([a-z]+://[^:@/]*:)[^@/]*@", r"\1***@", text)
+    """The URI with its password masked, split where `urlsplit` splits (the last `@`)."""
+    scheme, separator, rest = text.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    return f"{scheme}{separator}{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
 
 
 class StreamOptions(BaseModel):
@@ -181,13 +186,14 @@ def read_message(entry_id: bytes | str, fields: Mapping[Any, Any], id_field: str
         return Message(message_id, {}, key, f"the json field is not JSON: {exc}")
     if not isinstance(document, dict):
         return Message(message_id, {}, key, "the json field must hold an object of column: value")
-    if id_field and key is None and id_field in document:
-        key = _scalar_text(document.pop(id_field))
+    if id_field and id_field in document:  # the message's own field wins over the object's
+        inner_key = _text(document.pop(id_field))
+        key = key if key is not None else inner_key
     columns: dict[str, str | None] = {}
     for name, value in document.items():
         if isinstance(value, dict | list):
             return Message(message_id, {}, key, f"{name}: nested values are not supported")
-        columns[name] = _scalar_text(value)
+        columns[name] = _text(value)
     return Message(message_id, columns, key)
 
 
@@ -195,12 +201,18 @@ def _decoded(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _scalar_text(value: object) -> str | None:
-    """A JSON scalar as the text the Scorer casts (`true`, not Python's `True`)."""
+def _text(value: object) -> str | None:
+    """A scalar as text, both ways: JSON inputs for the Scorer to cast, outputs for the sink.
+
+    Floats take Python's shortest round-trip form; booleans are `true`/`false` as in
+    JSON (and as Arrow casts them), not Python's `True`.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
     return str(value)
 
 
@@ -251,19 +263,8 @@ def result_fields(
     if error is not None:
         fields[ERROR] = error
     else:
-        fields.update({name: _value_text(value) for name, value in (values or {}).items()})
+        fields.update({name: _text(value) or "" for name, value in (values or {}).items()})
     return fields
-
-
-def _value_text(value: object) -> str:
-    """Predictions as text: floats in Python's shortest round-trip form, booleans as JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)
 
 
 def backoff_delay(attempt: int) -> float:
@@ -314,7 +315,7 @@ class StreamConsumer:
         self.group = options.group or f"shipyard-{spec.model}"
         self.summary = StreamSummary()
         self._scorer: Scorer | None = None
-        self._stop = threading.Event()
+        self._stopping = False
         self._clients: dict[tuple[bool, str, int, int, str | None], redis.Redis] = {}
         for address in (options.source, options.sink, options.errors_sink or options.sink):
             if address.server not in self._clients:
@@ -326,8 +327,12 @@ class StreamConsumer:
         self._last_activity = time.monotonic()
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from `run` (safe from a signal handler)."""
-        self._stop.set()
+        """Finish the batch in hand, then return from `run`.
+
+        Only sets a flag: safe in a signal handler, where taking a lock (as
+        `threading.Event.set` does) could deadlock against the interrupted code.
+        """
+        self._stopping = True
 
     def run(self) -> StreamSummary:
         """Consume until stopped, --max-messages or --idle-exit; reconnect with backoff."""
@@ -336,7 +341,7 @@ class StreamConsumer:
         outage_since: float | None = None
         attempt = 0
         log.info("stream consumer started", extra={"fields": self._describe()})
-        while not self._stop.is_set():
+        while not self._stopping:
             try:
                 self._step()
             except (redis.AuthenticationError, AuthorizationError) as exc:
@@ -350,11 +355,11 @@ class StreamConsumer:
                 attempt += 1
                 if now - outage_since + delay > self.options.reconnect_timeout:
                     raise StreamUnavailable(
-                        f"cannot reach Redis for {self.options.source} after "
-                        f"{now - outage_since:.1f}s of retrying: {exc}"
+                        f"gave up on Redis after {now - outage_since:.1f}s of reconnecting "
+                        f"(--reconnect-timeout {self.options.reconnect_timeout:g}): {exc}"
                     ) from None
                 self._recovering = True  # the batch in hand may or may not have been acked
-                self._stop.wait(delay)
+                self._wait(delay)
                 continue
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -406,6 +411,7 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._loaded_scorer()
+        self._last_activity = time.monotonic()  # loading the model is not idleness
 
     def _read_new(self) -> None:
         wanted = self.options.batch_size
@@ -434,7 +440,7 @@ class StreamConsumer:
         answered with an error, instead of taking its batch-mates with it.
         """
         stream, consumer = self.options.source.stream, self.options.consumer
-        while not self._stop.is_set():
+        while not self._stopping:
             pending = _pending(
                 self._source.xpending_range(
                     stream, self.group, "-", "+", self.options.batch_size, consumername=consumer
@@ -443,7 +449,7 @@ class StreamConsumer:
             if not pending:
                 return
             for entry in pending:
-                if self._stop.is_set():
+                if self._stopping:
                     return
                 if entry.deliveries >= self.options.max_deliveries:
                     self._give_up(entry)
@@ -566,8 +572,14 @@ class StreamConsumer:
             log.warning("paused: %s holds %d entries (limit %d)", sink, length, limit)
             self._paused = True
         self._last_activity = time.monotonic()  # waiting on the sink is not idleness
-        self._stop.wait(_PAUSE_CHECK_SECONDS)
+        self._wait(_PAUSE_CHECK_SECONDS)
         return True
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, in slices short enough that a stop request is heard promptly."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
 
     def _describe(self) -> dict[str, Any]:
         return {

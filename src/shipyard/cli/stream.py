@@ -34,8 +34,8 @@ def run(
         help="Where a new group starts: 0 (the whole stream), $ (new only) or an id (default: 0).",
     ),
     id_field: str | None = typer.Option(None, help="A message field copied into its result."),
-    output: list[str] = typer.Option(
-        [], "--output", help="A model output to write; repeatable (default: the model's default)."
+    outputs: str | None = typer.Option(
+        None, help="Model outputs to write, comma-separated (e.g. predict,predict_proba)."
     ),
     batch_size: int | None = typer.Option(
         None, help="Most messages scored at once (default: 256)."
@@ -60,8 +60,11 @@ def run(
         None, help="Give up when Redis stays unreachable this many seconds (default: 60)."
     ),
 ) -> None:
-    """Read a stream with a consumer group, score each message, add one result per message
-    to the sink, then acknowledge. SIGTERM or Ctrl-C finishes the batch in hand and exits."""
+    """Score every message of a Redis stream: one result per message, added to the sink.
+
+    Reads through a consumer group and acknowledges a message only once its result is
+    written. SIGTERM or Ctrl-C finishes the batch in hand, then exits.
+    """
     import signal
 
     from shipyard.batch.model import resolve_model
@@ -97,9 +100,10 @@ def run(
         spec = resolve_model(registry, model)
     finally:
         registry.close()
-    stream_consumer = StreamConsumer(spec, options, output or None)
+    wanted = [name.strip() for name in outputs.split(",") if name.strip()] if outputs else None
+    stream_consumer = StreamConsumer(spec, options, wanted)
 
-    def stop_after_batch(signum: int, _frame: object) -> None:
+    def stop_after_batch(_signum: int, _frame: object) -> None:
         stream_consumer.stop()
         # A second signal acts at once; pending entries are finished on the next start.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
