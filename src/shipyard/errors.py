@@ -98,6 +98,12 @@ class Overloaded(ShipyardError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class StreamUnavailable(ShipyardError):
+    """Redis could not be reached again within the stream consumer's reconnect time."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 def http_error(status: int, message: str) -> tuple[bytes, dict[str, str]]:
     """The one JSON error body every HTTP answer uses, and its extra headers.
 

@@ -23,12 +23,8 @@ import numpy as np
 import pytest
 import redis
 
-from shipyard.batch.stream import (
-    backoff_delay,
-    parse_stream_uri,
-    read_message,
-    stream_options,
-)
+from shipyard.batch.stream import backoff_delay
+from shipyard.batch.stream_format import parse_stream_uri, read_message, stream_options
 from shipyard.config import Settings
 from shipyard.errors import InvalidInput
 from shipyard.registry.records import RegistrationOptions

@@ -68,7 +68,8 @@ def run(
     import signal
 
     from shipyard.batch.model import resolve_model
-    from shipyard.batch.stream import StreamConsumer, parse_stream_uri, stream_options
+    from shipyard.batch.stream import StreamConsumer
+    from shipyard.batch.stream_format import parse_stream_uri, stream_options
     from shipyard.client import LocalClient
     from shipyard.config import Settings
     from shipyard.logs import configure_logging
