@@ -395,3 +395,23 @@ def test_object_store_parts_are_written_in_one_put_and_found_again() -> None:
     assert read_output("memory://bucket/scores", "parquet").num_rows == 4
     with pytest.raises(Conflict):
         sink.prepare(resuming=False)
+
+
+def test_ray_executor_gives_the_same_output_as_the_local_one(
+    registry: Registry, home: Path, tmp_path: Path
+) -> None:
+    table = _input_table(3000)
+    source = _write_parts(table, tmp_path / "input", "csv", parts=3)
+    common = ["--input", str(source), "--chunk-rows", "700", "--outputs", "predict,predict_proba"]
+    _cli(home, "batch", "run", "m", *common, "--output", str(tmp_path / "local"), "--workers", "2")
+    on_ray = _cli(
+        home, "batch", "run", "m", *common, "--output", str(tmp_path / "ray"),
+        "--executor", "ray", "--workers", "1", "--json",
+    )  # fmt: skip
+    record = json.loads(on_ray.stdout)
+    assert (record["executor"], record["state"], record["rows_done"]) == ("ray", "succeeded", 3000)
+    local = read_output(str(tmp_path / "local"), "csv")
+    ray = read_output(str(tmp_path / "ray"), "csv")
+    assert local.column_names == ["row_number", "predict", "predict_proba_0", "predict_proba_1"]
+    assert ray.equals(local)
+    assert (tmp_path / "ray" / SUCCESS_MARKER).exists()

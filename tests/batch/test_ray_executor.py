@@ -33,7 +33,6 @@ from tests.fixtures import FEATURES, write_sklearn_model
 ray = pytest.importorskip("ray")
 
 # Ray 2.60's DataContext warns about deprecated settings of its own when it is created.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 FILE_ROWS = (37, 50, 13)  # uneven, each bigger than a chunk

@@ -309,7 +309,7 @@ class Sink:
         """Make the folder; a new job refuses a folder that already holds parts."""
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise InvalidInput(f"the output {self.root} is a file: give a folder for the parts")
-        if not resuming and self.done_parts():
+        if not resuming and self.has_parts():
             raise Conflict(
                 f"the output folder {self.root} already holds parts: choose another, "
                 "or resume the job that wrote them"
@@ -317,6 +317,13 @@ class Sink:
         self.fs.makedirs(self.root, exist_ok=True)
         if self.local and self.fs.exists(f"{self.root}/_tmp"):
             self.fs.rm(f"{self.root}/_tmp", recursive=True)  # halves of parts a kill left
+
+    def has_parts(self) -> bool:
+        """Any part, whichever executor wrote it (Ray's parts are named differently)."""
+        if not self.fs.exists(self.root):
+            return False
+        names = self.fs.ls(self.root, detail=False)
+        return any(os.path.basename(name).startswith("part-") for name in names)
 
     def done_parts(self) -> set[int]:
         if not self.fs.exists(self.root):
@@ -331,18 +338,17 @@ class Sink:
     def write(self, index: int, output: pa.Table, errors: pa.Table) -> None:
         """Errors first, then the part: once the part exists, the chunk is done."""
         if errors.num_rows:
-            self._write_atomically(self.errors_path(index), _jsonl_bytes(errors))
-        self._write_atomically(self.part_path(index), encode(output, self.format))
+            self.put(self.errors_path(index), _jsonl_bytes(errors))
+        self.put(self.part_path(index), encode(output, self.format))
 
     def write_success(self, summary: dict[str, Any]) -> None:
         """Mark the output complete (readers can wait for it, as for Spark's)."""
-        self._write_atomically(
-            f"{self.root}/{SUCCESS_MARKER}", orjson.dumps(summary, option=orjson.OPT_INDENT_2)
-        )
+        self.put(f"{self.root}/{SUCCESS_MARKER}", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         if self.local and self.fs.exists(f"{self.root}/_tmp"):
             self.fs.rm(f"{self.root}/_tmp", recursive=True)
 
-    def _write_atomically(self, path: str, data: bytes) -> None:
+    def put(self, path: str, data: bytes) -> None:
+        """Write one file of the output so that it appears whole or not at all."""
         if not self.local:
             with self.fs.open(path, "wb") as out:
                 out.write(data)

@@ -272,10 +272,7 @@ class _ScoreBatches:
         return table.add_column(0, ROW_NUMBER, pa.array(numbers, type=pa.int64()))
 
     def _put(self, name: str, data: bytes) -> None:
-        path = f"{self.sink.root}/{name}"
-        self.sink.fs.makedirs(os.path.dirname(path), exist_ok=True)
-        with self.sink.fs.open(path, "wb") as out:
-            out.write(data)
+        self.sink.put(f"{self.sink.root}/{name}", data)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from shipyard.batch.files import Sink, Source, open_source
 from shipyard.batch.jobs import JobRecord, JobStore, State
 from shipyard.batch.local import ChunkFailed, Counts, LocalExecutor
-from shipyard.batch.model import resolve_model
+from shipyard.batch.model import ModelSpec, resolve_model
 from shipyard.batch.options import JobOptions
 from shipyard.errors import Conflict, InvalidInput, ShipyardError
 from shipyard.registry.service import Registry
@@ -72,6 +72,7 @@ def run_job(
     if job.state == "succeeded":
         raise Conflict(f"{job_id} already succeeded; its output is in {job.output_uri}")
     _refuse_if_alive(job)
+    rerun = job.attempts > 0
     spec = resolve_model(registry, f"{job.model}:{job.version}")
     source = open_source(job.input_uri, job.input_format)
     sink = Sink.open(job.output_uri, job.output_format)
@@ -80,7 +81,7 @@ def run_job(
     recorder = _ProgressRecorder(store, job, on_progress)
     try:
         if job.executor == "ray":
-            counts = _run_on_ray(job, spec, source, sink, recorder)
+            counts = _run_on_ray(job, spec, source, sink, recorder, rerun)
         else:
             executor = LocalExecutor(spec, source, sink, job.options, recorder)
             counts = executor.run(sink.done_parts())
@@ -115,9 +116,31 @@ def run_job(
 
 
 def _run_on_ray(
-    job: JobRecord, spec: object, source: Source, sink: Sink, recorder: _ProgressRecorder
+    job: JobRecord,
+    spec: ModelSpec,
+    source: Source,
+    sink: Sink,
+    recorder: _ProgressRecorder,
+    rerun: bool,
 ) -> Counts:
-    raise InvalidInput("the ray executor is not wired yet")
+    """Ray Data has no part-by-part resume: a rerun clears what the stopped run wrote."""
+    from shipyard.batch.ray_executor import run_on_ray
+
+    options = job.options
+    outcome = run_on_ray(
+        spec,
+        source,
+        sink,
+        id_columns=options.id_columns,
+        chunk_rows=options.chunk_rows,
+        workers=options.workers,
+        outputs=options.outputs,
+        fail_on_error=options.fail_on_error,
+        address=options.ray_address,
+        resuming=rerun,
+        on_progress=lambda rows, rejected: recorder(Counts(rows_done=rows, rows_failed=rejected)),
+    )
+    return Counts(rows_done=outcome.rows, rows_failed=outcome.rejected, chunks_done=outcome.parts)
 
 
 class _ProgressRecorder:
