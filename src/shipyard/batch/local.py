@@ -168,7 +168,8 @@ class LocalExecutor:
                     if future in in_flight:
                         self._settle(future, in_flight.pop(future), in_flight, retries)
         finally:
-            self._close_pool(cancel=True)
+            # Not waiting for idle workers to exit: the job's record and marker come first.
+            self._close_pool(wait=False)
 
     def _chunks(self, source: Source) -> Iterator[ChunkTask]:
         first_row = 0
@@ -202,7 +203,7 @@ class LocalExecutor:
         except BrokenProcessPool:
             # Every chunk the dead pool held failed with it: all go again on a new pool.
             log.warning("a worker process died; replacing the pool and retrying its chunks")
-            self._close_pool(cancel=True)
+            self._close_pool(wait=True)
             for other in [task, *in_flight.values()]:
                 self._retry(other, "a worker process died", retries)
             in_flight.clear()
@@ -254,9 +255,9 @@ class LocalExecutor:
             self._pool = _make_pool(self.setup, self.options.workers)
         return self._pool
 
-    def _close_pool(self, cancel: bool) -> None:
+    def _close_pool(self, wait: bool) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
 
