@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH, PYTHON_BIN
+from run import PYTHON_BIN, write_section
 
 START = "<!-- batch throughput: written by batch_throughput.py -->"
 END = "<!-- end of batch throughput -->"
@@ -202,7 +202,6 @@ def main() -> None:
 def write_table(results: list[tuple[Any, ...]], args: argparse.Namespace) -> None:
     names = {"hgb": "HistGradientBoosting (100 trees)", "logistic": "LogisticRegression"}
     lines = [
-        START,
         "## Batch scoring vs the in-process limit (20 float features, Parquet in and out)",
         "",
         f"Made by `.venv/bin/python benchmarks/batch_throughput.py --rows "
@@ -224,16 +223,8 @@ def write_table(results: list[tuple[Any, ...]], args: argparse.Namespace) -> Non
             f"| {jp:,.0f} MiB |"
             for kind, rows, lr, lp, jr, jp, st, secs in results
         ),
-        END,
     ]
-    target = BENCH / "BENCHMARKS.md"
-    text = target.read_text()
-    block = "\n".join(lines)
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    target.write_text(text)
+    write_section(START, END, lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH, PYTHON_BIN, ROOT, free_port, running, train, wrk
+from run import BENCH, PYTHON_BIN, ROOT, free_port, running, train, write_section, wrk
 
 START = "<!-- monitoring overhead: written by monitoring_overhead.py -->"
 END = "<!-- end of monitoring overhead -->"
@@ -103,7 +103,6 @@ def main() -> None:
 
 def write_table(rows: list[tuple[str, int, float, float, float, int]], args: Any) -> None:
     lines = [
-        START,
         "## Monitoring overhead (light, one-row requests)",
         "",
         f"Made by `.venv/bin/python benchmarks/monitoring_overhead.py --baseline {args.baseline} "
@@ -118,16 +117,8 @@ def write_table(rows: list[tuple[str, int, float, float, float, int]], args: Any
             f"| {label} | {c} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {failed} |"
             for label, c, rps, p50, p99, failed in rows
         ),
-        END,
     ]
-    target = BENCH / "BENCHMARKS.md"
-    text = target.read_text()
-    block = "\n".join(lines)
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    target.write_text(text)
+    write_section(START, END, lines)
 
 
 if __name__ == "__main__":

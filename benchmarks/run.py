@@ -69,6 +69,18 @@ class Point:
     non_2xx: int
 
 
+def write_section(start: str, end: str, lines: list[str]) -> None:
+    """Replace the block between two markers in BENCHMARKS.md (append it the first time)."""
+    target = BENCH / "BENCHMARKS.md"
+    text = target.read_text()
+    block = "\n".join([start, *lines, end])
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    target.write_text(text)
+
+
 def train(folder: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(5000, FEATURES))

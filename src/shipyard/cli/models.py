@@ -10,6 +10,7 @@ import typer
 if TYPE_CHECKING:
     from shipyard.client import Client, LocalClient
     from shipyard.registry import records
+    from shipyard.registry.service import Registry
 
 app = typer.Typer(help="Register models and manage their versions.", no_args_is_help=True)
 
@@ -26,6 +27,15 @@ def connect() -> Client | LocalClient:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         return Client(settings.url, headers={"authorization": f"Bearer {key}"} if key else None)
     return LocalClient.open(settings)
+
+
+def local_registry() -> Registry:
+    """The registry in SHIPYARD_HOME (or SHIPYARD_DATABASE_URL), acting as the local user:
+    for commands that work next to the database (keys, audit, batch jobs)."""
+    from shipyard.client import LocalClient
+    from shipyard.config import Settings
+
+    return LocalClient.open(Settings()).registry
 
 
 def parse_pairs(pairs: list[str], option: str) -> dict[str, str]:

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
 
-if TYPE_CHECKING:
-    from shipyard.registry.service import Registry
+from shipyard.cli.models import local_registry
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
-
-
-def _registry() -> Registry:
-    """The local registry, acting as the local user (as `shipyard models` does)."""
-    from shipyard.client import LocalClient
-    from shipyard.config import Settings
-
-    return LocalClient.open(Settings()).registry
 
 
 @keys_app.command("create")
@@ -35,7 +24,7 @@ def create(
     from shipyard.security.keys import KeyStore
 
     lifetime = parse_duration(expires, "expiry") if expires else None
-    registry = _registry()
+    registry = local_registry()
     try:
         token, record = KeyStore(registry.sessions).create(
             role,
@@ -61,7 +50,7 @@ def list_keys() -> None:
 
     from shipyard.security.keys import KeyStore
 
-    registry = _registry()
+    registry = local_registry()
     try:
         rows = KeyStore(registry.sessions).list()
     finally:
@@ -87,7 +76,7 @@ def revoke(
     """Revoke a key; servers stop accepting it within seconds."""
     from shipyard.security.keys import KeyStore
 
-    registry = _registry()
+    registry = local_registry()
     try:
         KeyStore(registry.sessions).revoke(key_id)
     finally:
@@ -118,7 +107,7 @@ def audit(
                 raise InvalidInput(
                     f"--since {since!r} is neither an ISO time nor like 30m"
                 ) from None
-    registry = _registry()
+    registry = local_registry()
     try:
         events = registry.audit.events(since=start, limit=limit)
     finally:
