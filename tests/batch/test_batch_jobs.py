@@ -272,6 +272,14 @@ def _start_cli(home: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _start_big_job(home: Path, source: Path, output: Path) -> subprocess.Popen[str]:
+    """A job of many small chunks (2,000 rows: one row group each) on two workers."""
+    return _start_cli(
+        home, "batch", "run", "m", "--input", str(source), "--output", str(output),
+        "--id-column", "id", "--chunk-rows", "2000", "--workers", "2",
+    )  # fmt: skip
+
+
 def _wait_for_parts(folder: Path, at_least: int, process: subprocess.Popen[str]) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -307,10 +315,7 @@ def test_kill_9_then_resume_gives_exactly_one_output_row_per_input_row(
 ) -> None:
     source, table = _big_input(tmp_path, 300_000)
     output = tmp_path / "out"
-    process = _start_cli(
-        home, "batch", "run", "m", "--input", str(source), "--output", str(output),
-        "--id-column", "id", "--chunk-rows", "2000", "--workers", "2",
-    )  # fmt: skip
+    process = _start_big_job(home, source, output)
     try:
         _wait_for_parts(output, 20, process)
     finally:
@@ -342,10 +347,7 @@ def test_a_worker_killed_mid_job_costs_a_retry_not_rows(
 
     source, table = _big_input(tmp_path, 200_000)
     output = tmp_path / "out"
-    process = _start_cli(
-        home, "batch", "run", "m", "--input", str(source), "--output", str(output),
-        "--id-column", "id", "--chunk-rows", "2000", "--workers", "2",
-    )  # fmt: skip
+    process = _start_big_job(home, source, output)
     try:
         _wait_for_parts(output, 10, process)
         workers = [
