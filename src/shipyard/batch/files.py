@@ -33,7 +33,7 @@ _SUFFIX_FORMATS = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
-_EXTENSION = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
+EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 _PART = re.compile(r"^part-(\d{6,})\.(parquet|csv|jsonl)$")
 _READ_BLOCK_BYTES = 4 << 20
 SUCCESS_MARKER = "_SUCCESS"
@@ -300,7 +300,7 @@ class Sink:
         return _is_local(self.fs)
 
     def part_path(self, index: int) -> str:
-        return f"{self.root}/part-{index:06d}.{_EXTENSION[self.format]}"
+        return f"{self.root}/part-{index:06d}.{EXTENSIONS[self.format]}"
 
     def errors_path(self, index: int) -> str:
         return f"{self.root}/_errors/part-{index:06d}.jsonl"
@@ -318,22 +318,21 @@ class Sink:
         if self.local and self.fs.exists(f"{self.root}/_tmp"):
             self.fs.rm(f"{self.root}/_tmp", recursive=True)  # halves of parts a kill left
 
-    def has_parts(self) -> bool:
-        """Any part, whichever executor wrote it (Ray's parts are named differently)."""
+    def part_files(self) -> list[str]:
+        """Every part in the folder, whichever executor wrote it, in name order (Ray's
+        parts are named by their first row, the local executor's by chunk)."""
         if not self.fs.exists(self.root):
-            return False
+            return []
         names = self.fs.ls(self.root, detail=False)
-        return any(os.path.basename(name).startswith("part-") for name in names)
+        return sorted(name for name in names if os.path.basename(name).startswith("part-"))
+
+    def has_parts(self) -> bool:
+        return bool(self.part_files())
 
     def done_parts(self) -> set[int]:
-        if not self.fs.exists(self.root):
-            return set()
-        done = set()
-        for name in self.fs.ls(self.root, detail=False):
-            match = _PART.match(os.path.basename(name))
-            if match:
-                done.add(int(match.group(1)))
-        return done
+        """The chunks the local executor finished: part k exists."""
+        matches = (_PART.match(os.path.basename(name)) for name in self.part_files())
+        return {int(match.group(1)) for match in matches if match}
 
     def write(self, index: int, output: pa.Table, errors: pa.Table) -> None:
         """Errors first, then the part: once the part exists, the chunk is done."""
@@ -401,12 +400,7 @@ def _jsonl_bytes(table: pa.Table) -> bytes:
 def read_output(uri: str, fmt: str) -> pa.Table:
     """Every part of an output folder in name order, as one table (tests, small outputs)."""
     sink = Sink.open(uri, fmt)
-    suffix = f".{_EXTENSION[fmt]}"
-    names = sorted(
-        name
-        for name in sink.fs.ls(sink.root, detail=False)
-        if os.path.basename(name).startswith("part-") and name.endswith(suffix)
-    )
+    names = [name for name in sink.part_files() if name.endswith(f".{EXTENSIONS[fmt]}")]
     tables = []
     for name in names:
         with sink.fs.open(name, "rb") as handle:

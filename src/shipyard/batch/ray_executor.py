@@ -41,13 +41,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shipyard.batch.files import Sink, Source, encode
+from shipyard.batch.files import EXTENSIONS, Sink, Source, encode
 from shipyard.batch.model import ROW_NUMBER, ModelSpec, Scorer
 from shipyard.errors import Conflict, InvalidInput, MissingExtra, ShipyardError
 
 _FILE = "__shipyard_file"
 _ROW = "__shipyard_row"
-_EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 # Reading and counting ask for a quarter of a core: the actors (a core each) do the
 # real work, and a cluster with a core per actor must still fit a reader, or the
 # job waits for one forever.
@@ -258,7 +257,7 @@ class _ScoreBatches:
         output = self._public(scored.output)
         if not output.num_rows:
             return scored.rejected, 0
-        self._put(f"{name}.{_EXTENSIONS[self.sink.format]}", encode(output, self.sink.format))
+        self._put(f"{name}.{EXTENSIONS[self.sink.format]}", encode(output, self.sink.format))
         return scored.rejected, 1
 
     def _public(self, table: pa.Table) -> pa.Table:
@@ -374,17 +373,10 @@ def _shipyard_cause(exc: BaseException) -> ShipyardError | None:
     return None
 
 
-def _parts(sink: Sink) -> list[str]:
-    if not sink.fs.exists(sink.root):
-        return []
-    names = sink.fs.ls(sink.root, detail=False)
-    return [name for name in names if os.path.basename(name).startswith("part-")]
-
-
 def _clear_or_refuse(sink: Sink, resuming: bool) -> None:
     """A rerun removes what the stopped run left; a new job will not write over parts."""
     errors = f"{sink.root}/_errors"
-    left = _parts(sink)
+    left = sink.part_files()
     if not resuming:
         if left or sink.fs.exists(errors):
             raise Conflict(

@@ -21,6 +21,7 @@ from shipyard.batch.local import ChunkFailed, Counts, LocalExecutor
 from shipyard.batch.model import ModelSpec, resolve_model
 from shipyard.batch.options import JobOptions
 from shipyard.errors import Conflict, InvalidInput, ShipyardError
+from shipyard.registry.refs import parse_ref
 from shipyard.registry.service import Registry
 
 log = logging.getLogger("shipyard.batch")
@@ -44,13 +45,14 @@ def create_job(registry: Registry, request: JobRequest, created_by: str) -> JobR
         raise InvalidInput(f"unknown executor {request.executor!r}: use local or ray")
     if request.options.chunk_rows < 1 or request.options.workers < 1:
         raise InvalidInput("--chunk-rows and --workers must be at least 1")
-    spec = resolve_model(registry, request.model_ref)
+    # Only the version is recorded here; run_job fetches (and verifies) the artifact once.
+    version = registry.models.serving_version(parse_ref(request.model_ref))
     source = open_source(request.input_uri, request.input_format)
     output_format = request.output_format or source.format
     Sink.open(request.output_uri, output_format).prepare(resuming=False)
     return JobStore(registry.sessions).create(
-        model=spec.model,
-        version=spec.version,
+        model=version.model,
+        version=version.version,
         input_uri=request.input_uri,
         output_uri=request.output_uri,
         input_format=source.format,
