@@ -4,4 +4,4 @@
 set -euo pipefail
 .venv/bin/python -m grpc_tools.protoc -Isrc \
     --python_out=src --pyi_out=src --grpc_python_out=src \
-    src/shipyard/serving/grpc_v2/inference.proto
+    src/shipyard/transports/grpc_v2/inference.proto

@@ -32,11 +32,11 @@ from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.front_door import FrontDoor
-from shipyard.serving.grpc_v2.servicer import start_grpc_server
 from shipyard.serving.manager import ModelManager
-from shipyard.serving.rest import RestLimits
-from shipyard.serving.rest import router as inference_router
+from shipyard.transports.front_door import FrontDoor
+from shipyard.transports.grpc_v2.servicer import start_grpc_server
+from shipyard.transports.rest import RestLimits
+from shipyard.transports.rest import router as inference_router
 
 log = logging.getLogger("shipyard.server")
 

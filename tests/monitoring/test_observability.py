@@ -338,8 +338,8 @@ def test_client_hanging_up_mid_body_is_not_a_success(server: RunningServer) -> N
 def test_grpc_infer_sends_the_request_id_in_initial_metadata(server: RunningServer) -> None:
     import grpc
 
-    from shipyard.serving.grpc_v2 import inference_pb2 as pb
-    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+    from shipyard.transports.grpc_v2 import inference_pb2 as pb
+    from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 
     assert server.grpc_target is not None
     request = pb.ModelInferRequest(model_name="doubler")

@@ -266,8 +266,8 @@ def test_pinning_a_version_needs_a_deployer(tmp_path: Path) -> None:
 def test_a_deployment_is_addressed_by_name_like_a_model(deployed: RunningServer) -> None:
     import grpc
 
-    from shipyard.serving.grpc_v2 import inference_pb2 as pb
-    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+    from shipyard.transports.grpc_v2 import inference_pb2 as pb
+    from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 
     with httpx.Client(base_url=deployed.url, timeout=30) as http:
         metadata = http.get("/v2/models/fraud-api")

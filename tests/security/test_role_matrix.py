@@ -16,8 +16,8 @@ from starlette.routing import Route
 from shipyard.config import Settings
 from shipyard.security.policy import GRPC_RULES, REST_RULES, Permission, allows
 from shipyard.server import build_app
-from shipyard.serving.grpc_v2 import inference_pb2 as pb
-from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+from shipyard.transports.grpc_v2 import inference_pb2 as pb
+from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 from tests.security.conftest import KeyedHome
 from tests.server import RunningServer, running_server
 

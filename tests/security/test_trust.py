@@ -14,8 +14,8 @@ import pytest
 from shipyard.config import Settings
 from shipyard.registry.service import Registry
 from shipyard.security.keys import KeyStore
-from shipyard.serving.grpc_v2 import inference_pb2 as pb
-from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+from shipyard.transports.grpc_v2 import inference_pb2 as pb
+from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 from tests import fixtures
 from tests.security.conftest import make_keyed_home
 from tests.server import running_server, running_shipyard, shipyard_command

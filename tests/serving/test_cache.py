@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from shipyard.serving.cache import ResultCache, cache_key
-from shipyard.serving.codec import encode_response
 from shipyard.serving.types import InferRequest, InferResponse, Tensor
+from shipyard.transports.codec import encode_response
 
 
 class Clock:

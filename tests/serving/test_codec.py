@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from shipyard.errors import InvalidInput, PayloadTooLarge
-from shipyard.serving.codec import decode_request, encode_response
 from shipyard.serving.types import InferResponse, RequestedOutput, Tensor
+from shipyard.transports.codec import decode_request, encode_response
 
 
 def body(*inputs: dict, **extra: object) -> bytes:

@@ -110,8 +110,8 @@ def test_unknown_model_and_version_are_404(server: RunningServer) -> None:
 def test_grpc_message_over_the_limit_is_resource_exhausted(server: RunningServer) -> None:
     import grpc
 
-    from shipyard.serving.grpc_v2 import inference_pb2 as pb
-    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+    from shipyard.transports.grpc_v2 import inference_pb2 as pb
+    from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 
     assert server.grpc_target is not None
     request = pb.ModelInferRequest(model_name="trouble")

@@ -7,9 +7,14 @@ import orjson
 import pytest
 
 from shipyard.errors import InvalidInput
-from shipyard.serving.mlflow_protocol import encode_predictions, parse_csv, parse_json, to_request
 from shipyard.serving.types import Tensor
 from shipyard.signature import Signature, TensorSpec
+from shipyard.transports.mlflow_protocol import (
+    encode_predictions,
+    parse_csv,
+    parse_json,
+    to_request,
+)
 
 COLUMNS = Signature(
     inputs=[

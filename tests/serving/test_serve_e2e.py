@@ -289,8 +289,8 @@ def test_grpc_typed_contents(served: tuple[Case, RunningServer]) -> None:
     """Our own stubs, sending typed contents (not raw bytes), get typed contents back."""
     import grpc
 
-    from shipyard.serving.grpc_v2 import inference_pb2 as pb
-    from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
+    from shipyard.transports.grpc_v2 import inference_pb2 as pb
+    from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 
     case, server = served
     assert server.grpc_target is not None

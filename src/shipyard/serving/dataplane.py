@@ -10,10 +10,10 @@ from shipyard.errors import InvalidInput, ModelNotReady, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
-from shipyard.serving.codec import output_datatype
 from shipyard.serving.manager import LoadedModel, ModelManager
 from shipyard.serving.types import InferRequest, InferResponse, RequestContext, Tensor
 from shipyard.serving.validation import conform
+from shipyard.signature import datatype_from_numpy
 
 if TYPE_CHECKING:  # routing sits above the data plane; only its types are named here
     from shipyard.routing.deployments import DeploymentRouter, LiveRevision, RequestHints
@@ -181,7 +181,7 @@ class DataPlane:
         request: InferRequest,
     ) -> InferResponse:
         outputs = [
-            Tensor(out_name, output_datatype(array), array)
+            Tensor(out_name, datatype_from_numpy(array.dtype), array)
             for out_name, array in result.items()
             if wanted is None or out_name in wanted
         ]

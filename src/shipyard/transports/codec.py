@@ -15,7 +15,7 @@ import orjson
 
 from shipyard.errors import InvalidInput, PayloadTooLarge
 from shipyard.serving.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from shipyard.signature import NUMPY_DTYPES, datatype_from_numpy
+from shipyard.signature import NUMPY_DTYPES
 
 HEADER_LENGTH = "inference-header-content-length"
 _KINDS_FOR = {"BOOL": "b", "BYTES": "OSU"}  # else numeric, below
@@ -206,10 +206,6 @@ def array_to_bytes(array: np.ndarray, datatype: str) -> bytes:
             parts.append(struct.pack("<I", len(raw)) + raw)
         return b"".join(parts)
     return np.ascontiguousarray(array).tobytes()
-
-
-def output_datatype(array: np.ndarray) -> str:
-    return datatype_from_numpy(array.dtype)
 
 
 def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:

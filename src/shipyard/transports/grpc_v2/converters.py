@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from shipyard.errors import InvalidInput, PayloadTooLarge
-from shipyard.serving.codec import array_from_bytes, array_to_bytes
-from shipyard.serving.grpc_v2 import inference_pb2 as pb
 from shipyard.serving.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from shipyard.signature import NUMPY_DTYPES
+from shipyard.transports.codec import array_from_bytes, array_to_bytes
+from shipyard.transports.grpc_v2 import inference_pb2 as pb
 
 # Which InferTensorContents field holds each datatype (FP16 travels raw only).
 _CONTENTS_FIELD = {

@@ -17,8 +17,8 @@ from shipyard import __version__
 from shipyard.errors import InvalidInput, NotFound, PayloadTooLarge
 from shipyard.registry.records import ModelVersion
 from shipyard.routing.deployments import RequestHints
-from shipyard.serving import codec, mlflow_protocol
 from shipyard.serving.dataplane import DataPlane
+from shipyard.transports import codec, mlflow_protocol
 
 router = APIRouter(tags=["inference"])
 

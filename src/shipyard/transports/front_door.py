@@ -25,14 +25,14 @@ from shipyard.routing.deployments import PIN_HEADER, RequestHints
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import Principal
 from shipyard.security.policy import PIN_VERSION, Permission, match_rest, rest_rule
-from shipyard.serving.rest import (
+from shipyard.serving.types import RequestContext
+from shipyard.transports.rest import (
     Answer,
     RestLimits,
     check_declared_length,
     mlflow_invocations,
     v2_infer,
 )
-from shipyard.serving.types import RequestContext
 
 log = logging.getLogger("shipyard.api")
 

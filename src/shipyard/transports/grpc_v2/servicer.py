@@ -18,10 +18,10 @@ from shipyard.routing.deployments import RequestHints
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.policy import GRPC_RULES
 from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.grpc_v2 import inference_pb2 as pb
-from shipyard.serving.grpc_v2 import inference_pb2_grpc as pb_grpc
-from shipyard.serving.grpc_v2.converters import request_from_proto, response_to_proto
 from shipyard.serving.types import RequestContext
+from shipyard.transports.grpc_v2 import inference_pb2 as pb
+from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
+from shipyard.transports.grpc_v2.converters import request_from_proto, response_to_proto
 
 log = logging.getLogger("shipyard.grpc")
 
