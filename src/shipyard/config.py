@@ -26,14 +26,16 @@ class ServingOptions(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ModelServing:
-    """The serving options in force for one model, every one decided."""
+    """The serving options in force for one model, every one decided.
 
-    workers: int
-    max_batch_size: int
-    max_batch_delay: float
+    The field defaults are the defaults of the whole platform (`DEFAULT_SERVING`)."""
+
+    workers: int = 1
+    max_batch_size: int = 64
+    max_batch_delay: float = 0.0
     """Seconds an idle worker may wait for a fuller batch (0: never wait)."""
-    max_queue: int
-    cache: bool
+    max_queue: int = 256
+    cache: bool = False
 
     def overridden_by(self, own: ServingOptions | None) -> ModelServing:
         """These options with every field `own` sets taking its place."""
@@ -47,6 +49,29 @@ class ModelServing:
             max_queue=own.max_queue or self.max_queue,
             cache=self.cache if own.cache is None else own.cache,
         )
+
+
+# Default values are written here once; Settings, manifests and the serving core
+# import them rather than repeat them.
+
+DEFAULT_SERVING = ModelServing()
+"""Serving options with nothing configured (one worker); Settings instead default
+`workers` to one per core."""
+
+DEFAULT_DEPLOYMENT_SAMPLE = 0.1
+"""Share of a deployment's requests kept in the prediction log (manifest monitoring.sample)."""
+DEFAULT_DIRECT_SAMPLE = 0.0
+"""Share of direct model calls (not through a deployment) kept in the prediction log."""
+DEFAULT_PREDICTION_LOG_BATCH = 500
+"""Records per prediction-log write."""
+DEFAULT_PREDICTION_LOG_FLUSH_SECONDS = 1.0
+"""Longest wait before a prediction-log write."""
+DEFAULT_TRACE_SAMPLE = 1.0
+"""Share of requests traced when tracing is on."""
+DEFAULT_DRIFT_P_VALUE = 0.05
+"""A feature drifts when its test's p-value is below this."""
+DEFAULT_DRIFT_SHARE = 0.5
+"""The dataset drifts when at least this share of its features drift."""
 
 
 class Settings(BaseSettings):
@@ -85,18 +110,24 @@ class Settings(BaseSettings):
         description="Worker processes per loaded model version; default one per core.",
     )
     max_batch_size: int = Field(
-        default=64, ge=1, description="Most rows one dynamic batch may hold (1 = no batching)."
+        default=DEFAULT_SERVING.max_batch_size,
+        ge=1,
+        description="Most rows one dynamic batch may hold (1 = no batching).",
     )
     max_batch_delay_ms: float = Field(
-        default=0.0,
+        default=DEFAULT_SERVING.max_batch_delay * 1000,
         ge=0,
         le=10_000,
         description="How long an idle worker may wait for a fuller batch; 0 = adaptive only.",
     )
     max_queue: int = Field(
-        default=256, ge=1, description="Requests that may wait per model before 503s."
+        default=DEFAULT_SERVING.max_queue,
+        ge=1,
+        description="Requests that may wait per model before 503s.",
     )
-    cache: bool = Field(default=False, description="Cache every model's answers (opt-in).")
+    cache: bool = Field(
+        default=DEFAULT_SERVING.cache, description="Cache every model's answers (opt-in)."
+    )
     models: dict[str, ServingOptions] = Field(
         default_factory=dict,
         description='Per-model options as JSON, e.g. {"iris": {"workers": 1, "cache": true}}.',
@@ -144,23 +175,29 @@ class Settings(BaseSettings):
         "(e.g. http://127.0.0.1:4318/v1/traces); unset: no tracing.",
     )
     otlp_sample: float = Field(
-        default=1.0,
+        default=DEFAULT_TRACE_SAMPLE,
         ge=0,
         le=1,
         description="Share of requests traced (a caller's sampled traceparent is always traced).",
     )
     prediction_log_sample: float = Field(
-        default=0.0,
+        default=DEFAULT_DIRECT_SAMPLE,
         ge=0,
         le=1,
         description="Share of direct model calls kept in the prediction log "
         "(deployments set their own: monitoring.sample).",
     )
     prediction_log_batch: int = Field(
-        default=500, ge=1, le=100_000, description="Records per prediction-log write."
+        default=DEFAULT_PREDICTION_LOG_BATCH,
+        ge=1,
+        le=100_000,
+        description="Records per prediction-log write.",
     )
     prediction_log_flush_seconds: float = Field(
-        default=1.0, gt=0, le=60, description="Longest wait before a prediction-log write."
+        default=DEFAULT_PREDICTION_LOG_FLUSH_SECONDS,
+        gt=0,
+        le=60,
+        description="Longest wait before a prediction-log write.",
     )
     prediction_log_retention: str | None = Field(
         default="30d", description="Delete prediction-log records older than this (e.g. 30d)."

@@ -1,4 +1,4 @@
-"""Wires the server together: registry, control plane, data plane, uvicorn."""
+"""The composition root: builds the services, then the ASGI app and the gRPC server."""
 
 from __future__ import annotations
 
@@ -6,20 +6,22 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from shipyard.api.app import create_app
+from shipyard.api.state import ControlPlane
 from shipyard.config import Settings
 from shipyard.logs import configure_logging
 from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.drift_monitor import DriftScheduler
 from shipyard.monitoring.metrics import DataPlaneCollector
-from shipyard.monitoring.metrics import router as metrics_router
 from shipyard.monitoring.prediction_log import PredictionLog
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.monitoring.tracing import RequestTracer
@@ -35,10 +37,99 @@ from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
 from shipyard.transports.front_door import FrontDoor
 from shipyard.transports.grpc_v2.servicer import start_grpc_server
-from shipyard.transports.rest import RestLimits
-from shipyard.transports.rest import router as inference_router
+from shipyard.transports.http_gate import HttpGate
+from shipyard.transports.rest import RestLimits, document_inference, inference_routes
 
 log = logging.getLogger("shipyard.server")
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+
+
+@dataclass
+class Services:
+    """Every long-lived component of one server, built once and wired here only."""
+
+    settings: Settings
+    control: ControlPlane
+    gatekeeper: Gatekeeper
+    metrics: CollectorRegistry
+    observer: RequestObserver
+    manager: ModelManager
+    router: DeploymentRouter
+    predictions: PredictionLog
+    dataplane: DataPlane
+    controller: RolloutController
+    limits: RestLimits
+    default_model: ModelRef | None = None
+
+
+def build_services(
+    settings: Settings,
+    registry: Registry | None = None,
+    default_model: ModelRef | None = None,
+    trust: Registry | None = None,
+) -> Services:
+    """Build (not start) the components over one registry. `trust` is the registry whose
+    keys and audit trail guard the server (default: `registry`)."""
+    registry = registry or Registry.open(settings)
+    control = ControlPlane.over(registry, trust)
+    gatekeeper = Gatekeeper(
+        control.keys,
+        control.trust.audit,
+        default_rate=settings.rate_limit,
+        tokens=_token_verifier(settings),
+    )
+    # `_created` series would double every labelled series; Prometheus does not need them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    metrics = CollectorRegistry(auto_describe=False)
+    observer = RequestObserver(
+        metrics,
+        tracer=RequestTracer.from_endpoint(settings.otlp_endpoint),
+        access_log=settings.access_log,
+        trace_sample=settings.otlp_sample,
+    )
+    manager = ModelManager(registry, serving_for=settings.serving_for)
+    cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
+    router = DeploymentRouter(manager, registry)
+    direct_rate = settings.prediction_log_sample
+    predictions = PredictionLog(
+        registry.engine,
+        lambda deployment: router.sample_rate(deployment, direct_rate),
+        batch_rows=settings.prediction_log_batch,
+        flush_seconds=settings.prediction_log_flush_seconds,
+        retention_seconds=settings.prediction_log_retention_seconds,
+    )
+    dataplane = DataPlane(
+        manager, timeout=settings.request_timeout, cache=cache, router=router,
+        predictions=predictions,
+    )  # fmt: skip
+    drift = control.monitoring.drift  # one monitor: scheduled, gate and API checks
+    if settings.price_per_replica_hour is not None:
+        control.cost = CostMeter(manager.snapshot, settings.price_per_replica_hour)
+    metrics.register(
+        DataPlaneCollector(
+            manager.snapshot, cache.snapshot, router.snapshot, predictions, drift, control.cost
+        )
+    )
+    controller = RolloutController(
+        registry, router, tick_seconds=settings.rollout_tick, drift=drift
+    )
+    limits = RestLimits(
+        default_model=default_model.name if default_model else None,
+        max_body_bytes=settings.max_body_bytes,
+        max_tensor_elements=settings.max_tensor_elements,
+    )
+    return Services(
+        settings, control, gatekeeper, metrics, observer, manager, router, predictions,
+        dataplane, controller, limits, default_model,
+    )  # fmt: skip
+
+
+def build_api(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
+    """The FastAPI application: control plane, read-only data-plane routes, /metrics."""
+    api = create_app(services.control, lifespan=lifespan)
+    api.include_router(inference_routes(services.dataplane, services.metrics))
+    document_inference(api)
+    return api
 
 
 def build_app(
@@ -54,111 +145,68 @@ def build_app(
     server reports ready. With `grpc_address` the gRPC data plane runs beside
     REST on the same event loop.
     """
-    registry = registry or Registry.open(settings)
+    services = build_services(settings, registry, default_model, trust)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        drift = app.state.monitoring.drift  # one monitor: scheduled, gate and API checks
-        manager = ModelManager(registry, serving_for=settings.serving_for)
-        cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
-        router = DeploymentRouter(manager)
-        direct_rate = settings.prediction_log_sample
-        predictions = PredictionLog(
-            registry.engine,
-            lambda deployment: router.sample_rate(deployment, direct_rate),
-            batch_rows=settings.prediction_log_batch,
-            flush_seconds=settings.prediction_log_flush_seconds,
-            retention_seconds=settings.prediction_log_retention_seconds,
-        )
-        predictions.start()
-        app.state.predictions = predictions
-        app.state.dataplane = DataPlane(
-            manager,
-            timeout=settings.request_timeout,
-            cache=cache,
-            router=router,
-            predictions=predictions,
-        )
-        cost = None
-        if settings.price_per_replica_hour is not None:
-            cost = CostMeter(manager, settings.price_per_replica_hour)
-        app.state.cost = cost
-        app.state.metrics.register(
-            DataPlaneCollector(app.state.dataplane, predictions, drift, cost)
-        )
-        controller = RolloutController(
-            registry, router, tick_seconds=settings.rollout_tick, drift=drift
-        )
-        if default_model is not None:
-            version = None
-            if default_model.version is not None:
-                version = str(default_model.version)
-            elif default_model.alias is not None:
-                version = default_model.alias
-            await manager.load(default_model.name, version)
-        grpc_server = None
-        if grpc_address is not None:
-            grpc_server, port = await start_grpc_server(
-                app.state.dataplane,
-                grpc_address[0],
-                grpc_address[1],
-                max_message_bytes=settings.max_body_bytes,
-                max_elements=settings.max_tensor_elements,
-                gate=gate,
-                tls=_tls_pair(settings),
-                observer=observer,
-            )
-            log.info("gRPC running on %s:%d", grpc_address[0], port)
-        # Everything allocated so far (frameworks, registry, models' metadata) lives as
-        # long as the server: move it out of the collector's sight, so full collections
-        # during traffic stay short.
-        gc.collect()
-        gc.freeze()
-        flusher = asyncio.get_running_loop().create_task(_watch_keys(gate))
-        steering = asyncio.get_running_loop().create_task(controller.run())
-        watching = asyncio.get_running_loop().create_task(DriftScheduler(drift).run())
-        try:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with _running(services, grpc_address):
             yield
-        finally:
-            flusher.cancel()
-            steering.cancel()
-            watching.cancel()
-            await asyncio.to_thread(predictions.close)
-            observer.close()
-            await asyncio.to_thread(gate.keys.flush_last_used)
-            if grpc_server is not None:
-                await grpc_server.stop(grace=2)
-            await manager.close()
-            registry.close()
-            if trust is not None:
-                trust.close()
 
-    app = create_app(registry, lifespan=lifespan, trust=trust)
-    gate = Gatekeeper(
-        app.state.keys,
-        app.state.trust.audit,
-        default_rate=settings.rate_limit,
-        tokens=_token_verifier(settings),
-    )
-    app.state.gate = gate
-    # `_created` series would double every labelled series; Prometheus does not need them.
-    disable_created_metrics()  # type: ignore[no-untyped-call]
-    app.state.metrics = CollectorRegistry(auto_describe=False)
-    observer = RequestObserver(
-        app.state.metrics,
-        tracer=RequestTracer.from_endpoint(settings.otlp_endpoint),
-        access_log=settings.access_log,
-        trace_sample=settings.otlp_sample,
-    )
-    app.state.observer = observer
-    app.state.rest = RestLimits(
-        default_model=default_model.name if default_model else None,
-        max_body_bytes=settings.max_body_bytes,
-        max_tensor_elements=settings.max_tensor_elements,
-    )
-    app.include_router(inference_router)
-    app.include_router(metrics_router)
-    return FrontDoor(app)
+    gate = HttpGate(build_api(services, lifespan), services.gatekeeper)
+    return FrontDoor(gate, services.dataplane, services.observer, services.limits)
+
+
+@asynccontextmanager
+async def _running(services: Services, grpc_address: tuple[str, int] | None) -> AsyncIterator[None]:
+    """Start the background work, the default model and gRPC; stop them all on exit."""
+    settings, control = services.settings, services.control
+    services.predictions.start()
+    default_model = services.default_model
+    if default_model is not None:
+        version = None
+        if default_model.version is not None:
+            version = str(default_model.version)
+        elif default_model.alias is not None:
+            version = default_model.alias
+        await services.manager.load(default_model.name, version)
+    grpc_server = None
+    if grpc_address is not None:
+        grpc_server, port = await start_grpc_server(
+            services.dataplane,
+            grpc_address[0],
+            grpc_address[1],
+            max_message_bytes=settings.max_body_bytes,
+            max_elements=settings.max_tensor_elements,
+            gate=services.gatekeeper,
+            tls=_tls_pair(settings),
+            observer=services.observer,
+        )
+        log.info("gRPC running on %s:%d", grpc_address[0], port)
+    # Everything allocated so far (frameworks, registry, models' metadata) lives as
+    # long as the server: move it out of the collector's sight, so full collections
+    # during traffic stay short.
+    gc.collect()
+    gc.freeze()
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(_watch_keys(services.gatekeeper)),
+        loop.create_task(services.controller.run()),
+        loop.create_task(DriftScheduler(control.monitoring.drift).run()),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.to_thread(services.predictions.close)
+        services.observer.close()
+        await asyncio.to_thread(services.gatekeeper.keys.flush_last_used)
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2)
+        await services.manager.close()
+        control.registry.close()
+        if control.trust is not control.registry:
+            control.trust.close()
 
 
 async def _watch_keys(gate: Gatekeeper) -> None:
@@ -198,8 +246,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
     """Refuse to listen beyond this machine without authentication, unless told to."""
-    gate: Gatekeeper = door.app.state.gate
-    if not gate.open:
+    if not door.gate.open:
         log.info("authentication on: API keys required")
         return
     if host in LOOPBACK:

@@ -6,6 +6,7 @@ serves the registry, the protocols and signature enforcement.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -121,3 +122,45 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
 def describe(spec: TensorSpec) -> str:
     """`FP64 [-1, 4]`: how error messages name what a model expects."""
     return f"{spec.datatype} {spec.shape}"
+
+
+DEFAULT_INPUT = "input-0"
+"""The name of a model's one matrix input when nothing names its features."""
+
+
+def matrix_input(signature: Signature | None) -> str | None:
+    """The input that takes all feature columns stacked, or None: each column is an input.
+
+    A signature with one 2-D input names it; without a signature, or with one that
+    lists no inputs, the model takes one matrix named DEFAULT_INPUT.
+    """
+    if signature is None or not signature.inputs:
+        return DEFAULT_INPUT
+    if len(signature.inputs) == 1 and len(signature.inputs[0].shape) == 2:
+        return signature.inputs[0].name
+    return None
+
+
+def columns_to_inputs(
+    columns: Mapping[str, np.ndarray], signature: Signature | None, rows: int | None = None
+) -> dict[str, np.ndarray]:
+    """A model's inputs from named 1-D columns (a table's, a reference sample's).
+
+    One input per column when the signature names its inputs and every one is a
+    column (extra columns are left out); otherwise all columns, in order, stacked
+    into the single input (`matrix_input`, or the signature's only input). `rows`
+    sizes the stack when there are no columns. KeyError names the first input no
+    column feeds when the signature has several.
+    """
+    name = matrix_input(signature)
+    if name is None:
+        names = [spec.name for spec in signature.inputs] if signature is not None else []
+        missing = [n for n in names if n not in columns]
+        if not missing:
+            return {n: columns[n] for n in names}
+        if len(names) > 1:
+            raise KeyError(missing[0])
+        name = names[0]
+    if not columns and rows is not None:
+        return {name: np.empty((rows, 0))}
+    return {name: np.column_stack(list(columns.values()))}

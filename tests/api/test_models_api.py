@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shipyard.api.app import create_app
+from shipyard.api.state import ControlPlane
 from shipyard.config import Settings
 from shipyard.registry.service import Registry
 from tests.fixtures import write_example_csv, write_sklearn_model
@@ -19,7 +20,7 @@ from tests.fixtures import write_example_csv, write_sklearn_model
 @pytest.fixture
 def api(sqlite_settings: Settings) -> Iterator[TestClient]:
     registry = Registry.open(sqlite_settings)
-    with TestClient(create_app(registry)) as client:
+    with TestClient(create_app(ControlPlane.over(registry))) as client:
         yield client
     registry.close()
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shipyard.batch.files import Sink, decode, encode, open_source, read_output
-from shipyard.batch.model import ModelSpec, Scorer
+from shipyard.batch.model import Scorer
 from shipyard.batch.ray_executor import (
     RayOutcome,
     _on_this_node,
@@ -27,6 +27,7 @@ from shipyard.batch.ray_executor import (
     run_on_ray,
 )
 from shipyard.errors import Conflict, InvalidInput, MissingExtra
+from shipyard.runtimes.base import VersionSpec
 from shipyard.runtimes.detect import inspect_model
 from tests.fixtures import FEATURES, write_sklearn_model
 
@@ -53,15 +54,15 @@ def ray_instance() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
+def spec(tmp_path_factory: pytest.TempPathFactory) -> VersionSpec:
     path = write_sklearn_model(tmp_path_factory.mktemp("model"))
     inspected = inspect_model(path)
-    return ModelSpec(
+    return VersionSpec(
         model="m",
         version=1,
         flavor=inspected.flavor,
         path=str(path),
-        signature=inspected.signature.model_dump() if inspected.signature else None,
+        signature=inspected.signature,
         details=inspected.details,
     )
 
@@ -90,14 +91,16 @@ def _input_files(folder: Path, fmt: str, *, ids: bool = False, bad_row: int | No
     return folder
 
 
-def _expected(spec: ModelSpec, input_uri: str, id_columns: list[str], fmt: str) -> pa.Table:
+def _expected(spec: VersionSpec, input_uri: str, id_columns: list[str], fmt: str) -> pa.Table:
     """Scored in one piece here, then through the output format as a part would be."""
     whole = pa.concat_tables(open_source(input_uri).chunks(10**9))
     scored = Scorer(spec).score(whole, id_columns, 0)
     return decode(encode(scored.output, fmt), fmt)
 
 
-def _run(spec: ModelSpec, input_uri: str, output: Path, fmt: str, **options: object) -> RayOutcome:
+def _run(
+    spec: VersionSpec, input_uri: str, output: Path, fmt: str, **options: object
+) -> RayOutcome:
     settings: dict[str, object] = {
         "id_columns": [],
         "chunk_rows": CHUNK_ROWS,
@@ -117,7 +120,7 @@ def _run(spec: ModelSpec, input_uri: str, output: Path, fmt: str, **options: obj
 
 @pytest.mark.usefixtures("ray_instance")
 def test_parquet_without_id_column_numbers_rows_across_files(
-    spec: ModelSpec, tmp_path: Path
+    spec: VersionSpec, tmp_path: Path
 ) -> None:
     """row_number runs on across files; a rerun clears what a stopped run left."""
     source = _input_files(tmp_path / "in", "parquet")
@@ -149,7 +152,7 @@ def test_parquet_without_id_column_numbers_rows_across_files(
 
 
 @pytest.mark.usefixtures("ray_instance")
-def test_csv_with_id_column_sets_rejected_rows_aside(spec: ModelSpec, tmp_path: Path) -> None:
+def test_csv_with_id_column_sets_rejected_rows_aside(spec: VersionSpec, tmp_path: Path) -> None:
     """Ids stay text on the way in; the row with "abc" ends in _errors/ with why."""
     source = _input_files(tmp_path / "in", "csv", ids=True, bad_row=45)
     output = tmp_path / "out"
@@ -167,7 +170,7 @@ def test_csv_with_id_column_sets_rejected_rows_aside(spec: ModelSpec, tmp_path: 
 
 
 @pytest.mark.usefixtures("ray_instance")
-def test_json_lines_without_id_column(spec: ModelSpec, tmp_path: Path) -> None:
+def test_json_lines_without_id_column(spec: VersionSpec, tmp_path: Path) -> None:
     source = _input_files(tmp_path / "in", "jsonl")
     output = tmp_path / "out"
 
@@ -180,14 +183,16 @@ def test_json_lines_without_id_column(spec: ModelSpec, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("ray_instance")
-def test_fail_on_error_stops_the_job_with_the_rejected_row(spec: ModelSpec, tmp_path: Path) -> None:
+def test_fail_on_error_stops_the_job_with_the_rejected_row(
+    spec: VersionSpec, tmp_path: Path
+) -> None:
     source = _input_files(tmp_path / "in", "csv", bad_row=3)
 
     with pytest.raises(InvalidInput, match=r"'row_number': 3.*--fail-on-error"):
         _run(spec, str(source), tmp_path / "out", "csv", fail_on_error=True, workers=1)
 
 
-def test_a_new_job_refuses_a_folder_with_parts(spec: ModelSpec, tmp_path: Path) -> None:
+def test_a_new_job_refuses_a_folder_with_parts(spec: VersionSpec, tmp_path: Path) -> None:
     source = _input_files(tmp_path / "in", "parquet")
     output = tmp_path / "out"
     output.mkdir()
@@ -199,7 +204,7 @@ def test_a_new_job_refuses_a_folder_with_parts(spec: ModelSpec, tmp_path: Path) 
 
 @pytest.mark.usefixtures("ray_instance")
 def test_a_node_without_the_model_file_unpacks_the_shipped_copy(
-    spec: ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spec: VersionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))
     shipped = _ship(spec)
@@ -226,7 +231,7 @@ def test_cpus_per_actor(cluster_cpus: float, workers: int, share: float) -> None
 
 
 def test_without_ray_installed_says_which_extra(
-    spec: ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spec: VersionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when absent
     source = _input_files(tmp_path / "in", "parquet")

@@ -221,7 +221,9 @@ def test_input_drift_is_a_rollout_gate(registry: Registry, tmp_path: Path) -> No
         "fraud-api", to=2, gates={"max_input_drift_share": 0.5}
     )
     controller = RolloutController(
-        registry, DeploymentRouter(ModelManager(registry)), drift=MonitoringService(registry).drift
+        registry,
+        DeploymentRouter(ModelManager(registry), registry),
+        drift=MonitoringService(registry).drift,
     )
     steady, _ = fixtures.training_data(rows=150, seed=11)
     one = np.array([1])

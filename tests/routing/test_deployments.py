@@ -16,7 +16,6 @@ from shipyard.errors import InvalidInput, NotFound
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
-from shipyard.routing.deployments import Arm, LiveRevision
 from tests import fixtures
 from tests.server import RunningServer, running_server
 
@@ -64,25 +63,6 @@ def test_revisions_diff_rollback_and_audit(registry: Registry) -> None:
     assert actions == ["deployment.apply", "deployment.apply", "deployment.rollback"]
     with pytest.raises(NotFound):
         registry.deployments.rollback("fraud-api", 9)
-
-
-def _live(weights: dict[str, float]) -> LiveRevision:
-    manifest = parse_manifest(MANIFEST)
-    arms = [Arm(version, weight) for version, weight in weights.items()]
-    return LiveRevision(1, manifest, arms, None, sum(weights.values()))
-
-
-def test_weighted_split_converges_and_sticky_keys_never_move() -> None:
-    live = _live({"1": 70, "2": 30})
-    draws = 20_000
-    share = Counter(live.choose(None) for _ in range(draws))["2"] / draws
-    sigma = (0.3 * 0.7 / draws) ** 0.5
-    assert abs(share - 0.3) < 5 * sigma
-    users = [f"user-{i}".encode() for i in range(2_000)]
-    arms = {user: live.choose(user) for user in users}
-    assert all(live.choose(user) == arms[user] for user in users for _ in range(3))
-    sticky_share = Counter(arms.values())["2"] / len(users)
-    assert abs(sticky_share - 0.3) < 5 * (0.3 * 0.7 / len(users)) ** 0.5
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +241,22 @@ def test_pinning_a_version_needs_a_deployer(tmp_path: Path) -> None:
         pinned = call("deployer", "2")
         assert pinned.status_code == 200
         assert pinned.headers["x-shipyard-model-version"] == "fraud:2"
+        # The same rule over gRPC, with the pin as metadata.
+        import grpc
+
+        assert server.grpc_target is not None
+
+        def grpc_call(role: str, pin: str | None) -> str:
+            metadata = [("authorization", f"Bearer {keyed.tokens[role]}")]
+            if pin:
+                metadata.append(("x-shipyard-version", pin))
+            return _grpc_infer(server.grpc_target or "", "fraud-api", tuple(metadata))
+
+        assert grpc_call("predictor", None) in ("1", "2")
+        with pytest.raises(grpc.RpcError) as refused:
+            grpc_call("predictor", "2")
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert {grpc_call("deployer", "2") for _ in range(5)} == {"2"}
 
 
 def test_a_deployment_is_addressed_by_name_like_a_model(deployed: RunningServer) -> None:
@@ -283,3 +279,44 @@ def test_a_deployment_is_addressed_by_name_like_a_model(deployed: RunningServer)
         assert stub.ModelReady(pb.ModelReadyRequest(name="fraud-api"), timeout=30).ready
         answer = stub.ModelInfer(request, timeout=30)
     assert answer.model_name == "fraud" and answer.model_version in ("1", "2")
+
+
+def _grpc_infer(target: str, name: str, metadata: tuple[tuple[str, str], ...]) -> str:
+    """The version that answered one gRPC ModelInfer with the given metadata."""
+    import grpc
+
+    from shipyard.transports.grpc_v2 import inference_pb2 as pb
+    from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
+
+    data, _ = fixtures.training_data(rows=1)
+    request = pb.ModelInferRequest(model_name=name)
+    tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    tensor.contents.fp64_contents.extend(data.reshape(-1).tolist())
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        answer = stub.ModelInfer(request, metadata=metadata, timeout=30)
+    return str(answer.model_version)
+
+
+def test_grpc_requests_are_sticky_and_pinnable_like_rest(deployed: RunningServer) -> None:
+    sticky = MANIFEST.replace("name: fraud-api", "name: fraud-grpc") + "sticky: {header: x-user}\n"
+    with httpx.Client(base_url=deployed.url, timeout=30) as http:
+        applied = http.post("/api/deployments", content=sticky)
+        assert applied.status_code == 200, applied.text
+        rest = {
+            f"u{user}": http.post("/v2/models/fraud-grpc/infer", json=_body(),
+                                  headers={"x-user": f"u{user}"}).json()["model_version"]
+            for user in range(40)
+        }  # fmt: skip
+    assert deployed.grpc_target is not None
+    seen: dict[str, set[str]] = {}
+    for user in range(40):
+        for _ in range(3):
+            version = _grpc_infer(deployed.grpc_target, "fraud-grpc", (("x-user", f"u{user}"),))
+            seen.setdefault(f"u{user}", set()).add(version)
+    # One arm per user over gRPC, and the same arm REST gives that user.
+    assert {user: arms.pop() for user, arms in seen.items() if len(arms) == 1} == rest
+    assert set(rest.values()) == {"1", "2"}
+    pins = {_grpc_infer(deployed.grpc_target, "fraud-grpc", (("x-shipyard-version", "2"),))
+            for _ in range(10)}  # fmt: skip
+    assert pins == {"2"}

@@ -12,8 +12,7 @@ import pytest
 
 from shipyard.config import Settings
 from shipyard.registry.manifest import parse_manifest
-from shipyard.registry.records import RegistrationOptions
-from shipyard.registry.rollouts import DEFAULT_GATES
+from shipyard.registry.records import RegistrationOptions, RolloutGates
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import ArmWindow
 from shipyard.routing.rollouts import evaluate
@@ -57,15 +56,15 @@ def test_gates_name_the_numbers() -> None:
     failing.record(0.0, None)
     failing.errors += 10
     failing.requests += 10
-    reason = evaluate(DEFAULT_GATES, failing, stable)
+    reason = evaluate(RolloutGates(), failing, stable)
     assert reason is not None
     assert "error rate 0.180 vs stable 0.000" in reason
     assert "p95 latency 5.00x" in reason
     assert "prediction drift KS 1.00" in reason
-    assert evaluate(DEFAULT_GATES, stable, stable) is None
+    assert evaluate(RolloutGates(), stable, stable) is None
     stable.agreement.sent, stable.agreement.failed, stable.agreement.agreed = 42, 2, 30
-    assert evaluate(DEFAULT_GATES, stable, stable) is None  # agreement gate off by default
-    reason = evaluate({**DEFAULT_GATES, "min_agreement": 0.9}, stable, stable)
+    assert evaluate(RolloutGates(), stable, stable) is None  # agreement gate off by default
+    reason = evaluate(RolloutGates(min_agreement=0.9), stable, stable)
     assert reason == "agreement with stable 0.75 over 40 compared answers (needed 0.9)"
 
 

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shipyard.runtimes.base import LoadSpec
-from shipyard.runtimes.detect import flavor_named, inspect_model
+from shipyard import runtimes
+from shipyard.runtimes import VersionSpec
+from shipyard.runtimes.detect import inspect_model
 from tests import fixtures
 
 
-def load(path: Path):  # type: ignore[no-untyped-def]
+def spec_of(path: Path) -> VersionSpec:
     found = inspect_model(path)
-    return flavor_named(found.flavor).load(LoadSpec(path, found.signature, found.details))
+    return VersionSpec("m", 1, found.flavor, str(path), found.signature, found.details)
+
+
+def load(path: Path) -> runtimes.Runtime:
+    return runtimes.load(spec_of(path))
+
+
+def test_a_version_spec_crosses_processes_whole(tmp_path: Path) -> None:
+    spec = spec_of(fixtures.write_sklearn_model(tmp_path))
+    copy = pickle.loads(pickle.dumps(spec))
+    assert spec.signature is not None
+    assert copy == spec
+    assert copy.key == "m:1"
 
 
 def test_sklearn_predict_and_proba(tmp_path: Path) -> None:

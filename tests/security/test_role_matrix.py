@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from shipyard.config import Settings
 from shipyard.security.policy import GRPC_RULES, REST_RULES, Permission, allows
-from shipyard.server import build_app
+from shipyard.server import build_api, build_services
 from shipyard.transports.grpc_v2 import inference_pb2 as pb
 from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 from tests.security.conftest import KeyedHome
@@ -29,10 +29,10 @@ PARAMS = {
 
 
 def app_routes(home: Path) -> set[tuple[str, str]]:
-    door = build_app(Settings(home=home))
-    schema = door.app.openapi()
+    api = build_api(build_services(Settings(home=home)))
+    schema = api.openapi()
     routes = {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
-    for route in door.app.routes:
+    for route in api.routes:
         if isinstance(route, Route):  # FastAPI's own docs routes, outside the schema
             routes |= {(m, route.path) for m in route.methods or () if m != "HEAD"}
     return routes

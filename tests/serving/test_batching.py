@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from shipyard.errors import ModelFailed, Overloaded
+from shipyard.runtimes.base import VersionSpec
 from shipyard.serving.batching import Pending, split, take_batch
-from shipyard.serving.workers import WorkerPool, WorkerSpec
+from shipyard.serving.workers import WorkerPool
 
 RECORDER = '''
 import time
@@ -68,18 +69,19 @@ def test_split_gives_each_request_its_rows() -> None:
 
 
 @pytest.fixture(scope="module")
-def recorder_spec(tmp_path_factory: pytest.TempPathFactory) -> WorkerSpec:
+def recorder_spec(tmp_path_factory: pytest.TempPathFactory) -> VersionSpec:
     folder = tmp_path_factory.mktemp("recorder")
     (folder / "recorder.py").write_text(RECORDER)
-    return WorkerSpec(
-        key="recorder:1",
+    return VersionSpec(
+        model="recorder",
+        version=1,
         flavor="python",
         path=str(folder),
         details={"module": "recorder.py", "class": "Recorder"},
     )
 
 
-async def _with_pool(spec: WorkerSpec, scenario, **options):  # type: ignore[no-untyped-def]
+async def _with_pool(spec: VersionSpec, scenario, **options):  # type: ignore[no-untyped-def]
     pool = WorkerPool(spec, **options)
     await pool.start()
     try:
@@ -90,7 +92,7 @@ async def _with_pool(spec: WorkerSpec, scenario, **options):  # type: ignore[no-
 
 @pytest.mark.parametrize("max_rows", [64, 1])
 def test_concurrent_mixed_sizes_get_exactly_their_rows(
-    recorder_spec: WorkerSpec, max_rows: int
+    recorder_spec: VersionSpec, max_rows: int
 ) -> None:
     requests = [np.arange(i * 10, i * 10 + 1 + i % 4, dtype=np.float64) for i in range(40)]
 
@@ -109,7 +111,7 @@ def test_concurrent_mixed_sizes_get_exactly_their_rows(
         assert max(batch_rows) <= max_rows
 
 
-def test_a_poisoned_request_fails_alone(recorder_spec: WorkerSpec) -> None:
+def test_a_poisoned_request_fails_alone(recorder_spec: VersionSpec) -> None:
     requests = [np.array([float(i)]) for i in range(12)]
     requests[5] = np.array([-1.0])
 
@@ -128,7 +130,7 @@ def test_a_poisoned_request_fails_alone(recorder_spec: WorkerSpec) -> None:
 
 
 def test_full_queue_refuses_at_once_and_accepted_requests_succeed(
-    recorder_spec: WorkerSpec,
+    recorder_spec: VersionSpec,
 ) -> None:
     async def scenario(pool: WorkerPool) -> list[object]:
         calls = [pool.predict({"v": np.array([1000.0 + i])}, None, 30) for i in range(8)]
@@ -143,7 +145,7 @@ def test_full_queue_refuses_at_once_and_accepted_requests_succeed(
 
 
 def test_a_deadline_that_cannot_be_met_is_refused_before_queueing(
-    recorder_spec: WorkerSpec,
+    recorder_spec: VersionSpec,
 ) -> None:
     async def scenario(pool: WorkerPool) -> object:
         await pool.predict({"v": np.array([1000.0])}, None, 30)  # learn: ~0.3 s a batch
@@ -186,7 +188,7 @@ def test_overflow_over_http_is_503_with_retry_after(
     assert all(r.json()["outputs"][0]["data"] == [2000.0] for r in accepted)
 
 
-def test_batch_delay_gathers_requests_that_arrive_one_by_one(recorder_spec: WorkerSpec) -> None:
+def test_batch_delay_gathers_requests_that_arrive_one_by_one(recorder_spec: VersionSpec) -> None:
     async def scenario(pool: WorkerPool) -> list[dict[str, np.ndarray]]:
         calls = []
         for i in range(3):
@@ -208,7 +210,7 @@ def test_batch_delay_gathers_requests_that_arrive_one_by_one(recorder_spec: Work
 
 
 def test_large_tensors_travel_through_shared_memory_and_leave_nothing(
-    recorder_spec: WorkerSpec,
+    recorder_spec: VersionSpec,
 ) -> None:
     from pathlib import Path
 

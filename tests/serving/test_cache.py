@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from shipyard.serving.cache import ResultCache, cache_key
-from shipyard.serving.types import InferRequest, InferResponse, Tensor
+from shipyard.serving.types import (
+    CacheLookups,
+    CacheSnapshot,
+    InferRequest,
+    InferResponse,
+    ModelKey,
+    Tensor,
+)
 from shipyard.transports.codec import encode_response
 
 
@@ -78,6 +85,28 @@ def test_bounds_on_entries_and_bytes_evict_least_recently_used() -> None:
     assert len(small) == 1 and small.bytes <= small.max_bytes
     small.put(key([3]), {"y": np.zeros(1000)})  # larger than the whole cache: not kept
     assert small.get(key([3])) is None
+
+
+def test_a_model_key_and_its_string_form_give_the_same_cache_key() -> None:
+    inputs = {"x": np.array([[1.0, 2.0]])}
+    assert cache_key(ModelKey("m", 1), inputs, None) == cache_key("m:1", inputs, None)
+
+
+def test_snapshot_counts_lookups_per_version() -> None:
+    cache = ResultCache(max_entries=10, max_bytes=10_000, ttl_seconds=60)
+    cache.put(key([1]), {"y": np.array([1.0])})
+    m1, m2 = ModelKey("m", 1), ModelKey("m", 2)
+    cache.get(key([1]), m1)
+    cache.get(key([2]), m1)
+    cache.get(key([1]), "m:1")  # the "name:version" form counts for the same version
+    cache.get(key([1], "m:2"), m2)
+    cache.get(key([1]))  # no version: counted in the totals only
+    assert cache.snapshot() == CacheSnapshot(
+        entries=1,
+        bytes=cache.bytes,
+        lookups=(CacheLookups(m1, hits=2, misses=1), CacheLookups(m2, hits=0, misses=1)),
+    )
+    assert (cache.hits, cache.misses) == (3, 2)
 
 
 def test_served_cache_hit_is_byte_identical(tmp_path) -> None:  # type: ignore[no-untyped-def]

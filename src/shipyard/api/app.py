@@ -14,18 +14,14 @@ from shipyard.api.errors import install_error_handlers
 from shipyard.api.models import router as models_router
 from shipyard.api.monitoring import router as monitoring_router
 from shipyard.api.security import router as security_router
-from shipyard.monitoring.service import MonitoringService
-from shipyard.registry.service import Registry
-from shipyard.security.keys import KeyStore
+from shipyard.api.state import ControlPlane
 
 
 def create_app(
-    registry: Registry,
+    control: ControlPlane,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
-    trust: Registry | None = None,
 ) -> FastAPI:
-    """`trust` is the registry whose API keys and audit trail guard this app
-    (default: `registry` itself)."""
+    """The control-plane routes over `control`; the server adds the data plane's."""
     app = FastAPI(
         title="Shipyard",
         version=__version__,
@@ -33,10 +29,7 @@ def create_app(
         "V2 and MLflow scoring).",
         lifespan=lifespan,
     )
-    app.state.registry = registry
-    app.state.trust = trust or registry
-    app.state.keys = KeyStore(app.state.trust.sessions)
-    app.state.monitoring = MonitoringService(registry)
+    app.state.control_plane = control
     install_error_handlers(app)
     app.include_router(models_router)
     app.include_router(deployments_router)

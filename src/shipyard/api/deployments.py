@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from shipyard.api.state import control_plane
 from shipyard.registry import records
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.service import Registry
@@ -19,8 +20,7 @@ class RollbackTarget(BaseModel):
 
 
 def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+    return control_plane(request).registry
 
 
 @router.get("/deployments")

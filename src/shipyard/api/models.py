@@ -13,6 +13,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from shipyard.api.state import control_plane
 from shipyard.errors import InvalidInput
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor
@@ -32,8 +33,7 @@ class AliasTarget(BaseModel):
 
 
 def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+    return control_plane(request).registry
 
 
 def _version_ref(name: str, version: str) -> ModelRef:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from shipyard.api.state import control_plane
 from shipyard.durations import duration_seconds
 from shipyard.errors import Conflict
 from shipyard.monitoring.service import MonitoringService
@@ -35,8 +36,7 @@ class FeedbackBatch(BaseModel):
 
 
 def _monitoring(request: Request) -> MonitoringService:
-    service: MonitoringService = request.app.state.monitoring
-    return service
+    return control_plane(request).monitoring
 
 
 def _filter(
@@ -131,7 +131,7 @@ def drift_report(request: Request, report_id: int) -> HTMLResponse:
 @router.get("/monitoring/cost")
 def cost(request: Request) -> list[dict[str, Any]]:
     """Cost per 1,000 predictions per loaded version (needs SHIPYARD_PRICE_PER_REPLICA_HOUR)."""
-    meter = getattr(request.app.state, "cost", None)
+    meter = control_plane(request).cost
     if meter is None:
         raise Conflict("cost needs a price: set SHIPYARD_PRICE_PER_REPLICA_HOUR")
     return [asdict(usage) for usage in meter.read()]

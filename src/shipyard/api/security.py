@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from shipyard.api.state import control_plane
 from shipyard.durations import parse_duration
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor
@@ -30,8 +31,7 @@ class CreatedKey(BaseModel):
 
 
 def _keys(request: Request) -> KeyStore:
-    keys: KeyStore = request.app.state.keys
-    return keys
+    return control_plane(request).keys
 
 
 @router.get("/keys")
@@ -63,4 +63,4 @@ def read_audit(
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[records.AuditEvent]:
-    return request.app.state.trust.audit.events(since=since, limit=limit)  # type: ignore[no-any-return]
+    return control_plane(request).trust.audit.events(since=since, limit=limit)

@@ -22,17 +22,16 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from shipyard.batch.files import Segment, Sink, Source
-from shipyard.batch.model import ModelSpec, Scorer
+from shipyard.batch.model import Scorer
 from shipyard.batch.options import JobOptions
 from shipyard.errors import InvalidInput, ShipyardError
+from shipyard.runtimes.base import VersionSpec
+from shipyard.runtimes.threads import limit_native_threads
 
 log = logging.getLogger("shipyard.batch")
 _BACKOFF_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 10.0
 _IN_FLIGHT_PER_WORKER = 2
-# Native thread pools a worker would otherwise size to every core: with K worker
-# processes on C cores, C/K threads each keeps the machine busy without oversubscribing.
-_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class RowsRejected(Exception):
@@ -75,7 +74,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class _WorkerSetup:
-    spec: ModelSpec
+    spec: VersionSpec
     source: Source
     sink: Sink
     options: JobOptions
@@ -87,8 +86,9 @@ _setup: _WorkerSetup | None = None
 
 def _start_worker(setup: _WorkerSetup, threads: int) -> None:
     global _scorer, _setup
-    for name in _THREAD_ENV:
-        os.environ.setdefault(name, str(threads))  # for libraries the model loads next
+    # Native thread pools a worker would otherwise size to every core: with K worker
+    # processes on C cores, C/K threads each keeps the machine busy without oversubscribing.
+    limit_native_threads(threads)  # for libraries the model loads next
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -121,7 +121,7 @@ class LocalExecutor:
 
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: VersionSpec,
         source: Source,
         sink: Sink,
         options: JobOptions,

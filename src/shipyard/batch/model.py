@@ -10,8 +10,7 @@ reason instead of failing the whole table.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shipyard.errors import InvalidInput
-from shipyard.signature import NUMPY_DTYPES, Signature, TensorSpec
+from shipyard.runtimes.base import VersionSpec
+from shipyard.signature import NUMPY_DTYPES, TensorSpec, columns_to_inputs, matrix_input
 
 if TYPE_CHECKING:
     from shipyard.registry.service import Registry
@@ -30,36 +30,12 @@ ROW_NUMBER = "row_number"
 ERROR = "error"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model version fetched to a local path: all a scoring process needs (picklable)."""
-
-    model: str
-    version: int
-    flavor: str
-    path: str
-    signature: dict[str, Any] | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.model}:{self.version}"
-
-
-def resolve_model(registry: Registry, ref_text: str) -> ModelSpec:
+def resolve_model(registry: Registry, ref_text: str) -> VersionSpec:
     """The version a reference names (a bare name: its production alias, else the latest)."""
     from shipyard.registry.refs import parse_ref
 
     record = registry.models.serving_version(parse_ref(ref_text))
-    path = registry.artifacts.materialize(record.artifact.digest)
-    return ModelSpec(
-        model=record.model,
-        version=record.version,
-        flavor=record.flavor,
-        path=str(path),
-        signature=record.signature.model_dump() if record.signature else None,
-        details=dict(record.flavor_details),
-    )
+    return VersionSpec.of(record, registry.artifacts.materialize(record.artifact.digest))
 
 
 @dataclass
@@ -79,15 +55,12 @@ class Scored:
 class Scorer:
     """A loaded model that scores tables. Create it in the process that predicts."""
 
-    def __init__(self, spec: ModelSpec, outputs: Sequence[str] | None = None) -> None:
-        from shipyard.runtimes.base import LoadSpec
-        from shipyard.runtimes.detect import flavor_named
+    def __init__(self, spec: VersionSpec, outputs: Sequence[str] | None = None) -> None:
+        from shipyard.runtimes import load
 
         self.spec = spec
-        self.signature = Signature.model_validate(spec.signature) if spec.signature else None
-        self.runtime: Runtime = flavor_named(spec.flavor).load(
-            LoadSpec(Path(spec.path), self.signature, dict(spec.details))
-        )
+        self.signature = spec.signature
+        self.runtime: Runtime = load(spec)
         self.outputs = list(outputs) if outputs else None
 
     def score(self, table: pa.Table, id_columns: Sequence[str] = (), first_row: int = 0) -> Scored:
@@ -116,44 +89,37 @@ class Scorer:
         )
         return Scored(output=output, errors=errors)
 
-    def _feature_specs(self, table: pa.Table, id_columns: Sequence[str]) -> list[TensorSpec]:
-        """The named inputs and which columns feed them."""
-        if self.signature and self.signature.inputs:
-            return self.signature.inputs
-        features = [n for n in table.column_names if n not in id_columns]
-        return [TensorSpec(name="input-0", datatype="FP64", shape=[-1, len(features)])]
-
     def _inputs(
         self, table: pa.Table, id_columns: Sequence[str], reasons: dict[int, str]
     ) -> Tensors:
-        """Arrays as the runtime takes them; rows that cannot be, with why, into `reasons`."""
-        specs = self._feature_specs(table, id_columns)
-        tensors: Tensors = {}
-        if len(specs) == 1 and len(specs[0].shape) == 2:
-            spec = specs[0]
+        """Arrays as the runtime takes them; rows that cannot be, with why, into `reasons`.
+
+        Each column is cast to its input's datatype on its own, so a value that does
+        not convert sets aside its row, not the table.
+        """
+        specs = self.signature.inputs if self.signature else []
+        stacked = matrix_input(self.signature)
+        if stacked is not None:
             features = [n for n in table.column_names if n not in id_columns]
+            default = TensorSpec(name=stacked, datatype="FP64", shape=[-1, len(features)])
+            spec = specs[0] if specs else default
             width = spec.shape[1]
             if width != -1 and width != len(features):
                 raise InvalidInput(
                     f"the model takes {width} features ({spec.name}), the input has "
                     f"{len(features)} columns besides the id columns: {', '.join(features)}"
                 )
-            columns = [_column_array(table.column(n), n, spec.datatype, reasons) for n in features]
-            tensors[spec.name] = (
-                np.column_stack(columns) if columns else np.empty((table.num_rows, 0))
-            )
-            return tensors
-        missing = [s.name for s in specs if s.name not in table.column_names]
-        if missing:
-            raise InvalidInput(
-                f"the input has no column {missing[0]!r}, which the model needs "
-                f"(it takes {', '.join(s.name for s in specs)})"
-            )
-        for spec in specs:
-            tensors[spec.name] = _column_array(
-                table.column(spec.name), spec.name, spec.datatype, reasons
-            )
-        return tensors
+            feeds = [(n, spec.datatype) for n in features]
+        else:
+            missing = [s.name for s in specs if s.name not in table.column_names]
+            if missing:
+                raise InvalidInput(
+                    f"the input has no column {missing[0]!r}, which the model needs "
+                    f"(it takes {', '.join(s.name for s in specs)})"
+                )
+            feeds = [(s.name, s.datatype) for s in specs]
+        columns = {n: _column_array(table.column(n), n, datatype, reasons) for n, datatype in feeds}
+        return columns_to_inputs(columns, self.signature, rows=table.num_rows)
 
     def _predict(
         self, tensors: Tensors, positions: np.ndarray

@@ -42,8 +42,9 @@ import numpy as np
 import pyarrow as pa
 
 from shipyard.batch.files import EXTENSIONS, Sink, Source, encode
-from shipyard.batch.model import ROW_NUMBER, ModelSpec, Scorer
+from shipyard.batch.model import ROW_NUMBER, Scorer
 from shipyard.errors import Conflict, InvalidInput, MissingExtra, ShipyardError
+from shipyard.runtimes.base import VersionSpec
 
 _FILE = "__shipyard_file"
 _ROW = "__shipyard_row"
@@ -70,7 +71,7 @@ class RayOutcome:
 
 
 def run_on_ray(
-    spec: ModelSpec,
+    spec: VersionSpec,
     source: Source,
     sink: Sink,
     *,
@@ -217,7 +218,7 @@ class _ScoreBatches:
 
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: VersionSpec,
         shipped: _ShippedModel,
         outputs: list[str] | None,
         id_columns: list[str],
@@ -234,7 +235,7 @@ class _ScoreBatches:
         try:
             self.scorer = Scorer(_on_this_node(spec, shipped), outputs)
         except Exception as exc:
-            self.failure = f"the model {spec.ref} did not load: {type(exc).__name__}: {exc}"
+            self.failure = f"the model {spec.key} did not load: {type(exc).__name__}: {exc}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.scorer is None:
@@ -285,7 +286,7 @@ class _ShippedModel:
     """[ObjectRef]: in a list, so Ray hands actors the reference rather than the bytes."""
 
 
-def _ship(spec: ModelSpec) -> _ShippedModel:
+def _ship(spec: VersionSpec) -> _ShippedModel:
     import ray
 
     buffer = io.BytesIO()
@@ -299,7 +300,7 @@ def _ship(spec: ModelSpec) -> _ShippedModel:
     )
 
 
-def _on_this_node(spec: ModelSpec, shipped: _ShippedModel) -> ModelSpec:
+def _on_this_node(spec: VersionSpec, shipped: _ShippedModel) -> VersionSpec:
     """The spec itself where its path exists, else one pointing at the shipped copy,
     unpacked once per node (actors that lose the race use the winner's)."""
     if os.path.exists(spec.path):

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from shipyard.batch.files import Sink, Source, open_source
 from shipyard.batch.jobs import JobRecord, JobStore, State
 from shipyard.batch.local import ChunkFailed, Counts, LocalExecutor
-from shipyard.batch.model import ModelSpec, resolve_model
+from shipyard.batch.model import resolve_model
 from shipyard.batch.options import JobOptions
 from shipyard.errors import Conflict, InvalidInput, ShipyardError
 from shipyard.registry.refs import parse_ref
 from shipyard.registry.service import Registry
+from shipyard.runtimes.base import VersionSpec
 
 log = logging.getLogger("shipyard.batch")
 EXECUTORS = ("local", "ray")
@@ -119,7 +120,7 @@ def run_job(
 
 def _run_on_ray(
     job: JobRecord,
-    spec: ModelSpec,
+    spec: VersionSpec,
     source: Source,
     sink: Sink,
     recorder: _ProgressRecorder,

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthorizationError
 from redis.retry import Retry
 
-from shipyard.batch.model import ModelSpec, Scorer
+from shipyard.batch.model import Scorer
 from shipyard.batch.stream_format import (
     StreamAddress,
     StreamOptions,
@@ -34,6 +34,7 @@ from shipyard.batch.stream_format import (
     score_messages,
 )
 from shipyard.errors import InvalidInput, ShipyardError, StreamUnavailable
+from shipyard.runtimes.base import VersionSpec
 
 log = logging.getLogger("shipyard.stream")
 
@@ -80,7 +81,7 @@ class StreamConsumer:
     """Reads, scores, writes and acknowledges until stopped: one per process."""
 
     def __init__(
-        self, spec: ModelSpec, options: StreamOptions, outputs: Sequence[str] | None = None
+        self, spec: VersionSpec, options: StreamOptions, outputs: Sequence[str] | None = None
     ) -> None:
         self.spec = spec
         self.options = options
@@ -356,7 +357,7 @@ class StreamConsumer:
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "model": self.spec.ref,
+            "model": self.spec.key,
             "source": str(self.options.source),
             "sink": str(self.options.sink),
             "group": self.group,

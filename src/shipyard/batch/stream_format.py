@@ -19,8 +19,9 @@ import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shipyard.batch.model import ERROR, ModelSpec, Scorer
+from shipyard.batch.model import ERROR, Scorer
 from shipyard.errors import InvalidInput
+from shipyard.runtimes.base import VersionSpec
 
 URI_SHAPE = "redis://[user:password@]host:port[/DB]/STREAM"
 JSON_FIELD = "json"
@@ -232,7 +233,7 @@ def score_messages(
 def result_fields(
     message: Message,
     id_field: str | None,
-    spec: ModelSpec,
+    spec: VersionSpec,
     values: Mapping[str, Any] | None,
     error: str | None,
 ) -> dict[str, str]:

@@ -44,11 +44,8 @@ def list_deployments(json_output: bool = JsonOption) -> None:
 
     table = Table("deployment", "revision", "model", "routes", "by", "at")
     for r in rows:
-        routes = ", ".join(
-            f"{route.get('version', route.get('alias'))}:{route.get('weight', 100):g}"
-            for route in r.manifest.get("routes", [])
-        )
-        table.add_row(r.deployment, str(r.revision), r.manifest.get("model", ""), routes,
+        routes = ", ".join(f"{route.target}:{route.weight:g}" for route in r.manifest.routes)
+        table.add_row(r.deployment, str(r.revision), r.manifest.model, routes,
                       r.created_by, f"{r.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
     Console().print(table)
 
@@ -65,7 +62,7 @@ def show(name: str, json_output: bool = JsonOption) -> None:
         return
     typer.echo(f"# {live.deployment} revision {live.revision} by {live.created_by} "
                f"at {live.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
-    typer.echo(yaml.safe_dump(live.manifest, sort_keys=False).rstrip())
+    typer.echo(yaml.safe_dump(live.manifest.document(), sort_keys=False).rstrip())
 
 
 @app.command("history")

@@ -10,11 +10,12 @@ workers' wall-clock lifetime instead, for capacity that is paid for regardless.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
-from shipyard.serving.manager import ModelManager
+from shipyard.serving.types import ModelKey, VersionSnapshot
 
 
 @dataclass
@@ -43,25 +44,29 @@ class VersionCost:
 
 
 class CostMeter:
-    def __init__(self, manager: ModelManager, price_per_replica_hour: float) -> None:
-        self.manager = manager
+    """Prices each serving version's predictions from its workers' CPU time.
+
+    `versions` snapshots what the model manager serves (ModelManager.snapshot).
+    """
+
+    def __init__(
+        self, versions: Callable[[], Sequence[VersionSnapshot]], price_per_replica_hour: float
+    ) -> None:
+        self.versions = versions
         self.price = price_per_replica_hour
-        self._usage: dict[str, _Usage] = {}
+        self._usage: dict[ModelKey, _Usage] = {}
 
     def read(self) -> list[VersionCost]:
         """Sample the workers' CPU time now (cheap: one /proc read per worker)."""
         now = time.time()
         costs = []
-        for key, loaded in list(self.manager.models.items()):
-            pool = loaded.pool
+        for version in self.versions():
+            pool = version.pool
             if pool is None:
                 continue
-            usage = self._usage.setdefault(key, _Usage())
+            usage = self._usage.setdefault(version.key, _Usage())
             pids = set()
-            for worker in pool.workers:
-                pid = worker.process.pid
-                if pid is None:
-                    continue
+            for pid in pool.pids:
                 pids.add(pid)
                 try:
                     process = psutil.Process(pid)
@@ -76,11 +81,11 @@ class CostMeter:
                 usage.replica_seconds_done += now - usage.started.pop(gone, now)
             cpu = usage.cpu_seconds_done + sum(usage.live.values())
             lifetime = usage.replica_seconds_done + sum(now - t for t in usage.started.values())
-            rows = pool.stats.rows
+            rows = pool.rows
             costs.append(
                 VersionCost(
-                    model=loaded.record.model,
-                    version=str(loaded.record.version),
+                    model=version.key.model,
+                    version=str(version.key.version),
                     rows=rows,
                     cpu_seconds=cpu,
                     replica_seconds=lifetime,

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
 
 import httpx
 import numpy as np
@@ -26,9 +25,11 @@ from shipyard.registry.manifest import DeploymentManifest, DriftPolicy
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
+from shipyard.signature import columns_to_inputs
 
 log = logging.getLogger("shipyard.drift")
 LEASE = "drift-monitor"
+"""The scheduler's own lease, apart from the rollout controller's: replicas may hold one each."""
 TICK_SECONDS = 5.0
 
 
@@ -51,9 +52,7 @@ class DriftMonitor:
         trigger: str = "demand",
     ) -> list[DriftReport]:
         """Check every version that answered the deployment in the window (or one)."""
-        manifest = DeploymentManifest.model_validate(
-            self.registry.deployments.get(deployment).manifest
-        )
+        manifest = self.registry.deployments.get(deployment).manifest
         policy = manifest.watch.drift
         window = window_seconds if window_seconds is not None else policy.window_seconds
         now = time.time()
@@ -142,14 +141,11 @@ class DriftMonitor:
     def _predict_reference(
         self, record: ModelVersion, reference: dict[str, np.ndarray], output: str
     ) -> np.ndarray | None:
-        from shipyard.runtimes.base import LoadSpec
-        from shipyard.runtimes.detect import flavor_named
+        from shipyard.runtimes import VersionSpec, load
 
         try:
             path = self.registry.artifacts.materialize(record.artifact.digest)
-            runtime = flavor_named(record.flavor).load(
-                LoadSpec(path, record.signature, dict(record.flavor_details))
-            )
+            runtime = load(VersionSpec.of(record, path))
             inputs = _signature_inputs(record, reference)
             return np.asarray(runtime.predict(inputs, [output])[output])
         except Exception as exc:  # output drift is a bonus; the input check stands alone
@@ -208,17 +204,16 @@ def _by_reference_columns(
     return {}
 
 
-def _signature_inputs(record: ModelVersion, reference: dict[str, np.ndarray]) -> dict[str, Any]:
+def _signature_inputs(
+    record: ModelVersion, reference: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """The reference sample shaped as the model's inputs (named columns, or one matrix)."""
-    signature = record.signature
-    if signature is None or not signature.inputs:
-        return {"input-0": np.column_stack(list(reference.values()))}
-    names = [spec.name for spec in signature.inputs]
-    if all(name in reference for name in names):
-        return {name: reference[name] for name in names}
-    if len(names) == 1:
-        return {names[0]: np.column_stack(list(reference.values()))}
-    raise InvalidInput("the reference sample's columns do not match the model's inputs")
+    try:
+        return columns_to_inputs(reference, record.signature)
+    except KeyError:
+        raise InvalidInput(
+            "the reference sample's columns do not match the model's inputs"
+        ) from None
 
 
 class DriftScheduler:
@@ -243,13 +238,12 @@ class DriftScheduler:
         now = time.time() if now is None else now
         due = []
         for revision in self.monitor.registry.deployments.list():
-            manifest = DeploymentManifest.model_validate(revision.manifest)
-            every = manifest.watch.drift.schedule_seconds
+            every = revision.manifest.watch.drift.schedule_seconds
             if every is not None and now - self.last_run.get(revision.deployment, 0.0) >= every:
                 due.append(revision.deployment)
         if not due:
             return []
-        holds = self.monitor.registry.rollouts.hold_lease(LEASE, self.holder, self.lease_seconds)
+        holds = self.monitor.registry.leases.hold(LEASE, self.holder, self.lease_seconds)
         if not holds:
             return []
         reports: list[DriftReport] = []

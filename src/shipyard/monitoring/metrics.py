@@ -1,15 +1,15 @@
 """Prometheus metrics for the data plane, read at scrape time.
 
-A collector asks the live objects (worker pools, result cache) for their
-counters when Prometheus scrapes, so serving a request only bumps plain ints:
-no label lookups or locks on the hot path.
+A collector asks the data plane for snapshots of its counters (versions and
+their worker pools, result cache, deployments) when Prometheus scrapes, so
+serving a request only bumps plain ints: no label lookups or locks on the hot
+path. Monitoring sees serving only through the records in serving.types.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
-from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,21 +22,37 @@ from prometheus_client.registry import Collector
 from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.drift_monitor import DriftMonitor
 from shipyard.monitoring.prediction_log import PredictionLog
-from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.workers import BATCH_SIZE_BOUNDS
+from shipyard.serving.types import (
+    BATCH_SIZE_BOUNDS,
+    CacheSnapshot,
+    DeploymentSnapshot,
+    VersionSnapshot,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKET_BOUNDS = (*map(str, BATCH_SIZE_BOUNDS), "+Inf")
+"""The batch-size histogram's `le` labels."""
 
 
 class DataPlaneCollector(Collector):
+    """Exposes the data plane's snapshots, the prediction log, drift and cost at scrape time.
+
+    `versions` is ModelManager.snapshot, `cache` ResultCache.snapshot and `deployments`
+    DeploymentRouter.snapshot; a family whose source is None is not exposed.
+    """
+
     def __init__(
         self,
-        dataplane: DataPlane,
+        versions: Callable[[], Sequence[VersionSnapshot]],
+        cache: Callable[[], CacheSnapshot] | None = None,
+        deployments: Callable[[], Sequence[DeploymentSnapshot]] | None = None,
         predictions: PredictionLog | None = None,
         drift: DriftMonitor | None = None,
         cost: CostMeter | None = None,
     ) -> None:
-        self.dataplane = dataplane
+        self.versions = versions
+        self.cache = cache
+        self.deployments = deployments
         self.predictions = predictions
         self.drift = drift
         self.cost = cost
@@ -67,25 +83,23 @@ class DataPlaneCollector(Collector):
         sizes = HistogramMetricFamily(
             "shipyard_batch_size", "Rows per predict call sent to a worker.", labels=labels
         )
-        for loaded in list(self.dataplane.manager.models.values()):
-            pool = loaded.pool
+        for version in self.versions():
+            pool = version.pool
             if pool is None:
                 continue
-            values = [loaded.record.model, str(loaded.record.version)]
-            queued.add_metric(values, len(pool.queue))
-            workers.add_metric(values, sum(1 for w in pool.workers if w.alive))
-            batches.add_metric(values, pool.stats.batches)
-            rows.add_metric(values, pool.stats.rows)
-            refused.add_metric(values, pool.stats.refused)
-            restarts.add_metric(values, pool.stats.restarts)
-            load_time.add_metric(values, loaded.load_seconds)
+            values = [version.key.model, str(version.key.version)]
+            queued.add_metric(values, pool.queued)
+            workers.add_metric(values, pool.workers)
+            batches.add_metric(values, pool.batches)
+            rows.add_metric(values, pool.rows)
+            refused.add_metric(values, pool.refused)
+            restarts.add_metric(values, pool.restarts)
+            load_time.add_metric(values, version.load_seconds)
             cumulative, buckets = 0, []
-            for bound, count in zip(
-                (*map(str, BATCH_SIZE_BOUNDS), "+Inf"), pool.stats.batch_sizes, strict=True
-            ):
+            for bound, count in zip(_BUCKET_BOUNDS, pool.batch_sizes, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            sizes.add_metric(values, buckets, sum_value=pool.stats.rows)
+            sizes.add_metric(values, buckets, sum_value=pool.rows)
         yield from (queued, workers, batches, rows, refused, restarts, load_time, sizes)
         yield from self._cache()
         yield from self._deployments()
@@ -160,8 +174,7 @@ class DataPlaneCollector(Collector):
         yield from (cpu, per_1k)
 
     def _deployments(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        router = self.dataplane.router
-        if router is None:
+        if self.deployments is None:
             return
         revision = GaugeMetricFamily(
             "shipyard_deployment_revision", "Revision a deployment serves.", labels=["deployment"]
@@ -176,22 +189,19 @@ class DataPlaneCollector(Collector):
         seconds = CounterMetricFamily(
             "shipyard_shadow_seconds", "Time spent answering shadow copies.", labels=labels
         )
-        for name, entry in list(router.entries.items()):
-            live = entry.live
-            if live is None:
-                continue
-            revision.add_metric([name], live.revision)
-            values = [name, str(live.revision)]
-            sent.add_metric(values, live.shadow.sent)
-            agreed.add_metric(values, live.shadow.agreed)
-            failed.add_metric(values, live.shadow.failed)
-            seconds.add_metric(values, live.shadow.seconds)
+        for deployment in self.deployments():
+            revision.add_metric([deployment.deployment], deployment.revision)
+            values = [deployment.deployment, str(deployment.revision)]
+            sent.add_metric(values, deployment.shadow_sent)
+            agreed.add_metric(values, deployment.shadow_agreed)
+            failed.add_metric(values, deployment.shadow_failed)
+            seconds.add_metric(values, deployment.shadow_seconds)
         yield from (revision, sent, agreed, failed, seconds)
 
     def _cache(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        cache = self.dataplane.cache
-        if cache is None:
+        if self.cache is None:
             return
+        cache = self.cache()
         lookups = CounterMetricFamily(
             "shipyard_cache_lookups",
             "Result cache lookups by outcome.",
@@ -202,22 +212,18 @@ class DataPlaneCollector(Collector):
             "Share of result cache lookups answered from the cache since start.",
             labels=["model", "version"],
         )
-        for key, (hits, misses) in list(cache.lookups_by_model.items()):
-            model, _, version = key.rpartition(":")
+        for looked_up in cache.lookups:
+            model, version = looked_up.key.model, str(looked_up.key.version)
+            hits, misses = looked_up.hits, looked_up.misses
             lookups.add_metric([model, version, "hit"], hits)
             lookups.add_metric([model, version, "miss"], misses)
             ratio.add_metric([model, version], hits / (hits + misses) if hits + misses else 0.0)
         yield lookups
         yield ratio
-        yield GaugeMetricFamily("shipyard_cache_entries", "Answers cached.", value=len(cache))
+        yield GaugeMetricFamily("shipyard_cache_entries", "Answers cached.", value=cache.entries)
         yield GaugeMetricFamily("shipyard_cache_bytes", "Bytes cached.", value=cache.bytes)
 
 
-router = APIRouter(tags=["monitoring"])
-
-
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    """Prometheus exposition: requests, latency by stage, queues, batches, cache, drift, cost."""
-    registry: CollectorRegistry = request.app.state.metrics
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE)
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format of everything registered (served at GET /metrics)."""
+    return generate_latest(registry)

@@ -20,7 +20,6 @@ from shipyard.monitoring.tracing import RequestTracer
 from shipyard.serving.types import RequestContext
 
 ACCESS = logging.getLogger("shipyard.access")
-REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
 # Inference latencies span ~0.3 ms (cache hit) to seconds (a big batch, a deadline).
 LATENCY_BUCKETS = (

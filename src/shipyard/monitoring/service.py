@@ -21,7 +21,6 @@ from shipyard.monitoring.store import (
     PredictionFilter,
     PredictionRecord,
 )
-from shipyard.registry.manifest import DeploymentManifest
 from shipyard.registry.service import Registry
 
 
@@ -48,9 +47,7 @@ class MonitoringService:
         self, deployment: str, window_seconds: float, bucket_seconds: float | None = None
     ) -> dict[str, Any]:
         """Live quality per version over the window, and per time bucket if asked."""
-        manifest = DeploymentManifest.model_validate(
-            self.registry.deployments.get(deployment).manifest
-        )
+        manifest = self.registry.deployments.get(deployment).manifest
         since = time.time() - window_seconds
         items = self.store.labelled(deployment, since, None, manifest.watch.prediction_output)
         answer: dict[str, Any] = {

@@ -24,17 +24,17 @@ from shipyard.registry.tables import DeploymentRevisionRow, DeploymentRow, utcno
 _LIVE = DeploymentRevisionRow.revision == DeploymentRow.current_revision
 
 
-def _yaml(manifest: dict[str, Any] | None) -> list[str]:
-    if manifest is None:
+def _yaml(document: dict[str, Any] | None) -> list[str]:
+    if document is None:
         return []
-    return yaml.safe_dump(manifest, sort_keys=False).splitlines()
+    return yaml.safe_dump(document, sort_keys=False).splitlines()
 
 
 def _record(name: str, row: DeploymentRevisionRow) -> records.DeploymentRevision:
     return records.DeploymentRevision(
         deployment=name,
         revision=row.revision,
-        manifest=row.manifest,
+        manifest=DeploymentManifest.model_validate(row.manifest),  # the one parse of a stored row
         reason=row.reason,
         created_by=row.created_by,
         created_at=row.created_at,
@@ -48,9 +48,9 @@ class DeploymentRepository:
     def apply(
         self, manifest: DeploymentManifest, dry_run: bool = False, reason: str = "apply"
     ) -> records.ApplyResult:
-        document = manifest.model_dump(mode="json", exclude_none=True)
+        document = manifest.document()
         live = self.find(manifest.name)
-        live_document = live.manifest if live else None
+        live_document = live.manifest.document() if live else None
         diff = list(
             difflib.unified_diff(
                 _yaml(live_document),
@@ -76,7 +76,10 @@ class DeploymentRepository:
         target = self.revision(name, to)
         live = self.find(name)
         self._add_revision(
-            name, target.manifest, f"rollback to {to}", live.manifest if live else None
+            name,
+            target.manifest.document(),
+            f"rollback to {to}",
+            live.manifest.document() if live else None,
         )
         live = self.find(name)
         assert live is not None

@@ -19,33 +19,63 @@ monitoring:                          # see docs/monitoring.md
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from shipyard.config import ServingOptions
+from shipyard.config import (
+    DEFAULT_DEPLOYMENT_SAMPLE,
+    DEFAULT_DRIFT_P_VALUE,
+    DEFAULT_DRIFT_SHARE,
+    ServingOptions,
+)
 from shipyard.durations import duration_seconds
 from shipyard.errors import InvalidInput
-from shipyard.registry.refs import check_model_name
+from shipyard.registry.refs import check_alias, check_model_name
 
 
-class Route(BaseModel):
+class Target(BaseModel):
+    """What a route or a shadow sends requests to: a version number or an alias, one of them."""
+
     model_config = ConfigDict(extra="forbid")
+    noun: ClassVar[str] = "target"
 
     version: int | None = Field(default=None, ge=1)
     alias: str | None = None
-    weight: float = Field(default=100, ge=0)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, alias: str | None) -> str | None:
+        if alias is not None:
+            try:
+                check_alias(alias)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None  # pydantic then says where
+        return alias
 
     @model_validator(mode="after")
-    def _one_target(self) -> Route:
+    def _one_target(self) -> Self:
         if (self.version is None) == (self.alias is None):
-            raise ValueError("a route names either a version or an alias")
+            raise ValueError(f"a {self.noun} names either a version or an alias")
         return self
 
     @property
     def target(self) -> str:
         return str(self.version) if self.version is not None else str(self.alias)
+
+
+class Route(Target):
+    noun = "route"
+
+    weight: float = Field(default=100, ge=0)
 
 
 class Sticky(BaseModel):
@@ -61,16 +91,12 @@ class Sticky(BaseModel):
         return self
 
 
-class Shadow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Shadow(Target):
+    """Copies of a share of requests, answers discarded and agreement recorded."""
 
-    version: int | None = Field(default=None, ge=1)
-    alias: str | None = None
+    noun = "shadow"
+
     fraction: float = Field(default=1.0, gt=0, le=1)
-
-    @property
-    def target(self) -> str:
-        return str(self.version) if self.version is not None else str(self.alias)
 
 
 class RolloutPolicy(BaseModel):
@@ -94,11 +120,11 @@ class DriftPolicy(BaseModel):
     """How far back the logged inputs are taken from."""
     schedule: str | None = None
     """How often the server checks on its own (e.g. 10m); None: on demand only."""
-    p_value: float = Field(default=0.05, gt=0, lt=1)
+    p_value: float = Field(default=DEFAULT_DRIFT_P_VALUE, gt=0, lt=1)
     """A feature drifts when its test's p-value is below this."""
     psi: float | None = Field(default=None, gt=0)
     """A feature also drifts when its population stability index reaches this."""
-    share: float = Field(default=0.5, gt=0, le=1)
+    share: float = Field(default=DEFAULT_DRIFT_SHARE, gt=0, le=1)
     """The dataset drifts when at least this share of its features drift."""
     min_rows: int = Field(default=100, ge=1)
     """Fewer logged rows than this in the window: no verdict."""
@@ -127,7 +153,7 @@ class DriftPolicy(BaseModel):
 class MonitoringPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sample: float = Field(default=0.1, ge=0, le=1)
+    sample: float = Field(default=DEFAULT_DEPLOYMENT_SAMPLE, ge=0, le=1)
     """Share of requests written to the prediction log."""
     prediction_output: str | None = None
     """The output whose values are the predictions scored against feedback
@@ -151,6 +177,10 @@ class DeploymentManifest(BaseModel):
     rollout: RolloutPolicy | None = None
     monitoring: MonitoringPolicy | None = None
     """None: the defaults (see `watch`), left out of stored revisions."""
+
+    def document(self) -> dict[str, Any]:
+        """The manifest as revisions store it and the API shows it: unset fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
 
     @property
     def watch(self) -> MonitoringPolicy:

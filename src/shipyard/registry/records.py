@@ -6,10 +6,12 @@ Pydantic here is fine: these cross the control plane, never the infer path.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
+from shipyard.registry.manifest import DeploymentManifest
 from shipyard.signature import Signature
 
 
@@ -134,10 +136,15 @@ class ApiKey(BaseModel):
 class DeploymentRevision(BaseModel):
     deployment: str
     revision: int
-    manifest: dict[str, Any]
+    manifest: DeploymentManifest
     reason: str = ""
     created_by: str
     created_at: datetime
+
+    @field_serializer("manifest")
+    def _stored_form(self, manifest: DeploymentManifest) -> dict[str, Any]:
+        """Shown as stored: fields left unset are left out, not sent as nulls."""
+        return manifest.document()
 
 
 class ApplyResult(BaseModel):
@@ -146,6 +153,35 @@ class ApplyResult(BaseModel):
     revision: int = Field(description="The revision now live (unchanged when nothing changed).")
     diff: list[str] = Field(description="Unified diff of the live manifest against the new one.")
     dry_run: bool = False
+
+
+class RolloutState(StrEnum):
+    """Where a rollout stands; the values are what the database and the API hold."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+
+class RolloutGates(BaseModel):
+    """What the candidate must keep to at every step, against stable over the same window.
+
+    Unknown names are refused where gates are set (`RolloutRepository.start`) and
+    ignored where a stored rollout is read back."""
+
+    max_error_rate_increase: float = 0.02
+    """Most the candidate's error rate may exceed stable's (0.02: two points)."""
+    max_p95_ratio: float = 2.0
+    """Most the candidate's p95 latency may be, as a multiple of stable's."""
+    max_drift: float = 0.5
+    """Largest Kolmogorov-Smirnov distance between the two arms' predictions."""
+    min_agreement: float = 0.0
+    """Least share of compared answers the candidate must agree with stable on; 0 is off."""
+    max_input_drift_share: float = 1.0
+    """Largest share of input features drifted from the candidate's reference sample over
+    the step (monitoring/drift_monitor.py); 1.0 is off. Needs monitoring.sample > 0."""
 
 
 class Rollout(BaseModel):
@@ -158,9 +194,9 @@ class Rollout(BaseModel):
     step_started_at: datetime | None = None
     bake_seconds: float
     min_requests: int
-    gates: dict[str, float]
+    gates: RolloutGates
     webhook: str | None = None
-    state: str
+    state: RolloutState
     reason: str = ""
     created_by: str
     created_at: datetime

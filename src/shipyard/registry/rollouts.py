@@ -1,8 +1,7 @@
-"""Rollouts and leases as stored: every state change is a row update plus an audit event."""
+"""Rollouts as stored: every state change is a row update plus an audit event."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,18 +11,10 @@ from shipyard.errors import Conflict, InvalidInput, NotFound
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor, record_event
 from shipyard.registry.db import write_session
-from shipyard.registry.tables import LeaseRow, RolloutRow, utcnow
+from shipyard.registry.records import RolloutGates, RolloutState
+from shipyard.registry.tables import RolloutRow, utcnow
 
-ACTIVE = ("running", "paused")
-DEFAULT_GATES = {
-    "max_error_rate_increase": 0.02,
-    "max_p95_ratio": 2.0,
-    "max_drift": 0.5,
-    "min_agreement": 0.0,
-    # Share of input features drifted from the candidate's reference sample over the
-    # step (monitoring/drift_monitor.py); 1.0 is off. Needs monitoring.sample > 0.
-    "max_input_drift_share": 1.0,
-}
+ACTIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
 
 
 def _record(row: RolloutRow) -> records.Rollout:
@@ -31,9 +22,9 @@ def _record(row: RolloutRow) -> records.Rollout:
         id=row.id, deployment=row.deployment, stable_version=row.stable_version,
         candidate_version=row.candidate_version, steps=list(row.steps), step_index=row.step_index,
         step_started_at=row.step_started_at, bake_seconds=row.bake_seconds,
-        min_requests=row.min_requests, gates=dict(row.gates), webhook=row.webhook,
-        state=row.state, reason=row.reason, created_by=row.created_by,
-        created_at=row.created_at, updated_at=row.updated_at,
+        min_requests=row.min_requests, gates=RolloutGates.model_validate(row.gates),
+        webhook=row.webhook, state=RolloutState(row.state), reason=row.reason,
+        created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
     )  # fmt: skip
 
 
@@ -58,11 +49,10 @@ class RolloutRepository:
             steps = [*steps, 100]
         if stable == candidate:
             raise InvalidInput(f"version {candidate} is already what {deployment} serves")
-        unknown = set(gates or {}) - set(DEFAULT_GATES)
+        known = RolloutGates.model_fields
+        unknown = set(gates or {}) - set(known)
         if unknown:
-            raise InvalidInput(
-                f"unknown gate {sorted(unknown)[0]!r}; gates: {', '.join(DEFAULT_GATES)}"
-            )
+            raise InvalidInput(f"unknown gate {sorted(unknown)[0]!r}; gates: {', '.join(known)}")
         with write_session(self._sessions) as session:
             busy = session.scalar(
                 sa.select(RolloutRow).where(
@@ -74,7 +64,7 @@ class RolloutRepository:
             row = RolloutRow(
                 deployment=deployment, stable_version=stable, candidate_version=candidate,
                 steps=steps, bake_seconds=bake_seconds, min_requests=min_requests,
-                gates={**DEFAULT_GATES, **(gates or {})}, webhook=webhook,
+                gates=RolloutGates.model_validate(gates or {}).model_dump(), webhook=webhook,
                 created_by=current_actor().name,
             )  # fmt: skip
             session.add(row)
@@ -106,7 +96,9 @@ class RolloutRepository:
 
     def running(self) -> list[records.Rollout]:
         with self._sessions() as session:
-            rows = session.scalars(sa.select(RolloutRow).where(RolloutRow.state == "running"))
+            rows = session.scalars(
+                sa.select(RolloutRow).where(RolloutRow.state == RolloutState.RUNNING)
+            )
             return [_record(r) for r in rows]
 
     def update(
@@ -130,26 +122,3 @@ class RolloutRepository:
             }
             record_event(session, action, f"{row.deployment}#{row.id}", before=before, after=after)
             return _record(row)
-
-    # ---- lease --------------------------------------------------------------
-
-    def hold_lease(self, name: str, holder: str, seconds: float) -> bool:
-        """Take or renew `name` for `holder` unless someone else holds it unexpired.
-
-        The row is locked while deciding (FOR UPDATE on PostgreSQL, the write lock
-        on SQLite), and two first-ever takers collide on the primary key: one wins.
-        """
-        now = datetime.now(UTC)
-        try:
-            with write_session(self._sessions) as session:
-                row = session.get(LeaseRow, name, with_for_update=True)
-                if row is not None and row.holder != holder and row.expires_at > now:
-                    return False
-                expires = now + timedelta(seconds=seconds)
-                if row is None:
-                    session.add(LeaseRow(name=name, holder=holder, expires_at=expires))
-                else:
-                    row.holder, row.expires_at = holder, expires
-                return True
-        except sa.exc.IntegrityError:
-            return False  # someone took it first

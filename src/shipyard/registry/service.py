@@ -16,6 +16,7 @@ from shipyard.registry.audit import AuditLog
 from shipyard.registry.db import create_engine, migrate, session_factory
 from shipyard.registry.deployments import DeploymentRepository
 from shipyard.registry.importing import register_model
+from shipyard.registry.leases import LeaseRepository
 from shipyard.registry.repository import ModelRepository
 from shipyard.registry.rollouts import RolloutRepository
 
@@ -40,6 +41,7 @@ class Registry:
     audit: AuditLog
     deployments: DeploymentRepository
     rollouts: RolloutRepository
+    leases: LeaseRepository
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
@@ -55,6 +57,7 @@ class Registry:
             audit=AuditLog(sessions),
             deployments=DeploymentRepository(sessions),
             rollouts=RolloutRepository(sessions),
+            leases=LeaseRepository(sessions),
         )
 
     @staticmethod

@@ -4,43 +4,42 @@ Each deployment's live revision is read from the registry at most once a
 second (off the hot path, like model names in manager.py). A new revision
 goes live only once every version it routes to is loaded and warmed: until
 then the previous revision keeps answering, so applying a change under load
-fails no request (blue-green by construction).
-
-Choosing an arm: a pinned version (header, checked by the caller's role
-upstream) wins; else a sticky key (a header or the first value of an input)
-hashes to a fixed point of the weight line, so one caller always gets the same
-arm while the weights stay the same; else a weighted random draw.
+fails no request (blue-green by construction). The choice of arm itself is
+pure and lives in arms.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from shipyard.registry.manifest import DeploymentManifest
-from shipyard.registry.records import DeploymentRevision
-from shipyard.serving.manager import ModelManager
-from shipyard.serving.types import InferRequest, RequestContext
+from shipyard.registry.records import DeploymentRevision, ModelVersion
+from shipyard.registry.service import Registry
+from shipyard.routing.arms import Arm, choose, main_index, sticky_key, sticky_point
+from shipyard.runtimes.base import Tensors
+from shipyard.serving.types import (
+    DeploymentSnapshot,
+    InferRequest,
+    Predictor,
+    RequestHints,
+    VersionSource,
+)
 
 log = logging.getLogger("shipyard.routing")
 REFRESH_SECONDS = 1.0
-PIN_HEADER = b"x-shipyard-version"
 COMPARE_FRACTION = 0.25
 """Share of a minority arm's requests also sent to the main arm to measure agreement."""
 
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    version: str
-    weight: float
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 @dataclass
@@ -56,47 +55,80 @@ class CopyStats:
     seconds: float = 0.0
 
 
+class ArmWindows:
+    """What each arm of each deployment did since its rollout step began (gates read it)."""
+
+    def __init__(self) -> None:
+        self.windows: dict[tuple[str, str], ArmWindow] = {}
+
+    def record(
+        self, deployment: str, version: str, seconds: float, outputs: Tensors | None
+    ) -> None:
+        window = self.windows.get((deployment, version))
+        if window is None:
+            window = self.windows[(deployment, version)] = ArmWindow()
+        window.record(seconds, outputs)
+
+    def reset(self, deployment: str) -> None:
+        for key in [k for k in self.windows if k[0] == deployment]:
+            del self.windows[key]
+
+    def get(self, deployment: str, version: str) -> ArmWindow:
+        return self.windows.get((deployment, version)) or ArmWindow()
+
+
 @dataclass
 class LiveRevision:
+    """A revision now answering: its arms resolved to version records, loaded and warm."""
+
+    name: str
     revision: int
     manifest: DeploymentManifest
     arms: list[Arm]
-    shadow_version: str | None
-    total_weight: float
+    """Routes with weight, resolved to version numbers, in route order."""
+    records: list[ModelVersion]
+    """The arms' version records, in the same order."""
+    shadow_record: ModelVersion | None
+    windows: ArmWindows
+    spawn: Spawn
     shadow: CopyStats = field(default_factory=CopyStats)
+    main: ModelVersion = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.main = self.records[main_index(self.arms)]
 
     @property
     def main_version(self) -> str:
-        """The heaviest arm: what the deployment mostly serves (stable, in a rollout)."""
-        return max(self.arms, key=lambda arm: arm.weight).version
+        return str(self.main.version)
 
-    def choose(self, sticky_key: bytes | None) -> str:
-        point = (
-            int.from_bytes(hashlib.blake2b(sticky_key, digest_size=8).digest(), "big") / 2**64
-            if sticky_key is not None
-            else random.random()
-        ) * self.total_weight
-        for arm in self.arms:
-            if point < arm.weight:
-                return arm.version
-            point -= arm.weight
-        return self.arms[-1].version
+    @property
+    def shadow_version(self) -> str | None:
+        return str(self.shadow_record.version) if self.shadow_record is not None else None
 
+    def choose(self, request: InferRequest, hints: RequestHints) -> ModelVersion:
+        key = sticky_key(self.manifest.sticky, request, hints.metadata)
+        point = sticky_point(key) if key is not None else random.random()
+        return self.records[choose(self.arms, point)]
 
-@dataclass
-class RequestHints:
-    """What a transport knows about a request beyond its tensors."""
-
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    pinned_version: str | None = None
-    context: RequestContext | None = None
-    """The request's identity and timeline, when the transport keeps one (monitoring)."""
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+    def observe(
+        self, chosen: ModelVersion, seconds: float, outputs: Tensors | None, copy: Predictor
+    ) -> None:
+        self.windows.record(self.name, str(chosen.version), seconds, outputs)
+        if outputs is None:
+            return
+        shadow = self.manifest.shadow
+        if (
+            self.shadow_record is not None
+            and shadow is not None
+            and random.random() < shadow.fraction
+        ):
+            self.spawn(_copy(self.shadow, copy, self.shadow_record, outputs))
+        if len(self.arms) < 2 or random.random() >= COMPARE_FRACTION:
+            return
+        if chosen.version != self.main.version:
+            # A minority arm's answer, checked against the main arm's: the agreement gate.
+            window = self.windows.get(self.name, str(chosen.version))
+            self.spawn(_copy(window.agreement, copy, self.main, outputs))
 
 
 @dataclass
@@ -110,36 +142,27 @@ class _Entry:
 
 
 class DeploymentRouter:
-    def __init__(self, manager: ModelManager) -> None:
+    """Keeps each deployment's live revision; implements serving.types.Router."""
+
+    def __init__(self, manager: VersionSource, registry: Registry) -> None:
         self.manager = manager
-        self.registry = manager.registry
+        self.registry = registry
         self.entries: dict[str, _Entry] = {}
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.windows: dict[tuple[str, str], ArmWindow] = {}
-        """(deployment, version) -> what that arm did since the rollout step began."""
-
-    def record(
-        self, deployment: str, version: str, seconds: float, outputs: dict[str, np.ndarray] | None
-    ) -> None:
-        """Count one answer (outputs) or server-side failure (None) for rollout gates."""
-        window = self.windows.get((deployment, version))
-        if window is None:
-            window = self.windows[(deployment, version)] = ArmWindow()
-        window.record(seconds, outputs)
+        self.arm_windows = ArmWindows()
 
     def reset_windows(self, deployment: str) -> None:
-        for key in [k for k in self.windows if k[0] == deployment]:
-            del self.windows[key]
+        self.arm_windows.reset(deployment)
 
     def window(self, deployment: str, version: str) -> ArmWindow:
-        return self.windows.get((deployment, version)) or ArmWindow()
+        return self.arm_windows.get(deployment, version)
 
     def serving_revision(self, deployment: str) -> int | None:
         entry = self.entries.get(deployment)
         return entry.live.revision if entry is not None and entry.live is not None else None
 
-    async def live(self, name: str) -> LiveRevision | None:
+    async def route(self, name: str) -> LiveRevision | None:
         """The deployment's revision now answering, or None if `name` is no deployment."""
         entry = self.entries.get(name)
         if entry is None:
@@ -165,7 +188,7 @@ class DeploymentRouter:
         first.set_result(None)
         return entry.live
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -202,27 +225,30 @@ class DeploymentRouter:
 
     async def _activate(self, revision: DeploymentRevision, entry: _Entry) -> LiveRevision:
         """Resolve the revision's routes to versions and load every one before it serves."""
-        manifest = DeploymentManifest.model_validate(revision.manifest)
-        if manifest.serving is not None:
-            self.manager.serving_overrides[manifest.model] = manifest.serving
-        arms = []
+        manifest = revision.manifest
+        self.manager.override_serving(manifest.model, manifest.serving)
+        arms, records = [], []
         for route in manifest.routes:
+            if route.weight <= 0:
+                continue
             record = await self.manager.resolve(manifest.model, route.target)
             arms.append(Arm(str(record.version), route.weight))
-        shadow_version = None
+            records.append(record)
+        shadow_record = None
         if manifest.shadow is not None:
-            record = await self.manager.resolve(manifest.model, manifest.shadow.target)
-            shadow_version = str(record.version)
-        for version in {arm.version for arm in arms if arm.weight > 0} | (
-            {shadow_version} if shadow_version else set()
-        ):
+            shadow_record = await self.manager.resolve(manifest.model, manifest.shadow.target)
+        shadowed = [shadow_record] if shadow_record is not None else []
+        for version in dict.fromkeys(str(r.version) for r in [*records, *shadowed]):
             await self.manager.load(manifest.model, version)
         return LiveRevision(
+            name=revision.deployment,
             revision=revision.revision,
             manifest=manifest,
-            arms=[a for a in arms if a.weight > 0],
-            shadow_version=shadow_version,
-            total_weight=sum(a.weight for a in arms),
+            arms=arms,
+            records=records,
+            shadow_record=shadow_record,
+            windows=self.arm_windows,
+            spawn=self._spawn,
         )
 
     def sample_rate(self, name: str | None, direct_rate: float = 0.0) -> float:
@@ -235,64 +261,37 @@ class DeploymentRouter:
             return 0.0
         return entry.live.manifest.watch.sample
 
-    @staticmethod
-    def sticky_key(
-        live: LiveRevision, request: InferRequest, hints: RequestHints | None
-    ) -> bytes | None:
-        sticky = live.manifest.sticky
-        if sticky is None:
-            return None
-        if sticky.header is not None:
-            if hints is None:
-                return None
-            return hints.header(sticky.header.lower().encode())
-        for tensor in request.inputs:
-            if tensor.name == sticky.input and tensor.data.size:
-                first = tensor.data.reshape(-1)[0]
-                return first if isinstance(first, bytes) else str(first).encode()
-        return None
-
-    def compare(
-        self, deployment: str, live: LiveRevision, answered_by: str, run: Any,
-        outputs: dict[str, np.ndarray],
-    ) -> None:  # fmt: skip
-        """While a deployment splits traffic, copy a sample of the other arms' requests to
-        its main (heaviest) arm and count agreement; never awaited. Rollout gates read it."""
-        if len(live.arms) < 2 or random.random() >= COMPARE_FRACTION:
-            return
-        main = live.main_version
-        if answered_by == main:
-            return
-        window = self.windows.get((deployment, answered_by))
-        if window is not None:
-            self._spawn(_copy(window.agreement, run, main, outputs))
-
-    def shadow(
-        self,
-        live: LiveRevision,
-        run: Any,
-        live_outputs: dict[str, np.ndarray],
-    ) -> None:
-        """Send a copy to the shadow version if this request is sampled; never awaited."""
-        manifest = live.manifest
-        if live.shadow_version is None or manifest.shadow is None:
-            return
-        if random.random() >= manifest.shadow.fraction:
-            return
-        self._spawn(_copy(live.shadow, run, live.shadow_version, live_outputs))
+    def snapshot(self) -> list[DeploymentSnapshot]:
+        """The revision each live deployment serves and its shadow counters, for monitoring."""
+        snapshots = []
+        for name, entry in list(self.entries.items()):
+            live = entry.live
+            if live is not None:
+                shadow = live.shadow
+                snapshots.append(
+                    DeploymentSnapshot(
+                        deployment=name,
+                        revision=live.revision,
+                        shadow_sent=shadow.sent,
+                        shadow_agreed=shadow.agreed,
+                        shadow_failed=shadow.failed,
+                        shadow_seconds=shadow.seconds,
+                    )
+                )
+        return snapshots
 
 
 async def _copy(
-    stats: CopyStats, run: Any, version: str, live_outputs: dict[str, np.ndarray]
+    stats: CopyStats, copy: Predictor, version: ModelVersion, live_outputs: Tensors
 ) -> None:
     """Answer the same request with `version` and count whether it agreed."""
     stats.sent += 1
     started = time.perf_counter()
     try:
-        outputs: dict[str, np.ndarray] = await run(version)
+        outputs = await copy(version)
     except Exception as exc:
         stats.failed += 1
-        log.info("copy of a request to version %s failed: %s", version, exc)
+        log.info("copy of a request to version %s failed: %s", version.version, exc)
         return
     finally:
         stats.seconds += time.perf_counter() - started

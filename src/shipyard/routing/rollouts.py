@@ -27,13 +27,16 @@ from shipyard.errors import InvalidInput, NotFound
 from shipyard.monitoring.drift_monitor import DriftMonitor
 from shipyard.registry import records
 from shipyard.registry.audit import Actor, acting_as
-from shipyard.registry.manifest import DeploymentManifest, Route
+from shipyard.registry.manifest import DeploymentManifest, RolloutPolicy, Route
+from shipyard.registry.records import RolloutGates, RolloutState
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import ArmWindow, DeploymentRouter
 
 log = logging.getLogger("shipyard.rollouts")
 LEASE = "rollout-controller"
+"""The controller's own lease; the drift scheduler holds another, so two replicas may
+run one loop each."""
 
 
 class RolloutService:
@@ -43,7 +46,7 @@ class RolloutService:
         self.registry = registry
 
     def _manifest(self, deployment: str) -> DeploymentManifest:
-        return DeploymentManifest.model_validate(self.registry.deployments.get(deployment).manifest)
+        return self.registry.deployments.get(deployment).manifest
 
     def _version(self, manifest: DeploymentManifest, route: Route) -> int:
         if route.version is not None:
@@ -65,18 +68,17 @@ class RolloutService:
         self.registry.models.get_version(ModelRef(manifest.model, version=to))  # exists?
         main = max(manifest.routes, key=lambda r: r.weight)
         stable = self._version(manifest, main)
-        policy = manifest.rollout
+        policy = manifest.rollout or RolloutPolicy()
         return self.registry.rollouts.start(
             deployment,
             stable=stable,
             candidate=to,
-            steps=steps or (policy.steps if policy else [5, 25, 50, 100]),
-            bake_seconds=bake_seconds if bake_seconds is not None else (
-                policy.bake_seconds if policy else 300.0),
-            min_requests=min_requests or (policy.min_requests if policy else 100),
-            gates={**(policy.gates if policy else {}), **(gates or {})},
-            webhook=webhook or (policy.webhook if policy else None),
-        )  # fmt: skip
+            steps=steps or policy.steps,
+            bake_seconds=bake_seconds if bake_seconds is not None else policy.bake_seconds,
+            min_requests=min_requests or policy.min_requests,
+            gates={**policy.gates, **(gates or {})},
+            webhook=webhook or policy.webhook,
+        )
 
     def route(self, rollout: records.Rollout, candidate_weight: int, reason: str) -> int:
         """Apply the split stable/candidate as a new revision; returns the live revision."""
@@ -95,16 +97,18 @@ class RolloutService:
             raise NotFound(f"{deployment} has no rollout in progress")
         rollouts = self.registry.rollouts
         if action == "pause":
-            return rollouts.update(rollout.id, "rollout.pause", state="paused")
+            return rollouts.update(rollout.id, "rollout.pause", state=RolloutState.PAUSED)
         if action == "resume":
-            return rollouts.update(rollout.id, "rollout.resume", state="running")
+            return rollouts.update(rollout.id, "rollout.resume", state=RolloutState.RUNNING)
         if action == "promote":
             self.route(rollout, 100, f"rollout {rollout.id} promoted")
             return rollouts.update(rollout.id, "rollout.promote", "promoted by hand",
-                                   state="promoted", step_index=len(rollout.steps) - 1)  # fmt: skip
+                                   state=RolloutState.PROMOTED,
+                                   step_index=len(rollout.steps) - 1)  # fmt: skip
         if action == "abort":
             self.route(rollout, 0, f"rollout {rollout.id} aborted")
-            return rollouts.update(rollout.id, "rollout.abort", "aborted by hand", state="aborted")
+            return rollouts.update(rollout.id, "rollout.abort", "aborted by hand",
+                                   state=RolloutState.ABORTED)  # fmt: skip
         raise InvalidInput(f"unknown rollout action {action!r}: promote, pause, resume or abort")
 
 
@@ -112,29 +116,29 @@ def _p95(values: Any) -> float:
     return float(np.percentile(np.fromiter(values, float), 95))
 
 
-def evaluate(gates: dict[str, float], candidate: ArmWindow, stable: ArmWindow) -> str | None:
+def evaluate(gates: RolloutGates, candidate: ArmWindow, stable: ArmWindow) -> str | None:
     """Why the candidate fails its gates against stable, or None if it passes."""
     failures = []
     candidate_rate = candidate.errors / candidate.requests if candidate.requests else 0.0
     stable_rate = stable.errors / stable.requests if stable.requests else 0.0
-    limit = gates["max_error_rate_increase"]
+    limit = gates.max_error_rate_increase
     if candidate_rate - stable_rate > limit:
         failures.append(f"error rate {candidate_rate:.3f} vs stable {stable_rate:.3f} "
                         f"(allowed +{limit:g})")  # fmt: skip
     if len(candidate.latencies) >= 5 and len(stable.latencies) >= 5:
         ratio = _p95(candidate.latencies) / max(_p95(stable.latencies), 1e-9)
-        if ratio > gates["max_p95_ratio"]:
+        if ratio > gates.max_p95_ratio:
             failures.append(f"p95 latency {ratio:.2f}x stable's "
                             f"({_p95(candidate.latencies) * 1000:.1f} ms vs "
                             f"{_p95(stable.latencies) * 1000:.1f} ms; allowed "
-                            f"{gates['max_p95_ratio']:g}x)")  # fmt: skip
+                            f"{gates.max_p95_ratio:g}x)")  # fmt: skip
     if len(candidate.predictions) >= 20 and len(stable.predictions) >= 20:
         from scipy.stats import ks_2samp
 
         distance = float(ks_2samp(list(candidate.predictions), list(stable.predictions)).statistic)
-        if distance > gates["max_drift"]:
-            failures.append(f"prediction drift KS {distance:.2f} (allowed {gates['max_drift']:g})")
-    floor = gates.get("min_agreement", 0.0)
+        if distance > gates.max_drift:
+            failures.append(f"prediction drift KS {distance:.2f} (allowed {gates.max_drift:g})")
+    floor = gates.min_agreement
     copies = candidate.agreement
     compared = copies.sent - copies.failed
     if floor > 0 and compared >= 20:
@@ -173,7 +177,7 @@ class RolloutController:
         if not running:
             return  # nothing to drive: no lease write (a write per tick costs an fsync)
         holds = await asyncio.to_thread(
-            self.registry.rollouts.hold_lease, LEASE, self.holder, self.lease_seconds
+            self.registry.leases.hold, LEASE, self.holder, self.lease_seconds
         )
         if not holds:
             return
@@ -186,7 +190,8 @@ class RolloutController:
         name = rollout.deployment
         live = await asyncio.to_thread(self.registry.deployments.find, name)
         if live is None:
-            await self._set(rollout, "rollout.abort", "the deployment is gone", state="aborted")
+            await self._set(rollout, "rollout.abort", "the deployment is gone",
+                            state=RolloutState.ABORTED)  # fmt: skip
             return
         revision = live.revision
         if self._split(live.manifest) != (rollout.stable_version, rollout.candidate_version,
@@ -194,7 +199,7 @@ class RolloutController:
             reason = f"rollout {rollout.id} step {rollout.step_index + 1}: {rollout.weight}%"
             revision = await asyncio.to_thread(self.service.route, rollout, rollout.weight, reason)
         if self.router.serving_revision(name) != revision:
-            await self.router.live(name)  # let the router notice; the step starts once it serves
+            await self.router.route(name)  # let the router notice; the step starts once it serves
             return
         if rollout.step_started_at is None:
             self.router.reset_windows(name)
@@ -211,7 +216,8 @@ class RolloutController:
         if failure is not None:
             await asyncio.to_thread(self.service.route, rollout, 0,
                                     f"rollout {rollout.id} rolled back")  # fmt: skip
-            done = await self._set(rollout, "rollout.rollback", failure, state="rolled_back")
+            done = await self._set(rollout, "rollout.rollback", failure,
+                                   state=RolloutState.ROLLED_BACK)  # fmt: skip
             log.warning("rollout %d of %s rolled back: %s", rollout.id, name, failure)
             await self._notify(done)
             return
@@ -220,7 +226,8 @@ class RolloutController:
             await asyncio.to_thread(self.service.route, rollout, 100,
                                     f"rollout {rollout.id} promoted")  # fmt: skip
             done = await self._set(rollout, "rollout.promote", "every gate passed",
-                                   state="promoted", step_index=len(rollout.steps) - 1)  # fmt: skip
+                                   state=RolloutState.PROMOTED,
+                                   step_index=len(rollout.steps) - 1)  # fmt: skip
             await self._notify(done)
             return
         await self._set(rollout, "rollout.step", step_index=following, step_started_at=None)
@@ -229,7 +236,7 @@ class RolloutController:
         """The input-drift gate: the candidate's logged inputs over this step against
         its reference sample. No verdict (too few logged rows) passes, like the
         latency gate with too few samples."""
-        limit = rollout.gates.get("max_input_drift_share", 1.0)
+        limit = rollout.gates.max_input_drift_share
         if limit >= 1.0 or self.drift is None:
             return None
         try:
@@ -245,8 +252,8 @@ class RolloutController:
         return None
 
     @staticmethod
-    def _split(manifest: dict[str, Any]) -> tuple[int | None, int | None, int]:
-        weights = {r.get("version"): float(r.get("weight", 100)) for r in manifest["routes"]}
+    def _split(manifest: DeploymentManifest) -> tuple[int | None, int | None, int]:
+        weights = {r.version: r.weight for r in manifest.routes}
         total = sum(weights.values()) or 1.0
         versions = list(weights)
         if len(versions) == 1:

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from shipyard.signature import Signature
+
+if TYPE_CHECKING:
+    from shipyard.registry.records import ModelVersion
 
 
 class NotThisFlavor(Exception):
@@ -58,6 +61,40 @@ class LoadSpec:
     path: Path
     signature: Signature | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """One model version fetched to a local path: all any process needs to load it.
+
+    Picklable, so it crosses into serving workers, batch workers and Ray actors;
+    `shipyard.runtimes.load` turns it into a Runtime there.
+    """
+
+    model: str
+    version: int
+    flavor: str
+    path: str
+    signature: Signature | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    """The flavor's facts recorded at registration (`ModelVersion.flavor_details`)."""
+
+    @classmethod
+    def of(cls, record: ModelVersion, path: Path | str) -> VersionSpec:
+        """The spec of a registered version whose artifact is materialised at `path`."""
+        return cls(
+            model=record.model,
+            version=record.version,
+            flavor=record.flavor,
+            path=str(path),
+            signature=record.signature,
+            details=dict(record.flavor_details),
+        )
+
+    @property
+    def key(self) -> str:
+        """`name:version`, as logs, errors and process names show it."""
+        return f"{self.model}:{self.version}"
 
 
 class Flavor(Protocol):

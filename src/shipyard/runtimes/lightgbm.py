@@ -10,7 +10,7 @@ from typing import Any
 from shipyard.errors import MissingExtra
 from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 from shipyard.runtimes.tabular import feature_matrix
-from shipyard.signature import Signature, TensorSpec
+from shipyard.signature import DEFAULT_INPUT, Signature, TensorSpec
 
 _UNNAMED = re.compile(r"^Column_\d+$")
 
@@ -44,7 +44,7 @@ class LightGBMFlavor:
             raise NotThisFlavor(f"LightGBM cannot load it: {exc}") from None
         names = booster.feature_name()
         if all(_UNNAMED.match(n) for n in names):
-            inputs = [TensorSpec(name="input-0", datatype="FP64", shape=[-1, len(names)])]
+            inputs = [TensorSpec(name=DEFAULT_INPUT, datatype="FP64", shape=[-1, len(names)])]
         else:
             inputs = [TensorSpec(name=n, datatype="FP64", shape=[-1]) for n in names]
         dump = booster.dump_model(num_iteration=0)

@@ -13,7 +13,7 @@ import yaml
 
 from shipyard.errors import MissingExtra
 from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
-from shipyard.signature import Datatype, Signature, TensorSpec, datatype_from_numpy
+from shipyard.signature import DEFAULT_INPUT, Datatype, Signature, TensorSpec, datatype_from_numpy
 
 _COLUMN_TYPES: dict[str, Datatype] = {
     "double": "FP64",
@@ -59,7 +59,7 @@ def _example_table(folder: Path, info: dict[str, Any], signature: Signature | No
     if isinstance(document, dict) and "inputs" in document:
         document = document["inputs"]
     if isinstance(document, list) and document and isinstance(document[0], list):
-        names = [f"input-0_{i}" for i in range(len(document[0]))]
+        names = [f"{DEFAULT_INPUT}_{i}" for i in range(len(document[0]))]
         return pa.table({n: [row[i] for row in document] for i, n in enumerate(names)})
     if isinstance(document, list) and document and isinstance(document[0], dict):
         return pa.Table.from_pylist(document)

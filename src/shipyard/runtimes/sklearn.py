@@ -12,7 +12,7 @@ import numpy as np
 from shipyard.errors import MissingExtra, UnsupportedModel
 from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 from shipyard.runtimes.tabular import feature_matrix
-from shipyard.signature import Signature, TensorSpec, datatype_from_numpy
+from shipyard.signature import DEFAULT_INPUT, Signature, TensorSpec, datatype_from_numpy
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 # skops trusts few types by default (not even sklearn's tree internals). Types
@@ -28,7 +28,7 @@ def estimator_signature(model: Any) -> Signature | None:
     if names is not None:
         inputs = [TensorSpec(name=str(n), datatype="FP64", shape=[-1]) for n in names]
     elif count is not None:
-        inputs = [TensorSpec(name="input-0", datatype="FP64", shape=[-1, int(count)])]
+        inputs = [TensorSpec(name=DEFAULT_INPUT, datatype="FP64", shape=[-1, int(count)])]
     else:
         return None
     classes = getattr(model, "classes_", None)

@@ -10,7 +10,7 @@ from typing import Any
 from shipyard.errors import MissingExtra
 from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 from shipyard.runtimes.tabular import feature_matrix
-from shipyard.signature import Signature, TensorSpec
+from shipyard.signature import DEFAULT_INPUT, Signature, TensorSpec
 
 
 def _looks_like_xgboost_json(path: Path) -> bool:
@@ -66,7 +66,7 @@ class XGBoostFlavor:
                 TensorSpec(name=n, datatype="FP64", shape=[-1]) for n in booster.feature_names
             ]
         else:
-            inputs = [TensorSpec(name="input-0", datatype="FP64", shape=[-1, count])]
+            inputs = [TensorSpec(name=DEFAULT_INPUT, datatype="FP64", shape=[-1, count])]
         shape = [-1, num_class] if objective == "multi:softprob" and num_class > 1 else [-1]
         return Inspection(
             flavor=self.name,

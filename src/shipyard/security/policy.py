@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from starlette.routing import compile_path
-
 
 class Permission(StrEnum):
     PUBLIC = "public"
@@ -115,26 +113,6 @@ GRPC_RULES: dict[str, Permission] = {
     "RepositoryModelLoad": P.DEPLOY,
     "RepositoryModelUnload": P.DEPLOY,
 }
-
-
-def rest_rule(method: str, template: str) -> Permission | None:
-    return REST_RULES.get(("GET" if method == "HEAD" else method, template))
-
-
-_COMPILED = [(method, template, compile_path(template)[0]) for (method, template) in REST_RULES]
-
-
-def match_rest(method: str, path: str) -> tuple[str, dict[str, str]] | None:
-    """The rule template a request path falls under, and its path parameters.
-
-    Matched against this table rather than the framework's router, so the
-    decision does not depend on how FastAPI arranges its routes inside.
-    """
-    method = "GET" if method == "HEAD" else method
-    for rule_method, template, pattern in _COMPILED:
-        if rule_method == method and (found := pattern.match(path)):
-            return template, found.groupdict()
-    return None
 
 
 def allows(role: str, permission: Permission) -> bool:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from shipyard.runtimes.base import Tensors
+from shipyard.serving.types import CacheLookups, CacheSnapshot, ModelKey
 
 
-def cache_key(version_key: str, inputs: Tensors, outputs: list[str] | None) -> bytes:
-    digest = hashlib.sha256(version_key.encode())
+def cache_key(version_key: ModelKey | str, inputs: Tensors, outputs: list[str] | None) -> bytes:
+    """The key of these inputs to this version; a ModelKey and its "name:version" agree."""
+    digest = hashlib.sha256(str(version_key).encode())
     digest.update(repr(sorted(outputs) if outputs else None).encode())
     for name in sorted(inputs):
         array = inputs[name]
@@ -56,8 +58,10 @@ class ResultCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self.lookups_by_model: dict[str, list[int]] = {}
-        """model key -> [hits, misses], read by the metrics endpoint."""
+        self._by_version: dict[ModelKey, list[int]] = {}
+        """version -> [hits, misses] since start, read through snapshot()."""
+        self._counts: dict[ModelKey | str | None, list[int]] = {}
+        """The same lists by the key callers pass to get(), so a lookup costs one dict get."""
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -68,10 +72,11 @@ class ResultCache:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
 
-    def get(self, key: bytes, model: str = "") -> Tensors | None:
-        counts = self.lookups_by_model.get(model)
+    def get(self, key: bytes, model: ModelKey | str | None = None) -> Tensors | None:
+        """The stored answer, or None; counted for `model` (a ModelKey or "name:version")."""
+        counts = self._counts.get(model)
         if counts is None:
-            counts = self.lookups_by_model[model] = [0, 0]
+            counts = self._counts[model] = self._counter(model)
         entry = self._entries.get(key)
         if entry is None or self.clock() - entry.stored_at >= self.ttl_seconds:
             if entry is not None:
@@ -83,6 +88,26 @@ class ResultCache:
         self.hits += 1
         counts[0] += 1
         return entry.outputs
+
+    def _counter(self, model: ModelKey | str | None) -> list[int]:
+        """The [hits, misses] of a version seen for the first time in this form."""
+        if model is None:
+            return [0, 0]  # counted in hits and misses only
+        if isinstance(model, str):
+            name, _, version = model.rpartition(":")
+            model = ModelKey(name, int(version))
+        return self._by_version.setdefault(model, [0, 0])
+
+    def snapshot(self) -> CacheSnapshot:
+        """Entries, bytes and each version's lookups now, for monitoring."""
+        return CacheSnapshot(
+            entries=len(self._entries),
+            bytes=self.bytes,
+            lookups=tuple(
+                CacheLookups(key, hits, misses)
+                for key, (hits, misses) in list(self._by_version.items())
+            ),
+        )
 
     def put(self, key: bytes, outputs: Tensors) -> None:
         size = len(key) + sum(a.nbytes for a in outputs.values())

@@ -1,25 +1,53 @@
-"""One data plane under every transport: resolve, validate, predict, shape the answer."""
+"""One data plane under every transport: resolve, validate, predict, shape the answer.
+
+The transports call `infer` once per request with a decoder for their wire format:
+the name is resolved once (a deployment's live revision, else a model version),
+the body is decoded against that version's signature, a deployment picks the arm,
+and the chosen version's record goes straight to its workers.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from shipyard.errors import InvalidInput, ModelNotReady, ShipyardError
+from shipyard import __version__
+from shipyard.errors import InvalidInput, ModelNotReady, NotFound, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.manager import LoadedModel, ModelManager
-from shipyard.serving.types import InferRequest, InferResponse, RequestContext, Tensor
+from shipyard.serving.types import (
+    InferRequest,
+    InferResponse,
+    ModelKey,
+    RequestContext,
+    RequestHints,
+    Router,
+    Tensor,
+)
 from shipyard.serving.validation import conform
 from shipyard.signature import datatype_from_numpy
 
-if TYPE_CHECKING:  # routing sits above the data plane; only its types are named here
-    from shipyard.routing.deployments import DeploymentRouter, LiveRevision, RequestHints
-
 DEFAULT_TIMEOUT_SECONDS = 30.0
 MAX_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    """The protocol's server metadata, the same over REST and gRPC."""
+
+    name: str = "shipyard"
+    version: str = __version__
+    extensions: tuple[str, ...] = ("binary_tensor_data", "model_repository")
+
+
+SERVER_METADATA = ServerMetadata()
+
+Decoder = Callable[[ModelVersion], Awaitable[InferRequest]]
+"""Reads and decodes a request's body against the version it addresses (its signature)."""
 
 
 def request_timeout(parameters: dict[str, Any], default: float) -> float:
@@ -40,15 +68,13 @@ class PredictionSink(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """What a request addresses, resolved once per request (see DataPlane.describe)."""
+class RepositoryEntry:
+    """One version the server has loaded, is loading, or failed to load."""
 
-    name: str
-    version: str | None
-    """The model version to answer with; None for a deployment, which picks per request."""
-    record: ModelVersion
-    """That version's record, or a deployment's main arm: whose signature inputs follow."""
-    deployment: LiveRevision | None
+    key: ModelKey
+    state: str
+    """LOADING, READY, FAILED or UNLOADED (the repository extension's words)."""
+    reason: str
 
 
 class DataPlane:
@@ -57,7 +83,7 @@ class DataPlane:
         manager: ModelManager,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         cache: ResultCache | None = None,
-        router: DeploymentRouter | None = None,
+        router: Router | None = None,
         predictions: PredictionSink | None = None,
     ) -> None:
         self.manager = manager
@@ -66,68 +92,97 @@ class DataPlane:
         self.router = router
         self.predictions = predictions
 
-    async def describe(
-        self, name: str, version: str | None, context: RequestContext | None = None
-    ) -> Target:
-        """What a name addresses: a deployment (described by its main arm) or a model
-        version. NotFound if neither. Cheap: both lookups are served from memory.
+    # ---- the protocol's read-only calls, shared by every transport ---------------
 
-        With a context, the request is labelled with what it addressed from here on,
-        so a request refused later (a body that will not decode) still counts there."""
+    def server_ready(self) -> list[ModelKey]:
+        """Versions still loading; the server is ready when there are none."""
+        return self.manager.loading()
+
+    async def model_metadata(self, name: str, version: str | None) -> ModelVersion:
+        """The version a name addresses: a deployment's main arm, or a model version.
+        NotFound if neither. Cheap: both lookups are served from memory."""
         if version is None and self.router is not None:
-            live = await self.router.live(name)
-            if live is not None:
-                record = await self.manager.resolve(live.manifest.model, live.main_version)
-                if context is not None:
-                    context.deployment, context.model = name, record.model
-                return Target(name, None, record, live)
-        record = await self.manager.resolve(name, version)
-        if context is not None:
-            context.model, context.version = record.model, str(record.version)
-        return Target(name, str(record.version), record, None)
+            routed = await self.router.route(name)
+            if routed is not None:
+                return routed.main
+        return await self.manager.resolve(name, version)
 
-    def is_ready(self, target: Target) -> bool:
-        """Loaded and warm. A deployment's live revision exists only once all its arms are."""
-        if target.deployment is not None:
-            return True
-        loaded = self.manager.models.get(f"{target.record.model}:{target.record.version}")
-        return loaded is not None and loaded.state == "ready"
+    async def model_ready(self, name: str, version: str | None) -> tuple[ModelVersion, bool]:
+        """What a name addresses and whether it answers now. A deployment's live revision
+        exists only once all its arms are loaded, so a deployment found is ready."""
+        if version is None and self.router is not None:
+            routed = await self.router.route(name)
+            if routed is not None:
+                return routed.main, True
+        record = await self.manager.resolve(name, version)
+        return record, self.manager.is_ready(record)
+
+    def repository_index(self) -> list[RepositoryEntry]:
+        return [
+            RepositoryEntry(m.key, m.state.upper(), m.reason)
+            for m in list(self.manager.models.values())
+        ]
+
+    async def load(self, name: str) -> ModelKey:
+        """Load what a model name serves now (the repository extension's load)."""
+        return (await self.manager.load(name)).key
+
+    async def unload(self, name: str) -> None:
+        await self.manager.unload(name)
+
+    # ---- inference ------------------------------------------------------------------
 
     async def infer(
-        self, target: Target, request: InferRequest, hints: RequestHints | None = None
+        self,
+        name: str,
+        version: str | None,
+        decode: Decoder,
+        hints: RequestHints,
+        *,
+        only_deployment: bool = False,
     ) -> InferResponse:
-        """Answer a request to a model version, or to a deployment (which picks the version)."""
-        live = target.deployment
-        context = hints.context if hints is not None else None
-        if live is None or self.router is None:
-            loaded, inputs, result, cached, wanted = await self._predict(
-                target.record.model, target.version, request, context
-            )
+        """Answer a request to a model version, or to a deployment (which picks the version).
+
+        An unknown name is refused before `decode` reads the body; so is a model name
+        where only a deployment may be named."""
+        context = hints.context
+        routed = None
+        if version is None and self.router is not None:
+            routed = await self.router.route(name)
+        if routed is None and only_deployment:
+            raise NotFound(f"no deployment {name!r}")
+        if routed is None:
+            record = await self.manager.resolve(name, version)
+            if context is not None:
+                context.model, context.version = record.model, str(record.version)
+            request = await decode(record)
+            loaded, inputs, result, cached, wanted = await self._predict(record, request, context)
             self._observed(context, loaded, inputs, result, cached)
             return self._response(loaded, result, cached, wanted, request)
-        model = live.manifest.model
-        pinned = hints.pinned_version if hints is not None else None
-        chosen = pinned or live.choose(self.router.sticky_key(live, request, hints))
+
+        main = routed.main
         if context is not None:
-            context.version = chosen  # describe() labelled the deployment and model
+            context.deployment, context.model = routed.name, main.model
+        request = await decode(main)
+        if hints.pinned_version is not None:
+            chosen = await self.manager.resolve(main.model, hints.pinned_version)
+        else:
+            chosen = routed.choose(request, hints)
+        if context is not None:
+            context.version = str(chosen.version)
+
+        async def copy(other: ModelVersion) -> Tensors:
+            return (await self._predict(other, request))[2]
+
         started = time.perf_counter()
         try:
-            loaded, inputs, result, cached, wanted = await self._predict(
-                model, chosen, request, context
-            )
+            loaded, inputs, result, cached, wanted = await self._predict(chosen, request, context)
         except ShipyardError as exc:
             if exc.status >= 500:  # the version failed, not the caller: gates count it
-                self.router.record(target.name, chosen, time.perf_counter() - started, None)
+                routed.observe(chosen, time.perf_counter() - started, None, copy)
             raise
-        self.router.record(target.name, chosen, time.perf_counter() - started, result)
+        routed.observe(chosen, time.perf_counter() - started, result, copy)
         self._observed(context, loaded, inputs, result, cached)
-        if live.shadow_version is not None or len(live.arms) > 1:
-
-            async def answer_with(other_version: str) -> Tensors:
-                return (await self._predict(model, other_version, request))[2]
-
-            self.router.shadow(live, answer_with, result)
-            self.router.compare(target.name, live, chosen, answer_with, result)
         return self._response(loaded, result, cached, wanted, request)
 
     def _observed(
@@ -141,7 +196,6 @@ class DataPlane:
         """Note what answered, and offer the exchange to the prediction log."""
         if context is None:
             return
-        context.version = str(loaded.record.version)  # an alias resolved to its number
         context.cached = cached
         first = next(iter(inputs.values()), None)
         context.rows = int(first.shape[0]) if first is not None and first.ndim else 1
@@ -150,13 +204,12 @@ class DataPlane:
 
     async def _predict(
         self,
-        name: str,
-        version: str | None,
+        record: ModelVersion,
         request: InferRequest,
         context: RequestContext | None = None,
     ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
-        loaded = await self.manager.get_ready(name, version, timeout)
+        loaded = await self.manager.get_ready(record, timeout)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
         cache = self.cache if loaded.serving.cache else None

@@ -21,7 +21,9 @@ from shipyard.errors import ModelNotReady, NotFound, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
 from shipyard.registry.service import Registry
-from shipyard.serving.workers import WorkerPool, WorkerSpec
+from shipyard.runtimes.base import VersionSpec
+from shipyard.serving.types import ModelKey, VersionSnapshot
+from shipyard.serving.workers import WorkerPool
 
 log = logging.getLogger("shipyard.models")
 RESOLVE_TTL_SECONDS = 1.0
@@ -29,9 +31,7 @@ RESOLVE_TTL_SECONDS = 1.0
 State = Literal["loading", "ready", "failed", "unloaded"]
 
 
-DEFAULT_SERVING = ModelServing(
-    workers=1, max_batch_size=64, max_batch_delay=0.0, max_queue=256, cache=False
-)
+DEFAULT_SERVING = ModelServing()  # the defaults, written once in config.py
 
 
 @dataclass
@@ -44,10 +44,14 @@ class LoadedModel:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     load_seconds: float = 0.0
     """Fetching the artifact and starting every worker (model load and warm-up)."""
+    key: ModelKey = field(init=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.record.model}:{self.record.version}"
+    def __post_init__(self) -> None:
+        self.key = key_of(self.record)
+
+
+def key_of(record: ModelVersion) -> ModelKey:
+    return ModelKey(record.model, record.version)
 
 
 def _ignore_refresh_errors(task: asyncio.Task[ModelVersion]) -> None:
@@ -66,9 +70,8 @@ class ModelManager:
         self.registry = registry
         self.serving_for = serving_for
         """Options for a model name: worker count, batching, queue, cache."""
-        self.serving_overrides: dict[str, ServingOptions] = {}
-        """Per-model options a deployment manifest set; they apply to versions loaded after."""
-        self.models: dict[str, LoadedModel] = {}
+        self._serving_overrides: dict[str, ServingOptions] = {}
+        self.models: dict[ModelKey, LoadedModel] = {}
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
         self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
@@ -119,10 +122,26 @@ class ModelManager:
         finally:
             del self._refreshing[key]
 
-    async def get_ready(self, name: str, version: str | None, timeout: float) -> LoadedModel:
-        """The loaded model a request addresses, loading it first if needed."""
-        record = await self.resolve(name, version)
-        loaded = self.models.get(f"{record.model}:{record.version}")
+    def override_serving(self, model: str, options: ServingOptions | None) -> None:
+        """Options a deployment's manifest sets for its model (None: none); they apply to
+        versions loaded from now on."""
+        if options is None:
+            self._serving_overrides.pop(model, None)
+        else:
+            self._serving_overrides[model] = options
+
+    def is_ready(self, record: ModelVersion) -> bool:
+        """Loaded and warm."""
+        loaded = self.models.get(key_of(record))
+        return loaded is not None and loaded.state == "ready"
+
+    def loading(self) -> list[ModelKey]:
+        """Versions still loading: the server is not ready while there are any."""
+        return [m.key for m in self.models.values() if m.state == "loading"]
+
+    async def get_ready(self, record: ModelVersion, timeout: float) -> LoadedModel:
+        """The loaded model for a resolved version, loading it first if needed."""
+        loaded = self.models.get(key_of(record))
         if loaded is None or loaded.state in ("failed", "unloaded"):
             loaded = self.start_loading(record)
         if loaded.state != "ready":
@@ -135,12 +154,12 @@ class ModelManager:
         return loaded
 
     def start_loading(self, record: ModelVersion) -> LoadedModel:
-        key = f"{record.model}:{record.version}"
+        key = key_of(record)
         existing = self.models.get(key)
         if existing is not None and existing.state in ("loading", "ready"):
             return existing
         serving = self.serving_for(record.model).overridden_by(
-            self.serving_overrides.get(record.model)
+            self._serving_overrides.get(record.model)
         )
         loaded = LoadedModel(record, serving)
         self.models[key] = loaded
@@ -156,15 +175,8 @@ class ModelManager:
                 path = await asyncio.to_thread(
                     self.registry.artifacts.materialize, loaded.record.artifact.digest
                 )
-                signature = loaded.record.signature
                 pool = WorkerPool(
-                    WorkerSpec(
-                        key=loaded.key,
-                        flavor=loaded.record.flavor,
-                        path=str(path),
-                        signature=signature.model_dump() if signature else None,
-                        details=loaded.record.flavor_details,
-                    ),
+                    VersionSpec.of(loaded.record, path),
                     processes=loaded.serving.workers,
                     max_batch_rows=loaded.serving.max_batch_size,
                     max_batch_delay=loaded.serving.max_batch_delay,
@@ -193,9 +205,9 @@ class ModelManager:
 
     async def unload(self, name: str, version: str | None = None) -> None:
         record = await self.resolve(name, version)
-        loaded = self.models.get(f"{record.model}:{record.version}")
+        loaded = self.models.get(key_of(record))
         if loaded is None or loaded.state == "unloaded":
-            raise NotFound(f"{record.model}:{record.version} is not loaded")
+            raise NotFound(f"{key_of(record)} is not loaded")
         await loaded.ready.wait()
         if loaded.pool is not None:
             await loaded.pool.close()
@@ -206,3 +218,16 @@ class ModelManager:
             if loaded.pool is not None:
                 await loaded.pool.close()
                 loaded.pool, loaded.state = None, "unloaded"
+
+    def snapshot(self) -> list[VersionSnapshot]:
+        """Every version this manager knows, with its pool's counters: what monitoring reads."""
+        return [
+            VersionSnapshot(
+                key=loaded.key,
+                state=loaded.state,
+                reason=loaded.reason,
+                load_seconds=loaded.load_seconds,
+                pool=loaded.pool.snapshot() if loaded.pool is not None else None,
+            )
+            for loaded in list(self.models.values())
+        ]

@@ -1,9 +1,10 @@
 """Worker processes that hold a loaded model and run its predict.
 
 Model code never runs on the event loop: each worker is a process with one
-pipe to the server. A reader thread per worker turns replies into future
-results. A worker that dies (segfault, OOM kill, os._exit) fails only the
-requests it held, with 503, and is replaced.
+pipe to the server. The event loop watches each pipe (`loop.add_reader`) and a
+callback turns the replies waiting there into future results. A worker that
+dies (segfault, OOM kill, os._exit) fails only the requests it held, with 503,
+and is replaced.
 """
 
 from __future__ import annotations
@@ -31,32 +32,21 @@ from shipyard.errors import (
     Overloaded,
     WorkerCrashed,
 )
-from shipyard.runtimes.base import Tensors
+from shipyard.runtimes.base import Runtime, Tensors, VersionSpec
+from shipyard.runtimes.threads import limit_native_threads
 from shipyard.serving.batching import Pending, concat, split, take_batch
 from shipyard.serving.shared_tensors import Attached, share, take, unlink
-from shipyard.serving.types import RequestContext
+from shipyard.serving.types import BATCH_SIZE_BOUNDS, PoolSnapshot, RequestContext
+from shipyard.signature import NUMPY_DTYPES, Signature
 
 log = logging.getLogger("shipyard.workers")
 _CONTEXT = multiprocessing.get_context("spawn")  # fork would copy the server's threads
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to load one model version (picklable)."""
-
-    key: str
-    flavor: str
-    path: str
-    signature: dict[str, Any] | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _warm_up(runtime: Any, signature: Any) -> None:
+def _warm_up(runtime: Runtime, signature: Signature | None) -> None:
     """One tiny predict so the first real request does not pay lazy initialisation."""
     if signature is None or not signature.inputs:
         return
-    from shipyard.signature import NUMPY_DTYPES
-
     inputs = {}
     for spec in signature.inputs:
         if spec.datatype == "BYTES" or any(d == 0 for d in spec.shape):
@@ -69,24 +59,17 @@ def _warm_up(runtime: Any, signature: Any) -> None:
         log.info("warm-up predict of %s skipped: %s", type(runtime).__name__, exc)
 
 
-def worker_main(connection: Connection, spec: WorkerSpec) -> None:
+def worker_main(connection: Connection, spec: VersionSpec) -> None:
     """Entry point of a worker process: load, report, then answer requests forever."""
-    from pathlib import Path
-
     # A spawned process starts with no logging set up: log like the server does.
     from shipyard.logs import configure_logging
-    from shipyard.runtimes.base import LoadSpec
-    from shipyard.runtimes.detect import flavor_named
-    from shipyard.signature import Signature
+    from shipyard.runtimes import load
 
     configure_logging(json_lines=os.environ.get("SHIPYARD_LOG_FORMAT", "json") != "text")
 
-    signature = Signature.model_validate(spec.signature) if spec.signature else None
     try:
-        runtime = flavor_named(spec.flavor).load(
-            LoadSpec(Path(spec.path), signature, dict(spec.details))
-        )
-        _warm_up(runtime, signature)
+        runtime = load(spec)
+        _warm_up(runtime, spec.signature)
     except BaseException as exc:
         connection.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -107,23 +90,15 @@ def worker_main(connection: Connection, spec: WorkerSpec) -> None:
         connection.send(reply)
 
 
-# Native thread pools a worker would otherwise size to every core. Processes are the
-# unit of parallelism here; on 2 cores, idle BLAS/OpenMP threads spinning in a worker
-# took the CPU the server needed (heavy one-row p50: 5.8 ms before, see BENCHMARKS.md).
-SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _children_single_threaded() -> None:
-    """Set before spawning: the child inherits it (the parent's own pools are already sized)."""
-    for name in SINGLE_THREAD_ENV:
-        os.environ.setdefault(name, "1")
-
-
 class Worker:
     """The server's handle on one worker process."""
 
-    def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
-        _children_single_threaded()
+    def __init__(self, spec: VersionSpec, loop: asyncio.AbstractEventLoop) -> None:
+        # One native thread per worker, set before spawning so the child inherits it (the
+        # parent's own pools are already sized). Processes are the unit of parallelism
+        # here; on 2 cores, idle BLAS/OpenMP threads spinning in a worker took the CPU
+        # the server needed (heavy one-row p50: 5.8 ms before, see BENCHMARKS.md).
+        limit_native_threads(1)
         self.spec = spec
         self.loop = loop
         self.connection, child = _CONTEXT.Pipe()
@@ -242,13 +217,9 @@ class Worker:
             self.process.join(timeout=5)
 
 
-BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-"""Upper bounds of the batch-size histogram's buckets (rows); the last bucket is +Inf."""
-
-
 @dataclass
 class PoolStats:
-    """Counters the metrics endpoint reads; plain ints, nothing on the hot path.
+    """Counters a pool keeps for snapshot(); plain ints, nothing on the hot path.
 
     The batch-size histogram is counted here rather than in a prometheus-client
     Histogram so the pool (serving core) does not depend on monitoring; the
@@ -278,7 +249,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        spec: WorkerSpec,
+        spec: VersionSpec,
         processes: int = 1,
         max_batch_rows: int = 64,
         max_queue: int = 256,
@@ -490,3 +461,17 @@ class WorkerPool:
             await loop.run_in_executor(None, worker.stop)
         self._fail(list(self.queue), ModelNotReady(f"{self.spec.key} was unloaded"))
         self.queue.clear()
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pool's counters now, for monitoring (metrics, cost)."""
+        stats = self.stats
+        return PoolSnapshot(
+            workers=sum(1 for w in self.workers if w.alive),
+            pids=tuple(w.process.pid for w in self.workers if w.process.pid is not None),
+            queued=len(self.queue),
+            batches=stats.batches,
+            rows=stats.rows,
+            refused=stats.refused,
+            restarts=stats.restarts,
+            batch_sizes=tuple(stats.batch_sizes),
+        )

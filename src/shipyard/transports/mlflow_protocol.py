@@ -17,7 +17,13 @@ import pyarrow.csv as pa_csv
 from shipyard.errors import InvalidInput
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.types import InferRequest, RequestedOutput, Tensor
-from shipyard.signature import NUMPY_DTYPES, Signature, datatype_from_numpy
+from shipyard.signature import (
+    DEFAULT_INPUT,
+    NUMPY_DTYPES,
+    Signature,
+    datatype_from_numpy,
+    matrix_input,
+)
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -39,14 +45,12 @@ def _columns_to_tensors(
         raise InvalidInput("no rows to score")
     if any(not isinstance(row, list) or len(row) != len(columns) for row in rows):
         raise InvalidInput(f"every row of 'data' must be a list of {len(columns)} values")
-    matrix_input = (
-        signature is not None
-        and len(signature.inputs) == 1
-        and (len(signature.inputs[0].shape) == 2)
-    )
-    if matrix_input or signature is None:
-        name = signature.inputs[0].name if signature else "input-0"
-        return {name: _array(rows, "'data'")}
+    # The layout signature.columns_to_inputs gives, but the matrix is built from the rows
+    # as sent: a row of mixed values or of nested lists keeps its dtype and shape. One
+    # difference, kept as it was: a signature listing no inputs gets one input per column.
+    stacked = matrix_input(signature) if signature is None or signature.inputs else None
+    if stacked is not None:
+        return {stacked: _array(rows, "'data'")}
     return {c: _array([row[i] for row in rows], f"column {c!r}") for i, c in enumerate(columns)}
 
 
@@ -71,7 +75,7 @@ def _instances_to_tensors(value: Any, signature: Signature | None) -> Tensors:
         if signature is not None and len(signature.inputs) > 1:
             names = [s.name for s in signature.inputs]
             return _columns_to_tensors(names, value, signature)
-        name = signature.inputs[0].name if signature and signature.inputs else "input-0"
+        name = signature.inputs[0].name if signature and signature.inputs else DEFAULT_INPUT
         return {name: _array(value, "'instances'")}
     raise InvalidInput("'instances'/'inputs' must be a non-empty list or an object")
 

@@ -1,6 +1,9 @@
 """REST transport of the data plane: Open Inference Protocol V2 and MLflow scoring.
 
-Handlers translate only: bytes in -> InferRequest -> DataPlane -> bytes out.
+Handlers translate only: bytes in -> InferRequest -> DataPlane -> bytes out. The
+inference POSTs are answered by the front door (front_door.py) without the web
+framework; the read-only endpoints are FastAPI routes built over the same data
+plane, and the OpenAPI document lists both.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
 
-from shipyard import __version__
-from shipyard.errors import InvalidInput, NotFound, PayloadTooLarge
+from shipyard.errors import InvalidInput, NotFound
+from shipyard.monitoring.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from shipyard.monitoring.metrics import exposition
 from shipyard.registry.records import ModelVersion
-from shipyard.routing.deployments import RequestHints
-from shipyard.serving.dataplane import DataPlane
+from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
+from shipyard.serving.types import InferRequest, RequestHints
 from shipyard.transports import codec, mlflow_protocol
-
-router = APIRouter(tags=["inference"])
+from shipyard.transports.http import Answer
 
 _V2_BODY: dict[str, Any] = {
     "requestBody": {
@@ -75,38 +79,12 @@ class RestLimits:
     max_tensor_elements: int
 
 
-@dataclass(slots=True)
-class Answer:
-    body: bytes
-    media_type: str
-    headers: dict[str, str]
-
-
 BodyReader = Callable[[], Awaitable[bytes]]
 
 
-def _dataplane(request: Request) -> DataPlane:
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane
-
-
-def check_declared_length(declared: str | None, limit: int) -> None:
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-
-
-def _body_reader(request: Request) -> BodyReader:
-    async def read() -> bytes:
-        limit: int = request.app.state.rest.max_body_bytes
-        check_declared_length(request.headers.get("content-length"), limit)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        return bytes(body)
-
-    return read
+def _stamp_decoded(hints: RequestHints) -> None:
+    if hints.context is not None:
+        hints.context.decoded = time.perf_counter()
 
 
 async def v2_infer(
@@ -116,25 +94,26 @@ async def v2_infer(
     version: str | None,
     headers: Mapping[str, str],
     read_body: BodyReader,
-    hints: RequestHints | None = None,
+    hints: RequestHints,
 ) -> Answer:
-    """POST /v2/models/{name}[/versions/{version}]/infer, transport-neutral.
+    """POST /v2/models/{name}[/versions/{version}]/infer. `name` may be a deployment,
+    which then picks the version."""
+    decoded: list[InferRequest] = []
 
-    `name` may be a deployment, which then picks the version.
-    """
-    context = hints.context if hints is not None else None
-    target = await dataplane.describe(name, version, context)  # unknown: 404 before reading
-    body = await read_body()
-    header = headers.get(codec.HEADER_LENGTH)
-    if header is not None and not header.isdigit():
-        raise InvalidInput("Inference-Header-Content-Length must be a whole number")
-    infer_request = codec.decode_request(
-        body, int(header) if header else None, limits.max_tensor_elements
-    )
-    if context is not None:
-        context.decoded = time.perf_counter()
-    response = await dataplane.infer(target, infer_request, hints)
-    payload, json_length = codec.encode_response(response, infer_request)
+    async def decode(_: ModelVersion) -> InferRequest:
+        body = await read_body()
+        header = headers.get(codec.HEADER_LENGTH)
+        if header is not None and not header.isdigit():
+            raise InvalidInput("Inference-Header-Content-Length must be a whole number")
+        request = codec.decode_request(
+            body, int(header) if header else None, limits.max_tensor_elements
+        )
+        _stamp_decoded(hints)
+        decoded.append(request)
+        return request
+
+    response = await dataplane.infer(name, version, decode, hints)
+    payload, json_length = codec.encode_response(response, decoded[0])
     answer_headers = {
         "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
         "x-shipyard-cache": "hit" if response.cached else "miss",
@@ -150,8 +129,8 @@ async def mlflow_invocations(
     limits: RestLimits,
     headers: Mapping[str, str],
     read_body: BodyReader,
-    deployment: str | None = None,
-    hints: RequestHints | None = None,
+    deployment: str | None,
+    hints: RequestHints,
 ) -> Answer:
     """POST /invocations (the default model) or /deployments/{name}/invocations."""
     name = deployment or limits.default_model
@@ -160,25 +139,25 @@ async def mlflow_invocations(
             "/invocations needs a default model: start with `shipyard serve MODEL`, "
             "or call /v2/models/{name}/infer"
         )
-    context = hints.context if hints is not None else None
-    target = await dataplane.describe(name, None, context)
-    if deployment is not None and target.deployment is None:
-        raise NotFound(f"no deployment {deployment!r}")
-    record = target.record
-    body = await read_body()
-    content_type = headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type == "text/csv":
-        tensors = mlflow_protocol.parse_csv(body, record.signature)
-    elif content_type == "application/json":
-        tensors = mlflow_protocol.parse_json(body, record.signature)
-    else:
-        raise InvalidInput(
-            f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
-        )
-    infer_request = mlflow_protocol.to_request(tensors, record.signature)
-    if context is not None:
-        context.decoded = time.perf_counter()
-    response = await dataplane.infer(target, infer_request, hints)
+
+    async def decode(record: ModelVersion) -> InferRequest:
+        body = await read_body()
+        content_type = headers.get("content-type", "application/json").split(";")[0].strip()
+        if content_type == "text/csv":
+            tensors = mlflow_protocol.parse_csv(body, record.signature)
+        elif content_type == "application/json":
+            tensors = mlflow_protocol.parse_json(body, record.signature)
+        else:
+            raise InvalidInput(
+                f"unsupported content type {content_type[:60]!r}: use application/json or text/csv"
+            )
+        request = mlflow_protocol.to_request(tensors, record.signature)
+        _stamp_decoded(hints)
+        return request
+
+    response = await dataplane.infer(
+        name, None, decode, hints, only_deployment=deployment is not None
+    )
     return Answer(
         mlflow_protocol.encode_predictions(response.outputs),
         "application/json",
@@ -186,8 +165,41 @@ async def mlflow_invocations(
     )
 
 
-def _response(answer: Answer) -> Response:
-    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
+INFERENCE: dict[str, dict[str, Any]] = {
+    "/v2/models/{name}/infer": _V2_BODY,
+    "/v2/models/{name}/versions/{version}/infer": _V2_BODY,
+    "/invocations": _MLFLOW_BODY,
+    "/deployments/{deployment}/invocations": _MLFLOW_BODY,
+}
+"""The POST endpoints the front door answers, with their OpenAPI request bodies."""
+
+
+def document_inference(app: FastAPI) -> None:
+    """Add the front door's endpoints to the app's OpenAPI document (FastAPI never sees
+    them, so it cannot describe them itself)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()  # FastAPI keeps it as app.openapi_schema: added to once
+        for template, body in INFERENCE.items():
+            params = [part[1:-1] for part in template.split("/") if part.startswith("{")]
+            operation = "infer" + "".join(c if c.isalnum() else "_" for c in template)
+            schema["paths"].setdefault(template, {})["post"] = {
+                "tags": ["inference"],
+                "summary": f"Infer: {template}",
+                "operationId": operation,
+                "parameters": [
+                    {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for p in params
+                ],
+                **body,
+                "responses": {"200": {"description": "The model's outputs"}},
+            }
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _metadata(record: ModelVersion) -> dict[str, Any]:
@@ -201,151 +213,95 @@ def _metadata(record: ModelVersion) -> dict[str, Any]:
     }
 
 
-# ---- server -----------------------------------------------------------------
+def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRouter:
+    """The data plane's read-only REST endpoints, over one data plane."""
+    router = APIRouter(tags=["inference"])
 
-
-@router.get("/v2")
-async def server_metadata() -> dict[str, Any]:
-    return {
-        "name": "shipyard",
-        "version": __version__,
-        "extensions": ["binary_tensor_data", "model_repository"],
-    }
-
-
-@router.get("/v2/health/live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
-
-
-@router.get("/v2/health/ready")
-async def ready(request: Request) -> Response:
-    manager = _dataplane(request).manager
-    loading = [m.key for m in manager.models.values() if m.state == "loading"]
-    if loading:
-        return JSONResponse({"ready": False, "loading": loading}, status_code=503)
-    return JSONResponse({"ready": True})
-
-
-# ---- models -----------------------------------------------------------------
-
-
-async def _model_metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
-    return _metadata((await _dataplane(request).describe(name, version)).record)
-
-
-async def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    dataplane = _dataplane(request)
-    target = await dataplane.describe(name, version)
-    record, is_ready = target.record, dataplane.is_ready(target)
-    return JSONResponse(
-        {"name": record.model, "version": str(record.version), "ready": is_ready},
-        status_code=200 if is_ready else 503,
-    )
-
-
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    # Normally answered by the front door (front_door.py) before FastAPI routing;
-    # these routes document the endpoints and serve apps mounted without it.
-    answer = await v2_infer(
-        _dataplane(request),
-        request.app.state.rest,
-        name,
-        version,
-        request.headers,
-        _body_reader(request),
-    )
-    return _response(answer)
-
-
-@router.get("/v2/models/{name}")
-async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    return await _model_metadata(request, name, None)
-
-
-@router.get("/v2/models/{name}/versions/{version}")
-async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    return await _model_metadata(request, name, version)
-
-
-@router.get("/v2/models/{name}/ready")
-async def model_ready(request: Request, name: str) -> Response:
-    return await _model_ready(request, name, None)
-
-
-@router.get("/v2/models/{name}/versions/{version}/ready")
-async def version_ready(request: Request, name: str, version: str) -> Response:
-    return await _model_ready(request, name, version)
-
-
-@router.post("/v2/models/{name}/infer", openapi_extra=_V2_BODY)
-async def model_infer(request: Request, name: str) -> Response:
-    return await _infer(request, name, None)
-
-
-@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_V2_BODY)
-async def version_infer(request: Request, name: str, version: str) -> Response:
-    return await _infer(request, name, version)
-
-
-# ---- model repository extension -----------------------------------------------
-
-
-@router.post("/v2/repository/index")
-async def repository_index(request: Request) -> list[dict[str, str]]:
-    manager = _dataplane(request).manager
-    return [
-        {
-            "name": m.record.model,
-            "version": str(m.record.version),
-            "state": m.state.upper(),
-            "reason": m.reason,
+    @router.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {
+            "name": SERVER_METADATA.name,
+            "version": SERVER_METADATA.version,
+            "extensions": list(SERVER_METADATA.extensions),
         }
-        for m in manager.models.values()
-    ]
 
+    @router.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
 
-@router.post("/v2/repository/models/{name}/load")
-async def repository_load(request: Request, name: str) -> dict[str, str]:
-    loaded = await _dataplane(request).manager.load(name)
-    return {"name": loaded.record.model, "version": str(loaded.record.version), "state": "READY"}
+    @router.get("/v2/health/ready")
+    async def ready() -> Response:
+        loading = dataplane.server_ready()
+        if loading:
+            return JSONResponse(
+                {"ready": False, "loading": [str(key) for key in loading]}, status_code=503
+            )
+        return JSONResponse({"ready": True})
 
+    async def model_ready(name: str, version: str | None) -> Response:
+        record, is_ready = await dataplane.model_ready(name, version)
+        return JSONResponse(
+            {"name": record.model, "version": str(record.version), "ready": is_ready},
+            status_code=200 if is_ready else 503,
+        )
 
-@router.post("/v2/repository/models/{name}/unload")
-async def repository_unload(request: Request, name: str) -> dict[str, str]:
-    await _dataplane(request).manager.unload(name)
-    return {"name": name, "state": "UNLOADED"}
+    @router.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        return _metadata(await dataplane.model_metadata(name, None))
 
+    @router.get("/v2/models/{name}/versions/{version}")
+    async def version_metadata(name: str, version: str) -> dict[str, Any]:
+        return _metadata(await dataplane.model_metadata(name, version))
 
-# ---- MLflow scoring protocol --------------------------------------------------
+    @router.get("/v2/models/{name}/ready")
+    async def name_ready(name: str) -> Response:
+        return await model_ready(name, None)
 
+    @router.get("/v2/models/{name}/versions/{version}/ready")
+    async def version_ready(name: str, version: str) -> Response:
+        return await model_ready(name, version)
 
-@router.get("/ping")
-@router.get("/health")
-async def ping() -> Response:
-    return Response("\n", media_type="application/json")
+    # ---- model repository extension -------------------------------------------
 
+    @router.post("/v2/repository/index")
+    async def repository_index() -> list[dict[str, str]]:
+        return [
+            {
+                "name": entry.key.model,
+                "version": str(entry.key.version),
+                "state": entry.state,
+                "reason": entry.reason,
+            }
+            for entry in dataplane.repository_index()
+        ]
 
-@router.get("/version")
-async def version() -> Response:
-    return Response(__version__, media_type="text/plain")
+    @router.post("/v2/repository/models/{name}/load")
+    async def repository_load(name: str) -> dict[str, str]:
+        key = await dataplane.load(name)
+        return {"name": key.model, "version": str(key.version), "state": "READY"}
 
+    @router.post("/v2/repository/models/{name}/unload")
+    async def repository_unload(name: str) -> dict[str, str]:
+        await dataplane.unload(name)
+        return {"name": name, "state": "UNLOADED"}
 
-@router.post("/invocations", openapi_extra=_MLFLOW_BODY)
-async def invocations(request: Request) -> Response:
-    answer = await mlflow_invocations(
-        _dataplane(request), request.app.state.rest, request.headers, _body_reader(request)
-    )
-    return _response(answer)
+    # ---- metrics ----------------------------------------------------------------
 
+    @router.get("/metrics", tags=["monitoring"])
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition: requests, latency by stage, queues, batches, cache,
+        drift, cost."""
+        return Response(exposition(metrics), media_type=METRICS_CONTENT_TYPE)
 
-@router.post("/deployments/{deployment}/invocations", openapi_extra=_MLFLOW_BODY)
-async def deployment_invocations(request: Request, deployment: str) -> Response:
-    answer = await mlflow_invocations(
-        _dataplane(request),
-        request.app.state.rest,
-        request.headers,
-        _body_reader(request),
-        deployment=deployment,
-    )
-    return _response(answer)
+    # ---- MLflow scoring protocol ------------------------------------------------
+
+    @router.get("/ping")
+    @router.get("/health")
+    async def ping() -> Response:
+        return Response("\n", media_type="application/json")
+
+    @router.get("/version")
+    async def version() -> Response:
+        return Response(SERVER_METADATA.version, media_type="text/plain")
+
+    return router

@@ -10,15 +10,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from shipyard import __version__
 from shipyard.errors import ShipyardError
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.registry.audit import Actor, acting_as
-from shipyard.routing.deployments import RequestHints
+from shipyard.registry.records import ModelVersion
 from shipyard.security.gate import Gatekeeper
-from shipyard.security.policy import GRPC_RULES
-from shipyard.serving.dataplane import DataPlane
-from shipyard.serving.types import RequestContext
+from shipyard.security.policy import GRPC_RULES, PIN_VERSION
+from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
+from shipyard.serving.types import PIN_METADATA, InferRequest, RequestContext, RequestHints
 from shipyard.transports.grpc_v2 import inference_pb2 as pb
 from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
 from shipyard.transports.grpc_v2.converters import request_from_proto, response_to_proto
@@ -63,7 +62,10 @@ def _translate_errors(
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
             model = getattr(request, "model_name", None) or getattr(request, "name", None)
             source = context.peer() or ""
-            principal = gate.admit(permission, metadata.get("authorization"), model, source)
+            needed = permission
+            if rule == "ModelInfer" and PIN_METADATA in metadata:
+                needed = PIN_VERSION  # testing a version behind a deployment's back, as REST
+            principal = gate.admit(needed, metadata.get("authorization"), model, source)
             with acting_as(Actor(principal.name, principal.role, source)):
                 return await method(self, request, context, *extra)
         except ShipyardError as exc:
@@ -90,7 +92,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.dataplane = dataplane
         self.gate = gate
         self.observer = observer
-        self.manager = dataplane.manager
         self.max_elements = max_elements
 
     @_translate_errors
@@ -99,23 +100,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        loading = any(m.state == "loading" for m in self.manager.models.values())
-        return pb.ServerReadyResponse(ready=not loading)
+        return pb.ServerReadyResponse(ready=not self.dataplane.server_ready())
 
     @_translate_errors
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        target = await self.dataplane.describe(request.name, request.version or None)
-        return pb.ModelReadyResponse(ready=self.dataplane.is_ready(target))
+        _, ready = await self.dataplane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
 
     @_translate_errors
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return pb.ServerMetadataResponse(
-            name="shipyard", version=__version__, extensions=["model_repository"]
+            name=SERVER_METADATA.name,
+            version=SERVER_METADATA.version,
+            extensions=list(SERVER_METADATA.extensions),
         )
 
     @_translate_errors
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        record = (await self.dataplane.describe(request.name, request.version or None)).record
+        record = await self.dataplane.model_metadata(request.name, request.version or None)
         signature = record.signature
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -155,36 +157,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _model_infer(
         self, request: Any, context: Any, observed: RequestContext | None = None
     ) -> Any:
-        target = await self.dataplane.describe(
-            request.model_name, request.model_version or None, observed
+        decoded: list[InferRequest] = []
+
+        async def decode(_: ModelVersion) -> InferRequest:
+            infer_request = request_from_proto(request, self.max_elements)
+            if observed is not None:
+                observed.decoded = time.perf_counter()
+            decoded.append(infer_request)
+            return infer_request
+
+        metadata = dict(context.invocation_metadata() or ())
+        hints = RequestHints(metadata.get(PIN_METADATA), metadata.get, observed)
+        response = await self.dataplane.infer(
+            request.model_name, request.model_version or None, decode, hints
         )
-        infer_request = request_from_proto(request, self.max_elements)
-        if observed is not None:
-            observed.decoded = time.perf_counter()
-        hints = RequestHints(context=observed) if observed is not None else None
-        response = await self.dataplane.infer(target, infer_request, hints)
-        return response_to_proto(response, infer_request)
+        return response_to_proto(response, decoded[0])
 
     @_translate_errors
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[
-                index(name=m.record.model, version=str(m.record.version),
-                      state=m.state.upper(), reason=m.reason)
-                for m in self.manager.models.values()
-                if not request.ready or m.state == "ready"
+                index(name=entry.key.model, version=str(entry.key.version),
+                      state=entry.state, reason=entry.reason)
+                for entry in self.dataplane.repository_index()
+                if not request.ready or entry.state == "READY"
             ]
         )  # fmt: skip
 
     @_translate_errors
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self.manager.load(request.model_name)
+        await self.dataplane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_translate_errors
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self.manager.unload(request.model_name)
+        await self.dataplane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -1,0 +1,35 @@
+"""What the control-plane routes work on, handed to them as one typed record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from shipyard.monitoring.cost import CostMeter
+from shipyard.monitoring.service import MonitoringService
+from shipyard.registry.service import Registry
+from shipyard.security.keys import KeyStore
+
+
+@dataclass
+class ControlPlane:
+    registry: Registry
+    trust: Registry
+    """The registry whose API keys and audit trail guard this server (`registry` itself,
+    except for `shipyard serve FILE`, which serves a scratch registry)."""
+    keys: KeyStore
+    monitoring: MonitoringService
+    cost: CostMeter | None = None
+    """Cost per 1,000 predictions, when a replica-hour price is configured."""
+
+    @classmethod
+    def over(cls, registry: Registry, trust: Registry | None = None) -> ControlPlane:
+        trust = trust or registry
+        return cls(registry, trust, KeyStore(trust.sessions), MonitoringService(registry))
+
+
+def control_plane(request: Request) -> ControlPlane:
+    """The one way a route reaches the components (set by api.app.create_app)."""
+    plane: ControlPlane = request.app.state.control_plane
+    return plane
