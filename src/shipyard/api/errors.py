@@ -1,29 +1,25 @@
-"""The one place control-plane errors become HTTP responses: `{"error": "..."}`."""
+"""Errors raised under FastAPI become HTTP answers here, through the one mapping in
+transports/http.py that the inference fast path uses too: `{"error": "..."}`."""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shipyard.errors import ShipyardError, http_error
-
-log = logging.getLogger("shipyard.api")
+from shipyard.errors import ShipyardError
+from shipyard.transports.http import error_answer, failure
 
 
 def _error(status: int, message: str) -> Response:
-    body, headers = http_error(status, message)
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+    answer = error_answer(status, message)
+    return Response(answer.body, status, answer.headers, media_type=answer.media_type)
 
 
-async def _shipyard_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ShipyardError)
-    if exc.status == 500:  # 503s and 504s are load, counted in /metrics, not news
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return _error(exc.status, exc.message)
+async def _failed(request: Request, exc: Exception) -> Response:
+    """A ShipyardError with its status, anything else a 500 whose details stay in the log."""
+    return _error(*failure(exc, request.method, request.url.path))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -43,14 +39,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, message)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # Internals stay in the server log; the client learns only that it failed.
-    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return _error(500, "internal server error")
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ShipyardError, _shipyard_error)
+    app.add_exception_handler(ShipyardError, _failed)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, _failed)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from shipyard.config import DEFAULT_DRIFT_P_VALUE, DEFAULT_DRIFT_SHARE
+
 PSI_BINS = 10
 PSI_EPSILON = 1e-4  # stands in for an empty bin's share so PSI stays finite
 MAX_INT_CATEGORIES = 10  # integer features with more distinct values are treated as numeric
@@ -30,11 +32,11 @@ OTHER_LABEL = "(other)"
 class DriftThresholds:
     """When a feature, and the whole dataset, count as drifted."""
 
-    p_value: float = 0.05
+    p_value: float = DEFAULT_DRIFT_P_VALUE
     """A feature drifts when its test's p-value is below this."""
     psi: float | None = None
     """If set, a feature also drifts when its PSI is at least this (0.2 is a common choice)."""
-    share: float = 0.5
+    share: float = DEFAULT_DRIFT_SHARE
     """The dataset drifts when at least this share of the tested features drift."""
     min_rows: int = 30
     """Fewer current rows than this give no verdict (for a feature: fewer non-missing

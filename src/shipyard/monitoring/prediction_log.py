@@ -26,13 +26,12 @@ import numpy as np
 import orjson
 import sqlalchemy as sa
 
+from shipyard.config import DEFAULT_PREDICTION_LOG_BATCH, DEFAULT_PREDICTION_LOG_FLUSH_SECONDS
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.types import RequestContext
 
 log = logging.getLogger("shipyard.predictions")
 
-DEFAULT_BATCH_ROWS = 500
-DEFAULT_FLUSH_SECONDS = 1.0
 PURGE_EVERY_SECONDS = 600.0
 PURGE_CHUNK = 5_000
 
@@ -95,8 +94,8 @@ class PredictionLog:
         engine: sa.Engine,
         sample_rate: Callable[[str | None], float],
         *,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        batch_rows: int = DEFAULT_PREDICTION_LOG_BATCH,
+        flush_seconds: float = DEFAULT_PREDICTION_LOG_FLUSH_SECONDS,
         retention_seconds: float | None = None,
     ) -> None:
         from shipyard.registry.tables import PredictionRow

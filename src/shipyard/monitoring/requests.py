@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shipyard.config import DEFAULT_TRACE_SAMPLE
 from shipyard.monitoring.tracing import RequestTracer
 from shipyard.serving.types import RequestContext
 
@@ -45,7 +46,7 @@ class RequestObserver:
         registry: CollectorRegistry,
         tracer: RequestTracer | None = None,
         access_log: bool = True,
-        trace_sample: float = 1.0,
+        trace_sample: float = DEFAULT_TRACE_SAMPLE,
     ) -> None:
         self.tracer = tracer
         self.trace_sample = trace_sample

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.config import DEFAULT_DIRECT_SAMPLE
 from shipyard.registry.manifest import DeploymentManifest
 from shipyard.registry.records import DeploymentRevision, ModelVersion
 from shipyard.registry.service import Registry
@@ -251,7 +252,7 @@ class DeploymentRouter:
             spawn=self._spawn,
         )
 
-    def sample_rate(self, name: str | None, direct_rate: float = 0.0) -> float:
+    def sample_rate(self, name: str | None, direct_rate: float = DEFAULT_DIRECT_SAMPLE) -> float:
         """Share of a deployment's requests for the prediction log (its manifest's
         monitoring.sample); `direct_rate` for calls that name a model, not a deployment."""
         if name is None:

@@ -31,6 +31,7 @@ from shipyard.registry.manifest import DeploymentManifest, RolloutPolicy, Route
 from shipyard.registry.records import RolloutGates, RolloutState
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
+from shipyard.routing.arms import main_index
 from shipyard.routing.deployments import ArmWindow, DeploymentRouter
 
 log = logging.getLogger("shipyard.rollouts")
@@ -66,7 +67,7 @@ class RolloutService:
     ) -> records.Rollout:
         manifest = self._manifest(deployment)
         self.registry.models.get_version(ModelRef(manifest.model, version=to))  # exists?
-        main = max(manifest.routes, key=lambda r: r.weight)
+        main = manifest.routes[main_index(manifest.routes)]
         stable = self._version(manifest, main)
         policy = manifest.rollout or RolloutPolicy()
         return self.registry.rollouts.start(

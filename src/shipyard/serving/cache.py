@@ -20,9 +20,9 @@ from shipyard.runtimes.base import Tensors
 from shipyard.serving.types import CacheLookups, CacheSnapshot, ModelKey
 
 
-def cache_key(version_key: ModelKey | str, inputs: Tensors, outputs: list[str] | None) -> bytes:
-    """The key of these inputs to this version; a ModelKey and its "name:version" agree."""
-    digest = hashlib.sha256(str(version_key).encode())
+def cache_key(version: ModelKey, inputs: Tensors, outputs: list[str] | None) -> bytes:
+    """The key of these inputs to this version."""
+    digest = hashlib.sha256(f"{version.model}:{version.version}".encode())
     digest.update(repr(sorted(outputs) if outputs else None).encode())
     for name in sorted(inputs):
         array = inputs[name]
@@ -60,8 +60,6 @@ class ResultCache:
         self.misses = 0
         self._by_version: dict[ModelKey, list[int]] = {}
         """version -> [hits, misses] since start, read through snapshot()."""
-        self._counts: dict[ModelKey | str | None, list[int]] = {}
-        """The same lists by the key callers pass to get(), so a lookup costs one dict get."""
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -72,11 +70,11 @@ class ResultCache:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
 
-    def get(self, key: bytes, model: ModelKey | str | None = None) -> Tensors | None:
-        """The stored answer, or None; counted for `model` (a ModelKey or "name:version")."""
-        counts = self._counts.get(model)
+    def get(self, key: bytes, version: ModelKey) -> Tensors | None:
+        """The stored answer, or None; the lookup counts for `version`."""
+        counts = self._by_version.get(version)
         if counts is None:
-            counts = self._counts[model] = self._counter(model)
+            counts = self._by_version[version] = [0, 0]
         entry = self._entries.get(key)
         if entry is None or self.clock() - entry.stored_at >= self.ttl_seconds:
             if entry is not None:
@@ -88,15 +86,6 @@ class ResultCache:
         self.hits += 1
         counts[0] += 1
         return entry.outputs
-
-    def _counter(self, model: ModelKey | str | None) -> list[int]:
-        """The [hits, misses] of a version seen for the first time in this form."""
-        if model is None:
-            return [0, 0]  # counted in hits and misses only
-        if isinstance(model, str):
-            name, _, version = model.rpartition(":")
-            model = ModelKey(name, int(version))
-        return self._by_version.setdefault(model, [0, 0])
 
     def snapshot(self) -> CacheSnapshot:
         """Entries, bytes and each version's lookups now, for monitoring."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.config import DEFAULT_SERVING
 from shipyard.errors import (
     DeadlineExceeded,
     ModelFailed,
@@ -251,9 +252,9 @@ class WorkerPool:
         self,
         spec: VersionSpec,
         processes: int = 1,
-        max_batch_rows: int = 64,
-        max_queue: int = 256,
-        max_batch_delay: float = 0.0,
+        max_batch_rows: int = DEFAULT_SERVING.max_batch_size,
+        max_queue: int = DEFAULT_SERVING.max_queue,
+        max_batch_delay: float = DEFAULT_SERVING.max_batch_delay,
     ) -> None:
         self.spec = spec
         self.size = max(1, processes)
