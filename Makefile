@@ -40,6 +40,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 test: lint typecheck
+	scripts/system-packages.sh
 	$(BIN)/pytest
 
 check: test
