@@ -238,7 +238,11 @@ def overlap(a: list[float], b: list[float]) -> bool:
 
 
 def report(
-    measurements: list[Measurement], sides: dict[str, Side], args: argparse.Namespace, work: Path
+    measurements: list[Measurement],
+    sides: dict[str, Side],
+    args: argparse.Namespace,
+    after_note: str,
+    work: Path,
 ) -> list[str]:
     before, after = sides["before"], sides["after"]
     command = (
@@ -250,10 +254,10 @@ def report(
         "",
         f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: before = `{before.revision}` "
         f"(git worktree, PYTHONPATH on its src), after = `{after.revision}` (this working tree"
-        f"{', with uncommitted changes' if args.dirty else ''}). Same interpreter and packages, "
-        f"{os.cpu_count()} cores shared by wrk (1 thread) and the server, one server at a time, "
-        f"{args.rounds} rounds taking turns (before, after, then after, before, ...), a fresh "
-        f"server each time, 1 s wrk warm-up, then {args.duration} s measured. Values are "
+        f"{after_note}). Same interpreter and packages, {os.cpu_count()} cores shared by wrk "
+        f"(1 thread) and the server, one server at a time, {args.rounds} round(s) taking turns "
+        f"(before, after, then after, before, ...), a fresh server each time, 1 s wrk warm-up, "
+        f"then {args.duration} s measured. Values are "
         "medians over rounds; spread is min-max over rounds. CPU µs/req is utime+stime of the "
         "server's processes over the measured run (front = the HTTP process, workers = its "
         "child processes) divided by the requests wrk completed.",
@@ -295,7 +299,7 @@ def report(
             verdict = (
                 "within the noise (spreads overlap)"
                 if overlap(old, new)
-                else ("more than the noise (spreads do not overlap)")
+                else "more than the noise (spreads do not overlap)"
             )
             parts.append(f"{label} {change:+.1%}, {verdict}")
         reading.append(f"- {model}, c={concurrency}: after vs before medians: {'; '.join(parts)}.")
@@ -317,7 +321,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     os.environ.pop("PYTHONPATH", None)  # the after side runs the editable install as is
-    args.dirty = bool(git("status", "--porcelain", "--", "src"))
+    dirty = bool(git("status", "--porcelain", "--", "src"))
     work = BENCH / "results" / ("compare-" + time.strftime("%Y%m%d-%H%M%S"))
     work.mkdir(parents=True)
     paths = train(work)
@@ -347,7 +351,13 @@ def main() -> None:
             indent=1,
         )
     )
-    lines = report(measurements, sides, args, work)
+    # Others may commit or edit src/ while this runs: say so next to the after revision.
+    dirty = dirty or bool(git("status", "--porcelain", "--", "src"))
+    head = git("rev-parse", "--short", "HEAD")
+    after_note = ", with uncommitted changes in src/" if dirty else ""
+    if head != sides["after"].revision:
+        after_note += f"; HEAD moved to `{head}` during the run"
+    lines = report(measurements, sides, args, after_note, work)
     print("\n".join(lines))
     write_section(START, END, lines)
     print(f"wrote {BENCH / 'BENCHMARKS.md'}")

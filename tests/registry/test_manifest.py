@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import Conflict, InvalidInput
 from shipyard.registry.manifest import DeploymentManifest, parse_manifest
 from shipyard.registry.records import DeploymentRevision
 from shipyard.registry.service import Registry
@@ -96,3 +96,17 @@ def test_revisions_carry_a_parsed_manifest_stored_and_shown_as_before(
     assert shown == STORED
     assert DeploymentRevision.model_validate_json(live.model_dump_json()) == live
     assert registry.deployments.apply(parse_manifest(MANIFEST)).changed is False
+
+
+def test_a_stored_revision_that_no_longer_validates_is_named(registry: Registry) -> None:
+    registry.deployments.apply(parse_manifest(HEAD + "routes: [{version: 1}]\n"))
+    with registry.sessions() as session, session.begin():
+        # What an older release accepted: a shadow with no target.
+        old = {"name": "a", "model": "m", "routes": [{"version": 1}], "shadow": {"fraction": 0.5}}
+        session.execute(sa.update(DeploymentRevisionRow).values(manifest=old))
+    with pytest.raises(Conflict) as refused:
+        registry.deployments.find("a")
+    assert refused.value.message.startswith(
+        "revision 1 of deployment 'a' is no longer a valid manifest ("
+    )
+    assert refused.value.message.endswith("); apply a corrected manifest or roll back")

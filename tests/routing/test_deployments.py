@@ -320,3 +320,32 @@ def test_grpc_requests_are_sticky_and_pinnable_like_rest(deployed: RunningServer
     pins = {_grpc_infer(deployed.grpc_target, "fraud-grpc", (("x-shipyard-version", "2"),))
             for _ in range(10)}  # fmt: skip
     assert pins == {"2"}
+
+
+def test_rest_and_grpc_describe_the_server_the_same_way(deployed: RunningServer) -> None:
+    import grpc
+
+    from shipyard.transports.grpc_v2 import inference_pb2 as pb
+    from shipyard.transports.grpc_v2 import inference_pb2_grpc as pb_grpc
+
+    assert deployed.grpc_target is not None
+    with httpx.Client(base_url=deployed.url, timeout=30) as http:
+        http.post("/v2/models/fraud-api/infer", json=_body()).raise_for_status()  # loaded
+        server = http.get("/v2").json()
+        index = http.post("/v2/repository/index").json()
+        metadata = http.get("/v2/models/fraud-api").json()
+    with grpc.insecure_channel(deployed.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        grpc_server = stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30)
+        grpc_index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+        grpc_metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="fraud-api"), timeout=30)
+    # The protocol's extensions this server implements, written out by hand.
+    assert server["extensions"] == ["binary_tensor_data", "model_repository"]
+    assert list(grpc_server.extensions) == server["extensions"]
+    assert (grpc_server.name, grpc_server.version) == (server["name"], server["version"])
+    rest_entries = {(m["name"], m["version"], m["state"]) for m in index}
+    assert {("fraud", "1", "READY"), ("fraud", "2", "READY")} <= rest_entries
+    assert {(m.name, m.version, m.state) for m in grpc_index.models} == rest_entries
+    # A deployment is described by its main arm: version 1 carries 70% of its traffic.
+    assert (metadata["name"], metadata["versions"]) == ("fraud", ["1"])
+    assert (grpc_metadata.name, list(grpc_metadata.versions)) == ("fraud", ["1"])

@@ -12,9 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 import yaml
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shipyard.errors import NotFound
+from shipyard.errors import Conflict, NotFound
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor, record_event
 from shipyard.registry.db import write_session
@@ -31,10 +32,19 @@ def _yaml(document: dict[str, Any] | None) -> list[str]:
 
 
 def _record(name: str, row: DeploymentRevisionRow) -> records.DeploymentRevision:
+    try:
+        manifest = DeploymentManifest.model_validate(row.manifest)  # the one parse of a row
+    except ValidationError as exc:
+        # Stored before a rule tightened (a shadow with no target was once accepted, and
+        # could never go live): say which revision and how to move past it.
+        raise Conflict(
+            f"revision {row.revision} of deployment {name!r} is no longer a valid manifest "
+            f"({exc.errors()[0]['msg']}); apply a corrected manifest or roll back"
+        ) from None
     return records.DeploymentRevision(
         deployment=name,
         revision=row.revision,
-        manifest=DeploymentManifest.model_validate(row.manifest),  # the one parse of a stored row
+        manifest=manifest,
         reason=row.reason,
         created_by=row.created_by,
         created_at=row.created_at,
