@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# A deliberate exception to the layers: the package's face re-exports the SDK
+# (`from shipyard import Client`), for type checkers only and lazily at run time, so
+# nothing below layer 5 ever imports it.
 if TYPE_CHECKING:
     from shipyard.client import Client
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from shipyard import __version__
 from shipyard.errors import InvalidInput, ModelNotReady, NotFound, ShipyardError
@@ -23,6 +23,7 @@ from shipyard.serving.types import (
     InferRequest,
     InferResponse,
     ModelKey,
+    PredictionSink,
     RequestContext,
     RequestHints,
     Router,
@@ -58,13 +59,6 @@ def request_timeout(parameters: dict[str, Any], default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidInput("parameters.timeout must be a positive number of seconds")
     return min(float(value), MAX_TIMEOUT_SECONDS)
-
-
-class PredictionSink(Protocol):
-    """Where answered requests go to be sampled into the prediction log (monitoring)."""
-
-    def offer(self, context: RequestContext, inputs: Tensors, outputs: Tensors) -> None:
-        """Take the request or not (sampling); never blocks, never raises."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,13 @@ class Routed(Protocol):
         and send the shadow and comparison copies it is due; never waits for them."""
 
 
+class PredictionSink(Protocol):
+    """Where answered requests go to be sampled into the prediction log (monitoring)."""
+
+    def offer(self, context: RequestContext, inputs: Tensors, outputs: Tensors) -> None:
+        """Take the request or not (sampling); never blocks, never raises."""
+
+
 class VersionSource(Protocol):
     """Names to versions, and loading them (serving.manager.ModelManager implements it)."""
 
