@@ -16,6 +16,7 @@ from shipyard.errors import InvalidInput, NotFound
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
+from shipyard.security.keys import KeyStore
 from tests import fixtures
 from tests.server import RunningServer, running_server
 
@@ -225,6 +226,10 @@ def test_pinning_a_version_needs_a_deployer(tmp_path: Path) -> None:
             path = fixtures.write_sklearn_model(tmp_path, name=f"m{seed}.joblib", seed=seed)
             registry.register(path, RegistrationOptions(name="fraud"))
         registry.deployments.apply(parse_manifest(MANIFEST))
+        keys = KeyStore(registry.sessions)
+        for scope in ("fraud", "other"):
+            token, _ = keys.create("predictor", "test", name=scope, models=[scope])
+            keyed.tokens[f"predictor@{scope}"] = token
     finally:
         registry.close()
     url = "/v2/models/fraud-api/infer"
@@ -238,6 +243,11 @@ def test_pinning_a_version_needs_a_deployer(tmp_path: Path) -> None:
 
         assert call("predictor", None).status_code == 200
         assert call("predictor", "2").status_code == 403
+        # A key scoped to a model may call the deployments that route to it, no others.
+        assert call("predictor@fraud", None).status_code == 200
+        refused = call("predictor@other", None)
+        assert refused.status_code == 403
+        assert refused.json() == {"error": "this key may not call model 'fraud'"}
         pinned = call("deployer", "2")
         assert pinned.status_code == 200
         assert pinned.headers["x-shipyard-model-version"] == "fraud:2"
@@ -253,6 +263,10 @@ def test_pinning_a_version_needs_a_deployer(tmp_path: Path) -> None:
             return _grpc_infer(server.grpc_target or "", "fraud-api", tuple(metadata))
 
         assert grpc_call("predictor", None) in ("1", "2")
+        assert grpc_call("predictor@fraud", None) in ("1", "2")
+        with pytest.raises(grpc.RpcError) as out_of_scope:
+            grpc_call("predictor@other", None)
+        assert out_of_scope.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as refused:
             grpc_call("predictor", "2")
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from shipyard.errors import Forbidden, RateLimited, Unauthenticated
@@ -19,6 +22,22 @@ from shipyard.security.tokens import TokenVerifier
 
 log = logging.getLogger("shipyard.security")
 OPEN = Principal(name="anonymous (open server)", role="admin")
+_CALLER: ContextVar[Principal | None] = ContextVar("shipyard_caller", default=None)
+
+
+@contextmanager
+def calling_as(principal: Principal) -> Iterator[None]:
+    """Who the request being handled comes from, for code the transport calls into."""
+    token = _CALLER.set(principal)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def current_caller() -> Principal | None:
+    """The admitted caller of the request being handled (None outside a request)."""
+    return _CALLER.get()
 
 
 @dataclass
@@ -66,6 +85,16 @@ class Gatekeeper:
     def open(self) -> bool:
         """No active key and no JWT issuer: the server runs without authentication."""
         return self.tokens is None and not self.keys.any_active()
+
+    async def check(
+        self,
+        permission: Permission,
+        authorization: str | None,
+        model: str | None = None,
+        source: str = "",
+    ) -> Principal:
+        """`admit`, for transports on the event loop: what may block runs elsewhere."""
+        return self.admit(permission, authorization, model, source)
 
     def admit(
         self,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shipyard import __version__
-from shipyard.errors import InvalidInput, ModelNotReady, NotFound, ShipyardError
+from shipyard.errors import Forbidden, InvalidInput, ModelNotReady, NotFound, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
@@ -69,6 +69,11 @@ class RepositoryEntry:
     state: str
     """LOADING, READY, FAILED or UNLOADED (the repository extension's words)."""
     reason: str
+
+
+def _check_scope(model: str, allowed: frozenset[str] | None) -> None:
+    if allowed is not None and model not in allowed:
+        raise Forbidden(f"this key may not call model {model!r}")
 
 
 class DataPlane:
@@ -147,6 +152,7 @@ class DataPlane:
             raise NotFound(f"no deployment {name!r}")
         if routed is None:
             record = await self.manager.resolve(name, version)
+            _check_scope(record.model, hints.models)
             if context is not None:
                 context.model, context.version = record.model, str(record.version)
             request = await decode(record)
@@ -155,6 +161,7 @@ class DataPlane:
             return self._response(loaded, result, cached, wanted, request)
 
         main = routed.main
+        _check_scope(main.model, hints.models)
         if context is not None:
             context.deployment, context.model = routed.name, main.model
         request = await decode(main)

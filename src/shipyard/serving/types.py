@@ -126,6 +126,8 @@ class RequestHints:
     metadata: Callable[[str], str | None] = field(default=lambda _: None)
     context: RequestContext | None = None
     """The request's identity and timeline, when the transport keeps one (monitoring)."""
+    models: frozenset[str] | None = None
+    """The models the caller may call (its key's scope); None: any."""
 
 
 Predictor = Callable[["ModelVersion"], Awaitable[Tensors]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from shipyard.errors import ShipyardError
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.security.policy import PIN_VERSION
 from shipyard.serving.dataplane import DataPlane
@@ -82,12 +83,15 @@ class FrontDoor:
         pinned = header(scope, _PIN)
         name = route.params.get("name")
         deployment = route.params.get("deployment")
+        models = None
         if not self.gate.open:
             needed = PIN_VERSION if pinned is not None else route.permission
-            called = name or deployment or self.limits.default_model
-            refusal = self.gate.refusal(needed, called, scope)
-            if refusal is not None:
-                status, message = refusal
+            try:
+                # The model scope is checked by the data plane on what the name resolves
+                # to: a deployment's name is not its model's.
+                models = (await self.gate.admit(needed, None, scope)).models
+            except ShipyardError as exc:
+                status, message = int(exc.status), exc.message
                 context.status, context.error = status, message
                 await send_answer(send, status, error_answer(status, message), context.request_id)
                 return
@@ -101,7 +105,9 @@ class FrontDoor:
         async def body() -> bytes:
             return await read_body(receive, headers.get("content-length"), limit)
 
-        hints = RequestHints(pinned, lambda key: header(scope, key.encode("latin-1")), context)
+        hints = RequestHints(
+            pinned, lambda key: header(scope, key.encode("latin-1")), context, models
+        )
         status = 200
         try:
             if name is not None:

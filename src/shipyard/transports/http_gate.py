@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from shipyard.errors import ShipyardError
 from shipyard.registry.audit import Actor, acting_as
-from shipyard.security.gate import Gatekeeper
+from shipyard.security.gate import Gatekeeper, calling_as
 from shipyard.security.keys import Principal
 from shipyard.security.policy import Permission
 from shipyard.transports.http import (
@@ -34,20 +34,11 @@ class HttpGate:
     def open(self) -> bool:
         return self.gatekeeper.open
 
-    def admit(self, permission: Permission, model: str | None, scope: Scope) -> Principal:
+    async def admit(self, permission: Permission, model: str | None, scope: Scope) -> Principal:
         """The caller, if the gate lets it through; else 401/403/429 is raised."""
         authorization = header(scope, b"authorization")
-        return self.gatekeeper.admit(permission, authorization, model, client_address(scope))
-
-    def refusal(
-        self, permission: Permission, model: str | None, scope: Scope
-    ) -> tuple[int, str] | None:
-        """None when the caller may go on; else the status and message to refuse with."""
-        try:
-            self.admit(permission, model, scope)
-        except ShipyardError as exc:
-            return int(exc.status), exc.message
-        return None
+        source = client_address(scope)
+        return await self.gatekeeper.check(permission, authorization, model, source)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,10 +50,11 @@ class HttpGate:
             return
         model = route.params.get("name") if route.template.startswith("/v2/models/") else None
         try:
-            principal = self.admit(route.permission, model, scope)
+            principal = await self.admit(route.permission, model, scope)
         except ShipyardError as exc:
             status = int(exc.status)
             await send_answer(send, status, error_answer(status, exc.message))
             return
-        with acting_as(Actor(principal.name, principal.role, client_address(scope))):
+        actor = Actor(principal.name, principal.role, client_address(scope))
+        with acting_as(actor), calling_as(principal):
             await self.app(scope, receive, send)

@@ -14,7 +14,7 @@ from shipyard.errors import ShipyardError
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.registry.records import ModelVersion
-from shipyard.security.gate import Gatekeeper
+from shipyard.security.gate import Gatekeeper, calling_as, current_caller
 from shipyard.security.policy import GRPC_RULES, PIN_VERSION
 from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
 from shipyard.serving.types import PIN_METADATA, InferRequest, RequestContext, RequestHints
@@ -63,10 +63,12 @@ def _translate_errors(
             model = getattr(request, "model_name", None) or getattr(request, "name", None)
             source = context.peer() or ""
             needed = permission
-            if rule == "ModelInfer" and PIN_METADATA in metadata:
-                needed = PIN_VERSION  # testing a version behind a deployment's back, as REST
-            principal = gate.admit(needed, metadata.get("authorization"), model, source)
-            with acting_as(Actor(principal.name, principal.role, source)):
+            if rule == "ModelInfer":
+                model = None  # scoped by the data plane on what the name resolves to
+                if PIN_METADATA in metadata:
+                    needed = PIN_VERSION  # testing a version behind a deployment's back
+            principal = await gate.check(needed, metadata.get("authorization"), model, source)
+            with acting_as(Actor(principal.name, principal.role, source)), calling_as(principal):
                 return await method(self, request, context, *extra)
         except ShipyardError as exc:
             code = STATUS_CODES.get(int(exc.status), grpc.StatusCode.INTERNAL)
@@ -167,7 +169,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return infer_request
 
         metadata = dict(context.invocation_metadata() or ())
-        hints = RequestHints(metadata.get(PIN_METADATA), metadata.get, observed)
+        caller = current_caller()
+        models = caller.models if caller is not None else None
+        hints = RequestHints(metadata.get(PIN_METADATA), metadata.get, observed, models)
         response = await self.dataplane.infer(
             request.model_name, request.model_version or None, decode, hints
         )
