@@ -45,10 +45,16 @@ def shipyard_command() -> list[str]:
 
 @contextmanager
 def running_server(
-    env: dict[str, str], *extra_args: str, cwd: Path | None = None, timeout: float = 60
+    env: dict[str, str],
+    *extra_args: str,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    host: str = "127.0.0.1",
 ) -> Iterator[RunningServer]:
-    """Run `shipyard server --port 0` with `env` added to the environment."""
-    with running_shipyard(env, "server", *extra_args, cwd=cwd, timeout=timeout) as server:
+    """Run `shipyard server --host HOST --port 0` with `env` added to the environment."""
+    with running_shipyard(
+        env, "server", *extra_args, cwd=cwd, timeout=timeout, host=host
+    ) as server:
         yield server
 
 

@@ -74,6 +74,30 @@ DEFAULT_DRIFT_SHARE = 0.5
 """The dataset drifts when at least this share of its features drift."""
 
 
+@dataclass(frozen=True, slots=True)
+class UnpackLimits:
+    """How much one uploaded model folder (a tar archive) may unpack to."""
+
+    max_bytes: int = 8 * 1024**3
+    max_files: int = 10_000
+
+
+DEFAULT_UNPACK = UnpackLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class IsolationLimits:
+    """Bounds on a throw-away process that runs a model's code for the server
+    (inspection at registration, drift reference predictions)."""
+
+    seconds: float = 120.0
+    memory_bytes: int = 8 * 1024**3
+    """Address space (RLIMIT_AS) of the process; 0 = no limit."""
+
+
+DEFAULT_ISOLATION = IsolationLimits()
+
+
 class Settings(BaseSettings):
     """Where Shipyard keeps its state and how it reaches it."""
 
@@ -140,6 +164,20 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(
         default=None, gt=0, description="Requests/s per API key unless the key sets its own."
     )
+    auth_failure_rate: float = Field(
+        default=1.0,
+        gt=0,
+        description="Failed logins/s allowed per client address after a burst; then 429.",
+    )
+    auth_failure_burst: int = Field(
+        default=10, ge=1, description="Failed logins a client address may make at once."
+    )
+    auth_failure_audit_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Refused logins are audited as one counted event per address and this span.",
+    )
     jwt_secret: SecretStr | None = Field(
         default=None, description="Accept HS256 JWT bearer tokens signed with this secret."
     )
@@ -162,6 +200,45 @@ class Settings(BaseSettings):
     )
     max_tensor_elements: int = Field(
         default=64 * 1024 * 1024, ge=1, description="Most elements one input tensor may have."
+    )
+    max_control_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of a request outside the inference fast path (control "
+        "plane, feedback), model uploads aside (413).",
+    )
+    max_upload_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        description="Largest model upload, POST /api/models/{name}/versions (413).",
+    )
+    max_unpacked_bytes: int = Field(
+        default=DEFAULT_UNPACK.max_bytes,
+        ge=1024,
+        description="Most bytes an uploaded model folder archive may unpack to (413).",
+    )
+    max_archive_files: int = Field(
+        default=DEFAULT_UNPACK.max_files,
+        ge=1,
+        description="Most entries an uploaded model folder archive may hold (413).",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a connection has to send a request's headers; then it is closed.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause in seconds between chunks of a request body (408 after).",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open HTTP connections (or requests in flight) beyond which a request "
+        "gets 503 at once.",
     )
     log_format: Literal["json", "text"] = Field(
         default="json", description="Server logs: one JSON object per line, or plain text."
@@ -208,6 +285,19 @@ class Settings(BaseSettings):
         description="Price of one worker (one core) for an hour: enables cost per 1,000 "
         "predictions.",
     )
+    isolation_timeout: float = Field(
+        default=DEFAULT_ISOLATION.seconds,
+        gt=0,
+        le=3600,
+        description="Seconds a throw-away process may take to inspect an uploaded model or "
+        "predict a drift reference sample; then it is killed and the request refused (400).",
+    )
+    isolation_memory_bytes: int = Field(
+        default=DEFAULT_ISOLATION.memory_bytes,
+        ge=0,
+        description="Address space (RLIMIT_AS) of that process; over it, refused (400). "
+        "0 = no limit.",
+    )
 
     @field_validator("prediction_log_retention")
     @classmethod
@@ -240,6 +330,14 @@ class Settings(BaseSettings):
             cache=self.cache,
         )
         return server_wide.overridden_by(self.models.get(model))
+
+    @property
+    def unpack_limits(self) -> UnpackLimits:
+        return UnpackLimits(self.max_unpacked_bytes, self.max_archive_files)
+
+    @property
+    def isolation_limits(self) -> IsolationLimits:
+        return IsolationLimits(self.isolation_timeout, self.isolation_memory_bytes)
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -68,6 +68,18 @@ class PayloadTooLarge(ShipyardError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class HeadersTooLarge(ShipyardError):
+    """A request's line and headers are over the bound the server keeps for them."""
+
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+
+
+class RequestTimeout(ShipyardError):
+    """The client paused too long while sending its request."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class ModelNotReady(ShipyardError):
     """The model is still loading (or failed to load); try again shortly."""
 
@@ -90,6 +102,13 @@ class ModelFailed(ShipyardError):
     """The model itself raised: reported by type and message, never a traceback."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class ModelRefusedInput(InvalidInput):
+    """The model raised ValueError or TypeError on the input: the caller's to fix (400).
+
+    The model's own words go to the server log, not to the caller: they may quote its
+    code, its data or the server's paths."""
 
 
 class Overloaded(ShipyardError):

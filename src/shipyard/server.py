@@ -38,6 +38,8 @@ from shipyard.serving.manager import ModelManager
 from shipyard.transports.front_door import FrontDoor
 from shipyard.transports.grpc_v2.servicer import start_grpc_server
 from shipyard.transports.http_gate import HttpGate
+from shipyard.transports.http_protocol import guarded_protocol
+from shipyard.transports.limits import BodyLimit, BodyLimits
 from shipyard.transports.rest import RestLimits, document_inference, inference_routes
 
 log = logging.getLogger("shipyard.server")
@@ -72,11 +74,16 @@ def build_services(
     keys and audit trail guard the server (default: `registry`)."""
     registry = registry or Registry.open(settings)
     control = ControlPlane.over(registry, trust)
+    control.unpack = settings.unpack_limits
+    # Open or closed is decided here, once, from the keys and JWT settings at start.
     gatekeeper = Gatekeeper(
         control.keys,
         control.trust.audit,
         default_rate=settings.rate_limit,
         tokens=_token_verifier(settings),
+        failure_rate=settings.auth_failure_rate,
+        failure_burst=settings.auth_failure_burst,
+        failure_window=settings.auth_failure_audit_seconds,
     )
     # `_created` series would double every labelled series; Prometheus does not need them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -117,6 +124,7 @@ def build_services(
         default_model=default_model.name if default_model else None,
         max_body_bytes=settings.max_body_bytes,
         max_tensor_elements=settings.max_tensor_elements,
+        body_timeout=settings.body_timeout,
     )
     return Services(
         settings, control, gatekeeper, metrics, observer, manager, router, predictions,
@@ -152,7 +160,8 @@ def build_app(
         async with _running(services, grpc_address):
             yield
 
-    gate = HttpGate(build_api(services, lifespan), services.gatekeeper)
+    bounded = BodyLimit(build_api(services, lifespan), _body_limits(settings))
+    gate = HttpGate(bounded, services.gatekeeper)
     return FrontDoor(gate, services.dataplane, services.observer, services.limits)
 
 
@@ -200,7 +209,7 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
             task.cancel()
         await asyncio.to_thread(services.predictions.close)
         services.observer.close()
-        await asyncio.to_thread(services.gatekeeper.keys.flush_last_used)
+        await asyncio.to_thread(services.gatekeeper.close)
         if grpc_server is not None:
             await grpc_server.stop(grace=2)
         await services.manager.close()
@@ -210,17 +219,27 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
 
 
 async def _watch_keys(gate: Gatekeeper) -> None:
-    """Re-read the key table and record keys' last use, never on the request path."""
+    """Re-read the key table, record keys' last use and write the counts of refused
+    logins, never on the request path."""
     flushed = time.monotonic()
     while True:
         await asyncio.sleep(REFRESH_SECONDS)  # a refresh cadence, not a sync point
         try:
             await asyncio.to_thread(gate.keys.refresh)
+            await asyncio.to_thread(gate.flush)
             if time.monotonic() - flushed >= 5:
                 flushed = time.monotonic()
                 await asyncio.to_thread(gate.keys.flush_last_used)
         except Exception:
             log.exception("refreshing API keys failed")
+
+
+def _body_limits(settings: Settings) -> BodyLimits:
+    return BodyLimits(
+        max_bytes=settings.max_control_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        timeout=settings.body_timeout,
+    )
 
 
 def _token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -245,14 +264,18 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
-    """Refuse to listen beyond this machine without authentication, unless told to."""
+    """Refuse to listen beyond this machine without authentication, unless told to.
+
+    The gate decided open or closed when it was built; a closed server stays closed
+    until it stops, even if every key is revoked or expires (security/gate.py).
+    """
     if not door.gate.open:
-        log.info("authentication on: API keys required")
+        log.info("authentication on: API keys required, until the server stops")
         return
     if host in LOOPBACK:
         log.warning(
             "running open: no API keys exist, so anyone on this machine may call every "
-            "endpoint (create one with `shipyard keys create --role admin`)"
+            "endpoint until one does (create one with `shipyard keys create --role admin`)"
         )
         return
     if not insecure:
@@ -277,6 +300,11 @@ def run(
         access_log=False,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
+        # Slow clients: a deadline on headers (our protocol; uvicorn has none), one
+        # between body chunks (read_body, BodyLimit), and a bound on connections
+        # beyond which uvicorn answers 503 once a request's headers are in.
+        http=guarded_protocol(settings.header_timeout),
+        limit_concurrency=settings.max_connections,
     )
 
 

@@ -51,7 +51,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 ROWS = 2
 # The id prefix the observer generates: 12 hex digits, a dash, a hex counter.
-GENERATED_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]+")
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")  # 16 random bytes: not guessable
 
 
 def _body(*values: float) -> dict[str, Any]:

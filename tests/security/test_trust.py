@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -29,7 +30,8 @@ def test_every_mutation_leaves_one_audit_event_with_its_actor(tmp_path: Path) ->
     keyed = make_keyed_home(tmp_path / "home")
     deployer, admin = _bearer(keyed.tokens["deployer"]), _bearer(keyed.tokens["admin"])
     model = fixtures.write_sklearn_model(tmp_path)
-    with running_server(keyed.env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+    env = {**keyed.env, "SHIPYARD_AUTH_FAILURE_AUDIT_SECONDS": "1"}  # refusals: counted per 1 s
+    with running_server(env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
 
         def audit() -> list[dict[str, object]]:
             answer = http.get("/api/audit", params={"limit": 1000}, headers=admin)
@@ -82,8 +84,13 @@ def test_every_mutation_leaves_one_audit_event_with_its_actor(tmp_path: Path) ->
         assert (event["action"], event["target"]) == ("key.revoke", key_id)
         refused = http.get("/api/models", headers=_bearer(token))
         assert refused.status_code == 401
-        failures = [e for e in audit() if e["action"] == "auth.failed"]
-        assert failures and failures[-1]["target"] == f"key:{key_id}"
+        # Refusals are written off the request path, counted, once their second is over.
+        deadline = time.monotonic() + 30
+        while not (failures := [e for e in audit() if e["action"] == "auth.failed"]):
+            assert time.monotonic() < deadline, "no auth.failed event"
+        shown = [(e["target"], e["actor"], e["after"]["count"]) for e in failures]  # type: ignore[index]
+        assert shown == [(f"key:{key_id}", "anonymous", 1)]
+        assert failures[0]["source"] == "127.0.0.1"
         assert token not in "".join(server.log)
 
 

@@ -8,7 +8,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from shipyard.errors import ModelFailed, Overloaded
+from shipyard.errors import ModelRefusedInput, Overloaded
 from shipyard.runtimes.base import VersionSpec
 from shipyard.serving.batching import Pending, split, take_batch
 from shipyard.serving.workers import WorkerPool
@@ -121,8 +121,9 @@ def test_a_poisoned_request_fails_alone(recorder_spec: VersionSpec) -> None:
         )
 
     results = asyncio.run(_with_pool(recorder_spec, scenario))
-    assert isinstance(results[5], ModelFailed)
-    assert "poisoned row" in results[5].message
+    assert isinstance(results[5], ModelRefusedInput)  # a ValueError: the input's fault
+    assert results[5].message.startswith("model recorder:1 refused the input (ValueError)")
+    assert results[5].__notes__ == ["ValueError: poisoned row"]  # for the log, not the caller
     for index, result in enumerate(results):
         if index != 5:
             assert isinstance(result, dict)

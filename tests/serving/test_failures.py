@@ -49,11 +49,14 @@ def infer(server: RunningServer, code: float, **extra: object) -> httpx.Response
     return httpx.post(f"{server.url}/v2/models/trouble/infer", json=body, timeout=30)
 
 
-def test_model_exception_is_a_500_with_type_and_message(server: RunningServer) -> None:
-    response = infer(server, 1)
-    assert response.status_code == 500
-    assert response.json() == {"error": "model raised ValueError: negative balance"}
-    assert "Traceback" not in response.text
+def test_model_refusing_input_is_a_400_with_type_not_message(server: RunningServer) -> None:
+    response = infer(server, 1)  # ValueError: the caller's input; its words go to the log
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "model trouble:1 refused the input (ValueError); the server log has the "
+        "model's message under this request's x-request-id"
+    }
+    assert "negative balance" not in response.text
     assert infer(server, 0).status_code == 200
 
 

@@ -3,6 +3,9 @@ transports/http.py that the inference fast path uses too: `{"error": "..."}`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -22,13 +25,25 @@ async def _failed(request: Request, exc: Exception) -> Response:
     return _error(*failure(exc, request.method, request.url.path))
 
 
+_MAX_PROBLEMS = 5
+
+
+def describe_problems(errors: Sequence[Mapping[str, Any]]) -> str:
+    """`where: what` for each pydantic error. Never its `input` (the caller's own value
+    echoed back, a secret perhaps) nor `ctx` or `url`; a part of `where` that is the
+    caller's own dictionary key is cut short."""
+    problems = []
+    for error in errors[:_MAX_PROBLEMS]:
+        where = ".".join(str(part)[:40] for part in error.get("loc", ())) or "body"
+        problems.append(f"{where}: {str(error.get('msg', 'invalid'))[:200]}")
+    if len(errors) > _MAX_PROBLEMS:
+        problems.append(f"and {len(errors) - _MAX_PROBLEMS} more")
+    return "; ".join(problems)
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    return _error(422, "invalid request: " + "; ".join(problems))
+    return _error(422, "invalid request: " + describe_problems(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -13,8 +13,10 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from shipyard.api.errors import describe_problems
 from shipyard.api.state import control_plane
-from shipyard.errors import InvalidInput
+from shipyard.config import UnpackLimits
+from shipyard.errors import InvalidInput, PayloadTooLarge
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
@@ -111,15 +113,21 @@ def register_version(
     example: Annotated[UploadFile | None, File(description="Example .csv or .parquet.")] = None,
 ) -> records.ModelVersion:
     try:
-        parsed = records.RegistrationOptions.model_validate({**json.loads(options), "name": name})
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise InvalidInput(f"invalid options: {exc}") from exc
+        given = json.loads(options)
+        if not isinstance(given, dict):
+            raise InvalidInput("invalid options: a JSON object is needed")
+        parsed = records.RegistrationOptions.model_validate({**given, "name": name})
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"invalid options: not JSON ({exc.msg} at {exc.pos})") from None
+    except ValidationError as exc:  # where and what, never the values given
+        raise InvalidInput(f"invalid options: {describe_problems(exc.errors())}") from None
     actor = current_actor()
     if actor.role and actor.name != OPEN.name:
         # An authenticated caller is who registered it, whatever the options claim.
         parsed = parsed.model_copy(update={"created_by": actor.name})
     with tempfile.TemporaryDirectory(prefix="shipyard-upload-") as scratch:
-        model_path = _receive_artifact(artifact, Path(scratch), folder)
+        unpack = control_plane(request).unpack
+        model_path = _receive_artifact(artifact, Path(scratch), folder, unpack)
         example_path = _receive_file(example, Path(scratch) / "example") if example else None
         return _registry(request).register(model_path, parsed, example_path)
 
@@ -137,18 +145,51 @@ def _receive_file(upload: UploadFile, folder: Path) -> Path:
     return target
 
 
-def _receive_artifact(upload: UploadFile, scratch: Path, folder: bool) -> Path:
+def _receive_artifact(
+    upload: UploadFile, scratch: Path, folder: bool, limits: UnpackLimits
+) -> Path:
     received = _receive_file(upload, scratch / "upload")
     if not folder:
         return received
     unpacked = scratch / "model"
     try:
         with tarfile.open(received) as archive:
-            # The "data" filter refuses absolute paths, links out of the tree and devices.
-            archive.extractall(unpacked, filter="data")
+            archive.extractall(unpacked, filter=_UnpackBudget(limits))
+    except tarfile.FilterError as exc:  # its text names the server's scratch folder
+        member, why = exc.tarinfo.name[:200], type(exc).__name__
+        raise InvalidInput(f"artifact member {member!r} is refused ({why})") from None
     except (tarfile.TarError, OSError) as exc:
-        raise InvalidInput(f"artifact is not a readable tar archive: {exc}") from exc
+        raise InvalidInput(
+            f"artifact is not a readable tar archive ({type(exc).__name__})"
+        ) from None
     return unpacked
+
+
+class _UnpackBudget:
+    """A tar extraction filter: tarfile's "data" filter (no absolute paths, no links out
+    of the tree, no devices) within a budget of entries and bytes. Called with each
+    member's header before the member is written, so an archive that unpacks to more
+    (a gzip bomb: kilobytes holding gigabytes of zeros) is refused without writing it."""
+
+    def __init__(self, limits: UnpackLimits) -> None:
+        self.limits = limits
+        self.entries = 0
+        self.size = 0
+
+    def __call__(self, member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        self.entries += 1
+        if self.entries > self.limits.max_files:
+            raise PayloadTooLarge(
+                f"the archive holds more than {self.limits.max_files} entries "
+                "(SHIPYARD_MAX_ARCHIVE_FILES)"
+            )
+        self.size += member.size
+        if self.size > self.limits.max_bytes:
+            raise PayloadTooLarge(
+                f"the archive unpacks to more than {self.limits.max_bytes} bytes "
+                "(SHIPYARD_MAX_UNPACKED_BYTES)"
+            )
+        return tarfile.data_filter(member, path)
 
 
 @router.get("/models/{name}/versions/{version}")

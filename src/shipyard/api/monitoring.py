@@ -27,6 +27,7 @@ from shipyard.monitoring.store import (
     PredictionRecord,
 )
 from shipyard.registry.audit import current_actor
+from shipyard.security.gate import current_caller
 
 router = APIRouter(prefix="/api", tags=["monitoring"])
 
@@ -37,6 +38,17 @@ class FeedbackBatch(BaseModel):
 
 def _monitoring(request: Request) -> MonitoringService:
     return control_plane(request).monitoring
+
+
+def _scope() -> frozenset[str] | None:
+    """The models the caller's key is limited to (None: any), as the gate admitted it."""
+    caller = current_caller()
+    return caller.models if caller is not None else None
+
+
+def _described(where: PredictionFilter) -> dict[str, Any]:
+    """A filter as the audit trail records it: only the fields given."""
+    return {key: value for key, value in asdict(where).items() if value is not None}
 
 
 def _filter(
@@ -59,7 +71,7 @@ def _filter(
 @router.post("/feedback")
 def post_feedback(request: Request, body: FeedbackBatch) -> FeedbackResult:
     """Ground-truth labels by request id (the `x-request-id` of the prediction)."""
-    return _monitoring(request).feedback(body.items, current_actor().name)
+    return _monitoring(request).feedback(body.items, current_actor().name, _scope())
 
 
 @router.get("/predictions")
@@ -70,7 +82,7 @@ def list_predictions(
     after_id: int | None = None,
 ) -> list[PredictionRecord]:
     """Prediction log records, newest first (or oldest first after `after_id`)."""
-    return _monitoring(request).predictions(where, limit, after_id)
+    return _monitoring(request).predictions(where, limit, after_id, _scope())
 
 
 @router.get("/predictions/export", response_class=FileResponse)
@@ -78,9 +90,25 @@ async def export_predictions(
     request: Request, where: Annotated[PredictionFilter, Depends(_filter)]
 ) -> FileResponse:
     """The matching records as one Parquet file, one row per predicted row."""
+    monitoring = _monitoring(request)
+    where = monitoring.scoped(where, _scope())
     folder = Path(tempfile.mkdtemp(prefix="shipyard-export-"))
     path = folder / "predictions.parquet"
-    await run_in_threadpool(_monitoring(request).export, where, str(path))
+    try:
+        rows = await run_in_threadpool(monitoring.export, where, str(path))
+        # Logged inputs may be personal data: who took a copy of what is on the record.
+        audit = control_plane(request).trust.audit
+        await run_in_threadpool(
+            audit.record,
+            "predictions.export",
+            where.deployment or where.model or "*",
+            rows=rows,
+            **_described(where),
+        )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        folder.rmdir()
+        raise
 
     def remove() -> None:
         path.unlink(missing_ok=True)
@@ -112,7 +140,14 @@ def check_drift(
 ) -> list[DriftReport]:
     """Check the deployment's logged inputs for drift now; the result is kept as history."""
     seconds = duration_seconds(window, "window") if window else None
-    return _monitoring(request).check_drift(name, seconds, version)
+    reports = _monitoring(request).check_drift(name, seconds, version)
+    control_plane(request).trust.audit.record(
+        "drift.check",
+        name,
+        reports=[report.id for report in reports],
+        drifted=[report.version for report in reports if report.drifted],
+    )
+    return reports
 
 
 @router.get("/deployments/{name}/drift")

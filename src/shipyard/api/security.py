@@ -30,6 +30,12 @@ class CreatedKey(BaseModel):
     record: records.ApiKey
 
 
+class RevokedKey(records.ApiKey):
+    warning: str | None = Field(
+        default=None, description="Set when no admin key is left: how to get back in."
+    )
+
+
 def _keys(request: Request) -> KeyStore:
     return control_plane(request).keys
 
@@ -53,14 +59,19 @@ def create_key(request: Request, body: NewKey) -> CreatedKey:
 
 
 @router.post("/keys/{key_id}/revoke")
-def revoke_key(request: Request, key_id: str) -> records.ApiKey:
-    return _keys(request).revoke(key_id)
+def revoke_key(request: Request, key_id: str) -> RevokedKey:
+    """Revoke a key; revoking the last admin key is allowed, with a warning."""
+    keys = _keys(request)
+    record = keys.revoke(key_id)
+    return RevokedKey(**record.model_dump(), warning=keys.lockout_warning())
 
 
 @router.get("/audit")
 def read_audit(
     request: Request,
-    since: datetime | None = None,
+    since: Annotated[
+        datetime | None, Query(description="ISO time; one without a zone is UTC.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[records.AuditEvent]:
     return control_plane(request).trust.audit.events(since=since, limit=limit)

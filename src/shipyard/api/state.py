@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from shipyard.config import DEFAULT_UNPACK, UnpackLimits
 from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.service import MonitoringService
 from shipyard.registry.service import Registry
@@ -22,6 +23,8 @@ class ControlPlane:
     monitoring: MonitoringService
     cost: CostMeter | None = None
     """Cost per 1,000 predictions, when a replica-hour price is configured."""
+    unpack: UnpackLimits = DEFAULT_UNPACK
+    """How much an uploaded model folder may unpack to."""
 
     @classmethod
     def over(cls, registry: Registry, trust: Registry | None = None) -> ControlPlane:

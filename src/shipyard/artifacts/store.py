@@ -157,13 +157,14 @@ class ArtifactStore:
             entries = []
             for file in sorted(path.rglob("*")):
                 if file.is_symlink():
-                    raise InvalidInput(f"model folder {path} contains a symlink: {file}")
+                    inside = file.relative_to(path).as_posix()
+                    raise InvalidInput(f"model folder {path.name} contains a symlink: {inside}")
                 if file.is_file():
                     blob = self.put_file(file)
                     relative = PurePosixPath(*file.relative_to(path).parts).as_posix()
                     entries.append(ManifestEntry(relative, blob.sha256, blob.size))
             if not entries:
-                raise InvalidInput(f"model folder {path} is empty")
+                raise InvalidInput(f"model folder {path.name} is empty")
             kind = "dir"
         else:
             raise InvalidInput(f"no such file or folder: {path}")

@@ -26,6 +26,7 @@ from shipyard.batch.model import Scorer
 from shipyard.batch.options import JobOptions
 from shipyard.errors import InvalidInput, ShipyardError
 from shipyard.runtimes.base import VersionSpec
+from shipyard.runtimes.lifetime import die_with_parent
 from shipyard.runtimes.threads import limit_native_threads
 
 log = logging.getLogger("shipyard.batch")
@@ -86,6 +87,8 @@ _setup: _WorkerSetup | None = None
 
 def _start_worker(setup: _WorkerSetup, threads: int) -> None:
     global _scorer, _setup
+    # A worker outlives a `kill -9` of the job otherwise, holding its model for good.
+    die_with_parent()
     # Native thread pools a worker would otherwise size to every core: with K worker
     # processes on C cores, C/K threads each keeps the machine busy without oversubscribing.
     limit_native_threads(threads)  # for libraries the model loads next
@@ -266,6 +269,8 @@ class ChunkFailed(Exception):
 
 
 def _make_pool(setup: _WorkerSetup, workers: int) -> ProcessPoolExecutor:
+    """Workers are started by the thread that submits (the one in `run`), which outlives
+    them: the kernel ties their lifetime to that thread (see runtimes/lifetime.py)."""
     import multiprocessing
 
     return ProcessPoolExecutor(

@@ -78,10 +78,14 @@ def revoke(
 
     registry = local_registry()
     try:
-        KeyStore(registry.sessions).revoke(key_id)
+        keys = KeyStore(registry.sessions)
+        keys.revoke(key_id)
+        warning = keys.lockout_warning()
     finally:
         registry.close()
     typer.echo(f"key {key_id} revoked")
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def audit(

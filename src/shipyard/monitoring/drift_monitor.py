@@ -141,13 +141,22 @@ class DriftMonitor:
     def _predict_reference(
         self, record: ModelVersion, reference: dict[str, np.ndarray], output: str
     ) -> np.ndarray | None:
-        from shipyard.runtimes import VersionSpec, load
+        from shipyard.config import Settings
+        from shipyard.runtimes import VersionSpec
+        from shipyard.runtimes.isolated import predict_isolated
 
         try:
             path = self.registry.artifacts.materialize(record.artifact.digest)
-            runtime = load(VersionSpec.of(record, path))
             inputs = _signature_inputs(record, reference)
-            return np.asarray(runtime.predict(inputs, [output])[output])
+            # The model's own code: run in a throw-away process, never in the server.
+            answer = predict_isolated(
+                VersionSpec.of(record, path),
+                inputs,
+                [output],
+                Settings().isolation_limits,
+                task=f"predicting {record.model}:{record.version}'s reference sample",
+            )
+            return np.asarray(answer[output])
         except Exception as exc:  # output drift is a bonus; the input check stands alone
             log.warning(
                 "no output drift for %s:%s: predicting its reference sample failed: %s",

@@ -7,7 +7,6 @@ layers wrote, after the client has its answer.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
@@ -52,9 +51,6 @@ class RequestObserver:
         self.trace_sample = trace_sample
         self.access_log = access_log
         self.in_flight = 0
-        # Ids unique across processes and restarts without a uuid4 per request.
-        self._prefix = os.urandom(6).hex() + "-"
-        self._counter = itertools.count(1)
         labels = ("deployment", "model", "version")
         self._requests = Counter(
             "shipyard_requests",
@@ -95,7 +91,9 @@ class RequestObserver:
     ) -> RequestContext:
         self.in_flight += 1
         if not _usable_request_id(request_id):
-            request_id = f"{self._prefix}{next(self._counter):x}"
+            # 128 random bits: an id names a prediction (feedback joins on it), so it must
+            # not be guessable. ~0.3 µs, against ~0.15 µs for the counter it replaced.
+            request_id = os.urandom(16).hex()
         return RequestContext(
             request_id=request_id,  # type: ignore[arg-type]  # checked above
             started=time.perf_counter(),

@@ -1,19 +1,26 @@
 """Monitoring as the control plane offers it: feedback, quality, drift, the log.
 
 The REST API and the CLI's local mode both call this, so the two answer alike.
+A caller whose key is limited to some models (`models`; None: any) reads and labels
+only their predictions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from shipyard.errors import InvalidInput
+import sqlalchemy as sa
+
+from shipyard.errors import Forbidden, InvalidInput
 from shipyard.monitoring.drift import DriftResult
 from shipyard.monitoring.drift_monitor import DriftMonitor
 from shipyard.monitoring.drift_report import render_html
 from shipyard.monitoring.quality import quality_by_version, quality_over_time
 from shipyard.monitoring.store import (
+    PREDICTIONS,
     DriftReport,
     FeedbackItem,
     FeedbackResult,
@@ -30,18 +37,72 @@ class MonitoringService:
         self.store = MonitoringStore(registry.engine)
         self.drift = DriftMonitor(registry, self.store)
 
-    def feedback(self, items: list[FeedbackItem], created_by: str = "") -> FeedbackResult:
+    def feedback(
+        self,
+        items: list[FeedbackItem],
+        created_by: str = "",
+        models: frozenset[str] | None = None,
+    ) -> FeedbackResult:
+        """Labels by request id. A caller limited to `models` may label only predictions
+        it could have made: logged ones, of those models (else nothing is written)."""
+        if models is not None:
+            self._check_labels(items, models)
         return self.store.add_feedback(items, created_by)
 
+    def _check_labels(self, items: Sequence[FeedbackItem], models: frozenset[str]) -> None:
+        ids = list({item.request_id for item in items})
+        owners: dict[str, set[str]] = {}
+        with self.store.engine.connect() as connection:
+            for start in range(0, len(ids), 500):  # stay under bound-parameter limits
+                query = (
+                    sa.select(PREDICTIONS.c.request_id, PREDICTIONS.c.model)
+                    .where(PREDICTIONS.c.request_id.in_(ids[start : start + 500]))
+                    .distinct()
+                )
+                for row in connection.execute(query):
+                    owners.setdefault(str(row.request_id), set()).add(str(row.model))
+        for request_id in ids:
+            # One answer for unknown ids and other models' ids: no oracle for either.
+            found = owners.get(request_id)
+            if not found or not found <= models:
+                raise Forbidden(
+                    f"request {request_id[:128]!r} is not a logged prediction of a model "
+                    "this key may call"
+                )
+
+    def scoped(self, where: PredictionFilter, models: frozenset[str] | None) -> PredictionFilter:
+        """The filter narrowed to the one model a limited caller may read: the one it
+        names, its deployment's, or its only one. Forbidden outside its models."""
+        if models is None:
+            return where
+        model = where.model
+        if model is None and where.deployment is not None:
+            model = self.registry.deployments.get(where.deployment).manifest.model
+        if model is None:
+            if len(models) != 1:
+                raise InvalidInput(
+                    f"this key reads only models {', '.join(sorted(models))}: name one (model=)"
+                )
+            (model,) = models
+        if model not in models:
+            raise Forbidden(f"this key may not read predictions of model {model!r}")
+        return dataclasses.replace(where, model=model)
+
     def predictions(
-        self, where: PredictionFilter, limit: int = 100, after_id: int | None = None
+        self,
+        where: PredictionFilter,
+        limit: int = 100,
+        after_id: int | None = None,
+        models: frozenset[str] | None = None,
     ) -> list[PredictionRecord]:
         if not 1 <= limit <= 10_000:
             raise InvalidInput("limit must be between 1 and 10000")
-        return self.store.predictions(where, limit, after_id)
+        return self.store.predictions(self.scoped(where, models), limit, after_id)
 
-    def export(self, where: PredictionFilter, destination: str) -> int:
-        return self.store.export_parquet(where, destination)
+    def export(
+        self, where: PredictionFilter, destination: str, models: frozenset[str] | None = None
+    ) -> int:
+        return self.store.export_parquet(self.scoped(where, models), destination)
 
     def quality(
         self, deployment: str, window_seconds: float, bucket_seconds: float | None = None

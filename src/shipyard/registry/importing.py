@@ -10,6 +10,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from shipyard.artifacts import ArtifactStore
+from shipyard.config import IsolationLimits, Settings
 from shipyard.errors import InvalidInput
 from shipyard.registry import records
 from shipyard.registry.lineage import detect_code_commit, source_uri
@@ -32,9 +33,13 @@ def read_example(path: Path) -> pa.Table:
             return pa_csv.read_csv(path)
         if suffix in (".parquet", ".pq"):
             return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInput(f"cannot read example file {path}: {exc}") from exc
-    raise InvalidInput(f"example file {path} must be .csv or .parquet, not {suffix or 'no suffix'}")
+    except (pa.ArrowException, OSError) as exc:
+        # pyarrow's text may name the file's full path: a server's scratch folder, over HTTP.
+        problem = str(exc).replace(str(path), path.name).splitlines()[0][:200]
+        raise InvalidInput(f"cannot read example file {path.name}: {problem}") from None
+    raise InvalidInput(
+        f"example file {path.name} must be .csv or .parquet, not {suffix or 'no suffix'}"
+    )
 
 
 def reference_sample(table: pa.Table, rows: int = REFERENCE_SAMPLE_ROWS) -> pa.Table:
@@ -55,7 +60,7 @@ def _check_example_fits(model_inputs: list[TensorSpec], example: pa.Table, path:
         return
     if expected > 0 and expected != example.num_columns:
         raise InvalidInput(
-            f"example file {path} has {example.num_columns} columns but the model "
+            f"example file {path.name} has {example.num_columns} columns but the model "
             f"expects {expected} features"
         )
 
@@ -66,12 +71,17 @@ def register_model(
     path: Path,
     options: records.RegistrationOptions,
     example_path: Path | None = None,
+    limits: IsolationLimits | None = None,
 ) -> records.ModelVersion:
-    """Turn the model at `path` into a new, immutable version of `options.name`."""
+    """Turn the model at `path` into a new, immutable version of `options.name`.
+
+    The model is inspected in a throw-away process within `limits` (default: the
+    `SHIPYARD_ISOLATION_*` settings), since reading it may run the code it brings.
+    """
     check_model_name(options.name)
     for alias in options.aliases:
         check_alias(alias, assigning=True)
-    inspection = inspect_model(path)
+    inspection = inspect_model(path, limits or Settings().isolation_limits)
 
     signature = inspection.signature
     example = inspection.input_example

@@ -64,12 +64,25 @@ class ModelRef:
         return self.name
 
 
+_MAX_VERSION = 2**31 - 1
+"""The highest version number: what every registry database stores in an INTEGER."""
+
+
+def _version_number(text: str) -> int | None:
+    """A version number from ASCII digits, or None: isdigit() alone passes '²', which
+    int() refuses, and a number too big for the database column is no version."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(_MAX_VERSION)):
+        return None
+    number = int(text)
+    return number if 1 <= number <= _MAX_VERSION else None
+
+
 def parse_version_or_alias(text: str) -> int | str:
     """A URL segment that is either a version number or an alias."""
-    if text.isdigit():
-        version = int(text)
-        if version < 1:
-            raise InvalidInput(f"invalid version {text!r}: versions start at 1")
+    if text.isascii() and text.isdigit():
+        version = _version_number(text)
+        if version is None:
+            raise InvalidInput(f"invalid version {text[:20]!r}: versions are 1 to {_MAX_VERSION}")
         return version
     return check_alias(text)
 
@@ -81,7 +94,8 @@ def parse_ref(text: str) -> ModelRef:
         return ModelRef(check_model_name(name), alias=check_alias(alias))
     if ":" in text:
         name, _, version = text.partition(":")
-        if not version.isdigit() or int(version) < 1:
-            raise InvalidInput(f"invalid version in {text!r}: expected NAME:NUMBER")
-        return ModelRef(check_model_name(name), version=int(version))
+        number = _version_number(version)
+        if number is None:
+            raise InvalidInput(f"invalid version in {text[:220]!r}: expected NAME:NUMBER")
+        return ModelRef(check_model_name(name), version=number)
     return ModelRef(check_model_name(text))

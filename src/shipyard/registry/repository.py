@@ -286,7 +286,7 @@ class ModelRepository:
                 query = query.where(VersionRow.archived_at.is_(None))
             if page_token:
                 after = _decode_token(page_token)
-                if not after.isdigit():
+                if not (after.isascii() and after.isdigit()) or len(after) > 10:
                     raise InvalidInput(f"invalid page_token {page_token!r}")
                 query = query.where(VersionRow.version > int(after))
             rows = list(session.scalars(query))

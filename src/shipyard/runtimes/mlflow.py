@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from shipyard.errors import MissingExtra
+from shipyard.errors import MissingExtra, UnsupportedModel
 from shipyard.runtimes.base import Inspection, LoadSpec, NotThisFlavor, Tensors
 from shipyard.signature import DEFAULT_INPUT, Datatype, Signature, TensorSpec, datatype_from_numpy
 
@@ -27,6 +27,48 @@ _COLUMN_TYPES: dict[str, Datatype] = {
 }
 # MLflow flavors whose saved form holds no executable code.
 _SAFE_FLAVORS = {"onnx"}
+# Where MLmodel names a file or folder of the model, relative to the folder: these keys,
+# and any key ending like these, under `flavors` and `saved_input_example_info`.
+_PATH_KEYS = frozenset(
+    {"data", "code", "env", "conda", "virtualenv", "path", "pickled_model", "python_model"}
+)
+_PATH_KEY_ENDINGS = ("_path", "_file", "_dir", "_data")
+# Not paths in the model: where an artifact was copied from, and the user's own settings.
+_NOT_PATHS = frozenset({"uri", "model_config", "metadata"})
+
+
+def check_paths_inside(folder: Path, meta: dict[str, Any]) -> None:
+    """Refuse an MLmodel that names a path outside its folder (`artifact_path: ../../..`)."""
+    root = folder.resolve()
+
+    def inside(value: str) -> bool:
+        try:
+            return (root / value).resolve().is_relative_to(root)
+        except (OSError, ValueError):  # a NUL byte, a symlink loop
+            return False
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, where)
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            here = f"{where}.{key}"
+            if key in _NOT_PATHS:
+                continue
+            names_path = key in _PATH_KEYS or str(key).endswith(_PATH_KEY_ENDINGS)
+            candidates = [value] if isinstance(value, str) else value
+            if names_path and isinstance(candidates, list):
+                for item in candidates:
+                    if isinstance(item, str) and not inside(item):
+                        raise UnsupportedModel(
+                            f"MLmodel names a path outside the model folder: {here} = {item!r}"
+                        )
+            walk(value, here)
+
+    walk(meta.get("flavors"), "flavors")
+    walk(meta.get("saved_input_example_info"), "saved_input_example_info")
 
 
 def _specs(encoded: str | None, default_prefix: str) -> list[TensorSpec]:
@@ -106,6 +148,9 @@ class MLflowFlavor:
             meta = yaml.safe_load((path / "MLmodel").read_text())
         except yaml.YAMLError as exc:
             raise NotThisFlavor(f"MLmodel is not valid YAML: {exc}") from None
+        if not isinstance(meta, dict):
+            raise NotThisFlavor("MLmodel is not a YAML mapping")
+        check_paths_inside(path, meta)
         flavors: dict[str, Any] = meta.get("flavors") or {}
         if not flavors:
             raise NotThisFlavor("MLmodel lists no flavors")
@@ -141,4 +186,6 @@ class MLflowFlavor:
             import mlflow.pyfunc
         except ImportError:
             raise MissingExtra("mlflow", self.extra) from None
+        meta = yaml.safe_load((spec.path / "MLmodel").read_text())
+        check_paths_inside(spec.path, meta if isinstance(meta, dict) else {})
         return PyfuncRuntime(mlflow.pyfunc.load_model(str(spec.path)), spec)

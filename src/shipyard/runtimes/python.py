@@ -1,6 +1,8 @@
 """Plain-Python models: a class with `load()` and `predict()`, found by parsing only.
 
-Registration never imports or runs the user's file; serving does, in a worker.
+Registration never imports or runs the user's file (and parses it in a throw-away
+process, as every flavor that may run code is inspected); serving does, in a worker,
+and so does the drift monitor, in a throw-away process (`runtimes.isolated`).
 The contract: `predict(inputs)` receives a dict of numpy arrays (one per input,
 first dimension = rows) and returns an array (the output `predict`) or a dict
 of named arrays.
@@ -79,13 +81,17 @@ class PythonFlavor:
     def load(self, spec: LoadSpec) -> PythonRuntime:
         folder = spec.path if spec.path.is_dir() else spec.path.parent
         module_file = folder / spec.details["module"]
+        if not module_file.resolve().is_relative_to(folder.resolve()):
+            raise InvalidInput(
+                f"the model's module {spec.details['module']!r} is outside its folder"
+            )
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))  # so the model can import its helper modules
         module_spec = importlib.util.spec_from_file_location(
             f"shipyard_user_model_{abs(hash(module_file))}", module_file
         )
         if module_spec is None or module_spec.loader is None:
-            raise InvalidInput(f"cannot import {module_file}")
+            raise InvalidInput(f"cannot import {module_file.name}")
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         instance = getattr(module, spec.details["class"])()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +16,57 @@ from shipyard.runtimes.tabular import feature_matrix
 from shipyard.signature import DEFAULT_INPUT, Signature, TensorSpec, datatype_from_numpy
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-# skops trusts few types by default (not even sklearn's tree internals). Types
-# from these libraries are library classes, not user code, so we accept them;
-# anything else (a user's class, a builtin function) is refused.
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# skops trusts few types by default (not even sklearn's tree internals), and asks about
+# the rest. We trust library classes only: a function is never data, and trusting one
+# (numpy.save, sklearn.datasets.dump_svmlight_file in a FunctionTransformer) lets a
+# "safe" file write wherever it likes when it predicts.
+TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.")
+
+
+def _resolve(name: str) -> object | None:
+    """The object a dotted name such as `sklearn.tree._tree.Tree` names, if it imports."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        except Exception:  # a library module that fails to import is not trusted either
+            return None
+        try:
+            for attribute in parts[cut:]:
+                found = getattr(found, attribute)
+        except AttributeError:
+            return None
+        return found
+    return None
+
+
+def is_trusted_type(name: str) -> bool:
+    """A class from scikit-learn, a NumPy scalar type or dtype, or a SciPy sparse matrix."""
+    if not name.startswith(TRUSTED_MODULE_PREFIXES):
+        return False
+    found = _resolve(name)
+    if not isinstance(found, type):
+        return False
+    if name.startswith("numpy."):
+        return issubclass(found, np.generic | np.dtype)
+    return True
+
+
+def trusted_skops_types(path: Path) -> list[str]:
+    """The types outside skops' defaults the file needs, refused unless all are trusted."""
+    import skops.io as sio
+
+    untrusted: list[str] = sio.get_untrusted_types(file=path)
+    refused = [name for name in untrusted if not is_trusted_type(name)]
+    if refused:
+        raise UnsupportedModel(
+            f"{path.name} contains types Shipyard will not load from a skops file: "
+            f"{', '.join(refused)} (only scikit-learn classes, NumPy scalar types and "
+            "SciPy sparse matrices are trusted, never a function)"
+        )
+    return untrusted
 
 
 def estimator_signature(model: Any) -> Signature | None:
@@ -99,6 +147,8 @@ class SklearnFlavor:
             raise MissingExtra("joblib", self.extra) from None
         try:
             model = joblib.load(path)
+        except MemoryError:  # the memory limit of the inspecting process: said as such
+            raise
         except Exception as exc:  # a corrupt pickle can raise almost anything
             raise NotThisFlavor(f"cannot unpickle: {type(exc).__name__}: {exc}") from None
         return _describe(model, self.name, path.suffix.lower().lstrip("."), path, unsafe=True)
@@ -112,7 +162,8 @@ class SklearnFlavor:
 
 
 class SkopsFlavor:
-    """skops files: loaded only when every type inside is one skops trusts."""
+    """skops files: loaded only when every type inside is trusted by skops or by
+    `is_trusted_type` (library classes, never functions)."""
 
     name = "skops"
     extra = "sklearn"
@@ -125,15 +176,11 @@ class SkopsFlavor:
         except ImportError:
             raise MissingExtra("skops", self.extra) from None
         try:
-            untrusted = sio.get_untrusted_types(file=path)
+            untrusted = trusted_skops_types(path)
+        except UnsupportedModel:
+            raise
         except Exception as exc:
             raise NotThisFlavor(f"not a readable skops file: {exc}") from None
-        refused = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
-        if refused:
-            raise UnsupportedModel(
-                f"{path} contains types Shipyard will not load from a skops file: "
-                f"{', '.join(refused)} (only scikit-learn, NumPy and SciPy types are trusted)"
-            )
         model = sio.load(path, trusted=untrusted)
         inspection = _describe(model, self.name, "skops", path, unsafe=False)
         inspection.details["trusted_types"] = untrusted
@@ -144,5 +191,7 @@ class SkopsFlavor:
             import skops.io as sio
         except ImportError:
             raise MissingExtra("skops", self.extra) from None
-        trusted = list(spec.details.get("trusted_types", []))
+        # Asked of the file again, not taken from the record: what is trusted is decided
+        # here, by the rule above, whatever was recorded at registration.
+        trusted = trusted_skops_types(spec.path)
         return EstimatorRuntime(sio.load(spec.path, trusted=trusted), spec)

@@ -69,7 +69,14 @@ class TorchScriptFlavor:
             import torch
         except ImportError:
             raise MissingExtra("torch", self.extra) from None
-        module = _jit_load(torch, path)
+        # Loading unpickles the archive's constants: this runs in the throw-away process
+        # that inspects models (runtimes.detect), never in the server.
+        try:
+            module = _jit_load(torch, path)
+        except MemoryError:  # the memory limit of the inspecting process: said as such
+            raise
+        except Exception as exc:  # torch reports a damaged archive as RuntimeError and more
+            raise NotThisFlavor(f"TorchScript cannot load it: {type(exc).__name__}") from None
         arguments = [a.name for a in module.forward.schema.arguments[1:]]
         return Inspection(
             flavor=self.name,

@@ -1,28 +1,53 @@
 """Authentication, authorization and rate limits for every request, REST or gRPC.
 
-Transports extract three things (the permission their route needs, the
-`Authorization` value, the model named, if any) and call `Gatekeeper.admit`;
-it answers with the caller's identity or raises 401/403/429.
+Transports extract what the gate needs (the permission their route needs, the
+`Authorization` value, the model named, if any, the peer's address) and await
+`Gatekeeper.check`; it answers with the caller's identity or raises 401/403/429.
+
+Whether the server is open (no authentication) is decided once, when it is built:
+only with no active key and no JWT issuer, and `server.check_exposure` refuses that
+beyond loopback unless told `--insecure`. A key made while it runs closes it for
+good; nothing opens it again, not even revoking or expiring every key.
+
+What a stranger can make the gate do costs little and is bounded: a token seen
+before, good or refused, is answered from memory; a new one costs a scrypt, run off
+the event loop by `_VERIFIERS` threads with at most `_WAITING` checks queued (past
+that, 503 at once); with new tokens, each client address may fail `failure_burst`
+times, then `failure_rate` times a second (past that, 429 before any scrypt); refused
+logins are counted per address and minute, not written one by one (registry/audit.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
+import math
+import os
+import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from typing import NoReturn
 
-from shipyard.errors import Forbidden, RateLimited, Unauthenticated
-from shipyard.registry.audit import AuditLog
-from shipyard.security.keys import KeyStore, Principal
+from shipyard.errors import Forbidden, Overloaded, RateLimited, Unauthenticated
+from shipyard.registry.audit import AuditLog, EventTally
+from shipyard.security.keys import PREFIX, KeyStore, Principal
+from shipyard.security.limits import Buckets, client_host
 from shipyard.security.policy import Permission, allows
 from shipyard.security.tokens import TokenVerifier
 
 log = logging.getLogger("shipyard.security")
 OPEN = Principal(name="anonymous (open server)", role="admin")
+ANONYMOUS = Principal(name="anonymous", role="")
 _CALLER: ContextVar[Principal | None] = ContextVar("shipyard_caller", default=None)
+_VERIFIERS = 1 if (os.cpu_count() or 1) <= 4 else 2
+"""Threads checking new keys: a scrypt takes ~50 ms of one core and 16 MiB, and the event
+loop serving everyone else needs a core of its own."""
+_WAITING = 8
+"""New keys that may wait for a verifier: a legitimate one waits at most ~9 scrypts."""
 
 
 @contextmanager
@@ -40,33 +65,6 @@ def current_caller() -> Principal | None:
     return _CALLER.get()
 
 
-@dataclass
-class TokenBucket:
-    """`rate` requests per second, bursts up to one second's worth.
-
-    Written here rather than taken from a library: it is ten lines, lives in
-    one process's memory, and must cost nanoseconds per request.
-    """
-
-    rate: float
-    tokens: float = field(default=0.0)
-    updated: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        self.tokens = max(1.0, self.rate)
-
-    def take(self) -> float:
-        """0 if a request may go now, else the seconds until one may."""
-        now = time.monotonic()
-        capacity = max(1.0, self.rate)
-        self.tokens = min(capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-
 class Gatekeeper:
     def __init__(
         self,
@@ -74,17 +72,32 @@ class Gatekeeper:
         audit: AuditLog,
         default_rate: float | None = None,
         tokens: TokenVerifier | None = None,
+        failure_rate: float = 1.0,
+        failure_burst: int = 10,
+        failure_window: float = 60.0,
     ) -> None:
         self.keys = keys
         self.tokens = tokens
-        self.audit = audit
         self.default_rate = default_rate
-        self._buckets: dict[str, TokenBucket] = {}
+        self.failure_rate = failure_rate
+        self.failure_burst = failure_burst
+        self.failures = EventTally(audit, failure_window)
+        """Refused logins, written by `flush` (a background task's job)."""
+        self._open = tokens is None and not keys.any_active()
+        self._limits = Buckets()
+        self._throttles = Buckets()
+        self._slots = threading.BoundedSemaphore(_VERIFIERS + _WAITING)
+        self._pool = ThreadPoolExecutor(
+            _VERIFIERS, thread_name_prefix="shipyard-keys", initializer=_yield_to_serving
+        )
 
     @property
     def open(self) -> bool:
-        """No active key and no JWT issuer: the server runs without authentication."""
-        return self.tokens is None and not self.keys.any_active()
+        """Open since the start (see the module's doc) and no key made since."""
+        if self._open and self.keys.any_active():
+            self._open = False
+            log.info("an API key exists now: authentication on until the server stops")
+        return self._open
 
     async def check(
         self,
@@ -93,21 +106,15 @@ class Gatekeeper:
         model: str | None = None,
         source: str = "",
     ) -> Principal:
-        """`admit`, for transports on the event loop: what may block runs elsewhere."""
-        return self.admit(permission, authorization, model, source)
-
-    def admit(
-        self,
-        permission: Permission,
-        authorization: str | None,
-        model: str | None = None,
-        source: str = "",
-    ) -> Principal:
+        """The caller, if it may do this; else 401/403/429 (503: too many new keys at once)."""
         if permission is Permission.PUBLIC:
-            return OPEN if self.open else Principal(name="anonymous", role="")
+            return OPEN if self.open else ANONYMOUS
         if self.open:
             return OPEN
-        principal = self._authenticate(authorization, source)
+        token = _bearer(authorization)
+        principal = self.keys.recall(token)  # the hot path: dictionary lookups
+        if principal is None:
+            principal = await self._authenticate(token, source)
         if not allows(principal.role, permission):
             raise Forbidden(f"role {principal.role!r} may not do this (needs {permission.value})")
         if model is not None and principal.models is not None and model not in principal.models:
@@ -115,32 +122,98 @@ class Gatekeeper:
         self._limit(principal)
         return principal
 
-    def _authenticate(self, authorization: str | None, source: str) -> Principal:
-        if not authorization:
-            raise Unauthenticated("authentication required: send 'Authorization: Bearer <key>'")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("use 'Authorization: Bearer <key>'")
-        token = token.strip()
-        principal = self.keys.verify(token)
-        if principal is None and self.tokens is not None and not token.startswith("sy_"):
-            principal = self.tokens.verify(token)
-        if principal is None:
-            # Never the token itself: only the public id part, if it has the shape of one.
-            parts = token.split("_")
-            key_id = parts[1] if len(parts) >= 3 and parts[0] == "sy" else "?"
-            log.info("refused a key (id %s) from %s", key_id[:32], source or "?")
-            self.audit.record("auth.failed", f"key:{key_id[:32]}", source=source)
-            raise Unauthenticated("the key is unknown, revoked or expired")
-        return principal
+    async def _authenticate(self, token: str, source: str) -> Principal:
+        """A token not remembered as good. A good one never counts against its client
+        address; a bad one does, and past the address's allowance, 429 comes before any
+        costly check."""
+        host = client_host(source)
+        if self.keys.refused_before(token):  # answered from memory: nothing to throttle
+            self._refused(token, host, jwt=False, first=False)
+        throttle = self._throttles.get(host, self.failure_rate, self.failure_burst)
+        jwt = self.tokens is not None and not token.startswith(f"{PREFIX}_")
+        if jwt and self.tokens is not None:
+            principal = self.tokens.verify(token)  # a signature check: microseconds
+            if principal is not None:
+                return principal
+            self._throttle(throttle.take(), host)
+        else:
+            self._throttle(throttle.take(), host)
+            principal = await self._verify_key(token)
+            if principal is not None:
+                throttle.give_back()
+                return principal
+        self._refused(token, host, jwt, first=True)
+
+    def _throttle(self, wait: float, host: str) -> None:
+        if wait:
+            self.failures.add("auth.throttled", "", host)
+            raise RateLimited(f"too many failed logins from {host}; retry in {math.ceil(wait)} s")
+
+    def _refused(self, token: str, host: str, jwt: bool, first: bool) -> NoReturn:
+        # Never the token itself: only the public id of a key that exists.
+        key_id = self.keys.known_id(token)
+        target = f"key:{key_id}" if key_id else "jwt" if jwt else "key:?"
+        if first:
+            log.info("refused a key (%s) from %s", target, host)
+        self.failures.add("auth.failed", target, host)
+        raise Unauthenticated("the key is unknown, revoked or expired")
+
+    async def _verify_key(self, token: str) -> Principal | None:
+        if not self.keys.costly(token):
+            return self.keys.verify(token)  # answered from memory
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded("too many new keys are being checked; retry shortly")
+        try:
+            future = self._pool.submit(self.keys.verify, token)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._slots.release()
+            raise Overloaded("the server is stopping") from None
+        # Released when the check ends or is cancelled unstarted, not when the caller
+        # stops waiting: abandoned checks still hold their place in the bound.
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _: Future[Principal | None]) -> None:
+        self._slots.release()
 
     def _limit(self, principal: Principal) -> None:
         rate = principal.rate_per_second or self.default_rate
-        if rate is None or principal.key_id is None:
+        if rate is None:
             return
-        bucket = self._buckets.get(principal.key_id)
-        if bucket is None or bucket.rate != rate:
-            bucket = self._buckets[principal.key_id] = TokenBucket(rate)
+        # A key by its id, a JWT caller by its subject (its name is `jwt:<sub>`).
+        bucket = self._limits.get(principal.key_id or principal.name, rate)
         wait = bucket.take()
         if wait:
-            raise RateLimited(f"over this key's rate of {rate:g} requests/s; retry in {wait:.2f} s")
+            whose = "this key's" if principal.key_id else "this caller's"
+            raise RateLimited(f"over {whose} rate of {rate:g} requests/s; retry in {wait:.2f} s")
+
+    def flush(self) -> None:
+        """Write the refused logins of windows that are over (a background task's job)."""
+        self.failures.flush()
+
+    def close(self) -> None:
+        """Stop checking keys; write every count and key use still in memory."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.failures.flush(everything=True)
+        self.keys.flush_last_used()
+
+
+def _yield_to_serving() -> None:
+    """A verifier thread runs at a lower priority than the event loop, so checking
+    strangers' keys never slows answering known callers (Linux, where a thread has its
+    own nice value; elsewhere, nothing)."""
+    if sys.platform == "linux":
+        thread = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            os.setpriority(
+                os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + 10)
+            )
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("authentication required: send 'Authorization: Bearer <key>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("use 'Authorization: Bearer <key>'")
+    return token.strip()

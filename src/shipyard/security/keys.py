@@ -7,12 +7,15 @@ than the model: a token is checked once and remembered by a fast digest of the
 whole token, and each use is checked against the key table held in memory and
 re-read every `REFRESH_SECONDS`, so a revocation or expiry takes effect within
 that time. Wrong tokens are remembered too, so guessing costs one scrypt each.
+`recall` is the cheap half (memory only) that runs on the event loop; `verify` may
+run scrypt, so servers call it off the loop (security/gate.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -26,11 +29,17 @@ from shipyard.registry import records
 from shipyard.registry.audit import record_event
 from shipyard.registry.tables import ApiKeyRow
 
+log = logging.getLogger("shipyard.security")
 ROLES = ("viewer", "predictor", "deployer", "admin")
 PREFIX = "sy"
 REFRESH_SECONDS = 2.0
 _REMEMBERED = 10_000  # verified and refused token digests kept in memory
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+LOCKED_OUT = (
+    "no active admin key is left, so nobody can manage keys over the API; to get back in, "
+    "run `shipyard keys create --role admin` where the registry database is (the same "
+    "SHIPYARD_HOME or SHIPYARD_DATABASE_URL as the server)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,10 @@ class KeyStore:
         self._refused: set[bytes] = set()
         self._any_active = False
         self._live_until: datetime | None = None
+        self._admin_until: datetime | None = None
+        """While this is ahead (max: some admin key never expires), an admin key is active."""
+        self._had_admin = False
+        """Whether the last refresh saw an active admin key."""
 
     # ---- managing keys ----------------------------------------------------
 
@@ -142,6 +155,14 @@ class KeyStore:
             self._live_until is None or self._live_until > datetime.now(UTC)
         )
 
+    def lockout_warning(self) -> str | None:
+        """What to do when no admin key could authenticate any more; None while one can."""
+        self._table()
+        return None if self._admin_active() else LOCKED_OUT
+
+    def _admin_active(self) -> bool:
+        return self._admin_until is not None and self._admin_until > datetime.now(UTC)
+
     # ---- checking keys ----------------------------------------------------
 
     def _table(self) -> dict[str, ApiKeyRow]:
@@ -167,29 +188,23 @@ class KeyStore:
             self._live_until = (
                 None if not live or None in expiries else max(e for e in expiries if e)
             )
+            admins = [r.expires_at or datetime.max.replace(tzinfo=UTC) for r in live
+                      if r.role == "admin"]  # fmt: skip
+            self._admin_until = max(admins, default=None)
+            had_admin, self._had_admin = self._had_admin, self._admin_active()
+            if had_admin and not self._had_admin:
+                # Revoked here or elsewhere, or expired: say it where the operator looks.
+                log.warning(LOCKED_OUT)
             self._loaded = True
 
-    def verify(self, token: str) -> Principal | None:
-        """The key's principal, or None for an unknown, wrong, revoked or expired key."""
+    def recall(self, token: str) -> Principal | None:
+        """The principal of a token verified before and still live, from memory only; None
+        when the token was never verified, or its key is revoked or expired since."""
         digest = hashlib.sha256(token.encode()).digest()
-        rows = self._table()
         principal = self._verified.get(digest)
         if principal is None:
-            if digest in self._refused:
-                return None
-            principal = self._check(token, rows)
-            if len(self._verified) >= _REMEMBERED or len(self._refused) >= _REMEMBERED:
-                self._verified.clear()
-                self._refused.clear()
-            if principal is None:
-                parts = token.split("_", 2)
-                if len(parts) == 3 and parts[1] in rows:
-                    # A known key with a wrong secret costs one scrypt, not one per try. An
-                    # unknown id costs nothing, and may be a key made since the last refresh.
-                    self._refused.add(digest)
-                return None
-            self._verified[digest] = principal
-        row = rows.get(principal.key_id or "")
+            return None
+        row = self._table().get(principal.key_id or "")
         now = datetime.now(UTC)
         if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
             # Revocation and expiry are for good: refuse this token cheaply from now on.
@@ -198,6 +213,50 @@ class KeyStore:
             return None
         self._used.add(row.id)
         return principal
+
+    def known_id(self, token: str) -> str | None:
+        """The id of the key this token names, if it has a key's shape and the key exists."""
+        parts = token.split("_", 2)
+        if len(parts) == 3 and parts[0] == PREFIX and parts[1] in self._table():
+            return parts[1]
+        return None
+
+    def refused_before(self, token: str) -> bool:
+        """Whether this token was refused before (a wrong secret, a revoked or expired key)."""
+        return hashlib.sha256(token.encode()).digest() in self._refused
+
+    def costly(self, token: str) -> bool:
+        """Whether `verify` would run scrypt for this token (else it answers from memory)."""
+        digest = hashlib.sha256(token.encode()).digest()
+        if digest in self._verified or digest in self._refused:
+            return False
+        return self.known_id(token) is not None
+
+    def verify(self, token: str) -> Principal | None:
+        """The key's principal, or None for an unknown, wrong, revoked or expired key.
+
+        May cost one scrypt (see `costly`): servers call it off the event loop. Safe to
+        call from several threads: the memory it keeps is only added to or cleared.
+        """
+        principal = self.recall(token)
+        if principal is not None:
+            return principal
+        digest = hashlib.sha256(token.encode()).digest()
+        if digest in self._refused:
+            return None
+        rows = self._table()
+        principal = self._check(token, rows)
+        if len(self._verified) >= _REMEMBERED or len(self._refused) >= _REMEMBERED:
+            self._verified.clear()
+            self._refused.clear()
+        if principal is None:
+            if self.known_id(token) is not None:
+                # A known key with a wrong secret costs one scrypt, not one per try. An
+                # unknown id costs nothing, and may be a key made since the last refresh.
+                self._refused.add(digest)
+            return None
+        self._verified[digest] = principal
+        return self.recall(token)
 
     @staticmethod
     def _check(token: str, rows: dict[str, ApiKeyRow]) -> Principal | None:

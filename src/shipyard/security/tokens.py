@@ -17,6 +17,9 @@ import jwt
 from shipyard.security.keys import ROLES, Principal
 
 ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+_FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",)}
+"""The algorithms a JWKS key's type can check: a token naming another one is refused
+before PyJWT sees it (given an RSA key for ES256 it raises TypeError, not a JWT error)."""
 
 
 class TokenVerifier:
@@ -61,8 +64,10 @@ class TokenVerifier:
             return self.secret, ["HS256"]
         if self.jwks is None:
             raise KeyError("no key for this token")
-        kid = header.get("kid")
+        kid, alg = header.get("kid"), header.get("alg")
         for candidate in self.jwks.keys:
-            if kid is None or candidate.key_id == kid:
-                return candidate.key, ASYMMETRIC
-        raise KeyError("no JWKS key with this kid")
+            family = _FAMILY.get(candidate.key_type or "", ())
+            usable = [a for a in ASYMMETRIC if a.startswith(family)]
+            if (kid is None or candidate.key_id == kid) and alg in usable:
+                return candidate.key, usable
+        raise KeyError("no JWKS key with this kid for this algorithm")

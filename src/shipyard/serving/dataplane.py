@@ -8,13 +8,23 @@ and the chosen version's record goes straight to its workers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shipyard import __version__
-from shipyard.errors import Forbidden, InvalidInput, ModelNotReady, NotFound, ShipyardError
+from shipyard.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    ModelNotReady,
+    ModelRefusedInput,
+    NotFound,
+    ShipyardError,
+)
+from shipyard.registry.audit import AuditLog
 from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.cache import ResultCache, cache_key
@@ -84,36 +94,54 @@ class DataPlane:
         cache: ResultCache | None = None,
         router: Router | None = None,
         predictions: PredictionSink | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.manager = manager
         self.timeout = timeout
         self.cache = cache
         self.router = router
         self.predictions = predictions
+        self.audit = audit or manager.registry.audit
+        """Where loads and unloads are recorded (the actor is the request's)."""
 
     # ---- the protocol's read-only calls, shared by every transport ---------------
 
-    def server_ready(self) -> list[ModelKey]:
-        """Versions still loading; the server is ready when there are none."""
-        return self.manager.loading()
+    def server_ready(self) -> bool:
+        """Whether the server takes traffic: true once its start-up loads are done.
 
-    async def model_metadata(self, name: str, version: str | None) -> ModelVersion:
+        The transports answer only after them (server.py awaits the default model before
+        it listens), and a load caused later (a request, a deployment, a deployer) never
+        makes it false: a load balancer must not pull a serving replica because one more
+        version is loading. It names no model, since anyone may ask."""
+        return True
+
+    async def model_metadata(
+        self, name: str, version: str | None, *, models: frozenset[str] | None
+    ) -> ModelVersion:
         """The version a name addresses: a deployment's main arm, or a model version.
-        NotFound if neither. Cheap: both lookups are served from memory."""
+        NotFound if neither; Forbidden if its model is outside `models` (the caller's
+        scope). Cheap: both lookups are served from memory."""
         if version is None and self.router is not None:
             routed = await self.router.route(name)
             if routed is not None:
+                _check_scope(routed.main.model, models)
                 return routed.main
-        return await self.manager.resolve(name, version)
+        record = await self.manager.resolve(name, version)
+        _check_scope(record.model, models)
+        return record
 
-    async def model_ready(self, name: str, version: str | None) -> tuple[ModelVersion, bool]:
+    async def model_ready(
+        self, name: str, version: str | None, *, models: frozenset[str] | None
+    ) -> tuple[ModelVersion, bool]:
         """What a name addresses and whether it answers now. A deployment's live revision
         exists only once all its arms are loaded, so a deployment found is ready."""
         if version is None and self.router is not None:
             routed = await self.router.route(name)
             if routed is not None:
+                _check_scope(routed.main.model, models)
                 return routed.main, True
         record = await self.manager.resolve(name, version)
+        _check_scope(record.model, models)
         return record, self.manager.is_ready(record)
 
     def repository_index(self) -> list[RepositoryEntry]:
@@ -122,12 +150,22 @@ class DataPlane:
             for m in list(self.manager.models.values())
         ]
 
-    async def load(self, name: str) -> ModelKey:
-        """Load what a model name serves now (the repository extension's load)."""
-        return (await self.manager.load(name)).key
+    async def load(self, name: str, version: str | None = None) -> ModelKey:
+        """Load a version (default: what the name serves now) on purpose, as a deployer
+        does through the repository extension: requests may call it from then on."""
+        record = await self.manager.resolve(name, version)
+        if record.archived:
+            raise Conflict(f"version {record.version} of {record.model} is archived: not loaded")
+        key = (await self.manager.load(name, str(record.version))).key
+        await asyncio.to_thread(self.audit.record, "model.load", str(key))
+        return key
 
-    async def unload(self, name: str) -> None:
-        await self.manager.unload(name)
+    async def unload(self, name: str, version: str | None = None) -> ModelKey:
+        """Unload a version (default: what the name serves now); requests may not bring
+        it back unless something still deploys it."""
+        key = await self.manager.unload(name, version)
+        await asyncio.to_thread(self.audit.record, "model.unload", str(key))
+        return key
 
     # ---- inference ------------------------------------------------------------------
 
@@ -156,7 +194,9 @@ class DataPlane:
             if context is not None:
                 context.model, context.version = record.model, str(record.version)
             request = await decode(record)
-            loaded, inputs, result, cached, wanted = await self._predict(record, request, context)
+            loaded, inputs, result, cached, wanted = await self._predict(
+                record, request, context, routed=False
+            )
             self._observed(context, loaded, inputs, result, cached)
             return self._response(loaded, result, cached, wanted, request)
 
@@ -172,14 +212,18 @@ class DataPlane:
         if context is not None:
             context.version = str(chosen.version)
 
-        async def copy(other: ModelVersion) -> Tensors:
-            return (await self._predict(other, request))[2]
+        async def copy(other: ModelVersion) -> Tensors:  # a shadow or the main arm
+            return (await self._predict(other, request, routed=True))[2]
 
         started = time.perf_counter()
         try:
-            loaded, inputs, result, cached, wanted = await self._predict(chosen, request, context)
+            loaded, inputs, result, cached, wanted = await self._predict(
+                chosen, request, context, routed=hints.pinned_version is None
+            )
         except ShipyardError as exc:
-            if exc.status >= 500:  # the version failed, not the caller: gates count it
+            # The version failed, not the caller, or it refused what the caller sent:
+            # gates count both (input every arm refuses raises every arm's rate alike).
+            if exc.status >= 500 or isinstance(exc, ModelRefusedInput):
                 routed.observe(chosen, time.perf_counter() - started, None, copy)
             raise
         routed.observe(chosen, time.perf_counter() - started, result, copy)
@@ -208,9 +252,11 @@ class DataPlane:
         record: ModelVersion,
         request: InferRequest,
         context: RequestContext | None = None,
+        *,
+        routed: bool,
     ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
-        loaded = await self.manager.get_ready(record, timeout)
+        loaded = await self.manager.get_ready(record, timeout, routed=routed)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
         cache = self.cache if loaded.serving.cache else None

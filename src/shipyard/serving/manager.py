@@ -5,6 +5,12 @@ explicit version is a number or an alias. Resolution is cached for a second,
 so moving an alias switches what a name serves without a restart, and a hot
 path does not hit the database per request. Loads run one at a time, so peak
 memory during start-up is one model's.
+
+Loading is a deploy action. A request may bring in only a version someone chose to
+serve: what a name serves (its `production` alias, else its latest version), a version
+an alias points at, or one placed here by the server's start, a deployer or a
+deployment. Any other version is refused without loading it, and an archived version is
+never loaded by a request: each load costs a model's memory.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shipyard.config import ModelServing, ServingOptions
-from shipyard.errors import ModelNotReady, NotFound, ShipyardError
+from shipyard.errors import Conflict, ModelNotReady, NotFound, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
 from shipyard.registry.service import Registry
@@ -72,6 +78,8 @@ class ModelManager:
         """Options for a model name: worker count, batching, queue, cache."""
         self._serving_overrides: dict[str, ServingOptions] = {}
         self.models: dict[ModelKey, LoadedModel] = {}
+        self._placed: set[ModelKey] = set()
+        """Versions loaded on purpose (`load`: start-up, a deployer, a deployment's arms)."""
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
         self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
@@ -135,14 +143,16 @@ class ModelManager:
         loaded = self.models.get(key_of(record))
         return loaded is not None and loaded.state == "ready"
 
-    def loading(self) -> list[ModelKey]:
-        """Versions still loading: the server is not ready while there are any."""
-        return [m.key for m in self.models.values() if m.state == "loading"]
+    async def get_ready(
+        self, record: ModelVersion, timeout: float, *, routed: bool = False
+    ) -> LoadedModel:
+        """The loaded model for a resolved version, loading it first if a request may.
 
-    async def get_ready(self, record: ModelVersion, timeout: float) -> LoadedModel:
-        """The loaded model for a resolved version, loading it first if needed."""
+        `routed`: a deployment's live revision routes to (or shadows) the version, so it
+        is deployed; otherwise the version must be one a request may load (see above)."""
         loaded = self.models.get(key_of(record))
         if loaded is None or loaded.state in ("failed", "unloaded"):
+            await self._check_demand(record, routed)
             loaded = self.start_loading(record)
         if loaded.state != "ready":
             try:
@@ -152,6 +162,22 @@ class ModelManager:
         if loaded.state != "ready":
             raise ModelNotReady(f"{loaded.key} is not available: {loaded.reason}")
         return loaded
+
+    async def _check_demand(self, record: ModelVersion, routed: bool) -> None:
+        """Refuse (409) a load a request asks for but nobody deployed."""
+        if record.archived:
+            raise Conflict(
+                f"version {record.version} of {record.model} is archived: "
+                "it is never loaded to answer requests"
+            )
+        if routed or key_of(record) in self._placed or record.aliases:
+            return
+        serving = await self.resolve(record.model)
+        if serving.version != record.version:
+            raise Conflict(
+                f"version {record.version} of {record.model} is not deployed: "
+                "load it with a deployer key or route a deployment to it"
+            )
 
     def start_loading(self, record: ModelVersion) -> LoadedModel:
         key = key_of(record)
@@ -197,21 +223,28 @@ class ModelManager:
                 loaded.ready.set()
 
     async def load(self, name: str, version: str | None = None) -> LoadedModel:
-        loaded = self.start_loading(await self.resolve(name, version))
+        """Load a version on purpose (start-up, a deployer, a deployment): requests may
+        then bring it back after a failure, until it is unloaded."""
+        record = await self.resolve(name, version)
+        self._placed.add(key_of(record))
+        loaded = self.start_loading(record)
         await loaded.ready.wait()
         if loaded.state != "ready":
             raise ModelNotReady(f"{loaded.key} failed to load: {loaded.reason}")
         return loaded
 
-    async def unload(self, name: str, version: str | None = None) -> None:
+    async def unload(self, name: str, version: str | None = None) -> ModelKey:
         record = await self.resolve(name, version)
-        loaded = self.models.get(key_of(record))
+        key = key_of(record)
+        loaded = self.models.get(key)
         if loaded is None or loaded.state == "unloaded":
-            raise NotFound(f"{key_of(record)} is not loaded")
+            raise NotFound(f"{key} is not loaded")
+        self._placed.discard(key)
         await loaded.ready.wait()
         if loaded.pool is not None:
             await loaded.pool.close()
         loaded.pool, loaded.state = None, "unloaded"
+        return key
 
     async def close(self) -> None:
         for loaded in list(self.models.values()):

@@ -30,10 +30,13 @@ from shipyard.errors import (
     DeadlineExceeded,
     ModelFailed,
     ModelNotReady,
+    ModelRefusedInput,
     Overloaded,
+    ShipyardError,
     WorkerCrashed,
 )
 from shipyard.runtimes.base import Runtime, Tensors, VersionSpec
+from shipyard.runtimes.lifetime import die_with_parent
 from shipyard.runtimes.threads import limit_native_threads
 from shipyard.serving.batching import Pending, concat, split, take_batch
 from shipyard.serving.shared_tensors import Attached, share, take, unlink
@@ -62,6 +65,9 @@ def _warm_up(runtime: Runtime, signature: Signature | None) -> None:
 
 def worker_main(connection: Connection, spec: VersionSpec) -> None:
     """Entry point of a worker process: load, report, then answer requests forever."""
+    # The pipe's EOF says the server is gone only between requests; a worker busy in a
+    # load or a predict when the server is killed would otherwise finish it, or never.
+    die_with_parent()
     # A spawned process starts with no logging set up: log like the server does.
     from shipyard.logs import configure_logging
     from shipyard.runtimes import load
@@ -86,9 +92,55 @@ def worker_main(connection: Connection, spec: VersionSpec) -> None:
             reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
             del result  # may be a view of a shared input, which release() unmaps
         except Exception as exc:
-            reply = (request_id, False, f"{type(exc).__name__}: {exc}")
+            reply = (request_id, False, predict_failure(exc))
         attached.release()
         connection.send(reply)
+
+
+_MODEL_WORDS_LIMIT = 2000
+"""Characters of a model's exception text kept for the server log."""
+
+
+def predict_failure(exc: Exception) -> tuple[bool, str]:
+    """What a worker reports of a predict that raised: is it the input's fault, and the
+    model's words (for the server log only).
+
+    ValueError and TypeError are how Python libraries say "not this argument"
+    (scikit-learn's "Input X contains NaN", XGBoost's XGBoostError, numpy's casts);
+    onnxruntime says it with its own InvalidArgument, matched by name because the
+    server never imports it. Anything else is the model failing, not the caller.
+    """
+    refused = isinstance(exc, ValueError | TypeError) or type(exc).__name__ == "InvalidArgument"
+    try:
+        words = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose __str__ raises still gets reported
+        words = type(exc).__name__
+    return refused, words[:_MODEL_WORDS_LIMIT]
+
+
+def model_error(
+    key: str, report: tuple[bool, str], inputs: Tensors | None = None
+) -> ShipyardError:
+    """The error a caller gets for a predict that raised: 400 when the model refused the
+    input, else 500. It names the exception's type, never its text (kept as a note for
+    the server log), and, given the request's `inputs`, one holding NaN or infinities:
+    valid V2 values that many models refuse."""
+    refused, words = report
+    kind = words.partition(":")[0]
+    log_note = "the server log has the model's message under this request's x-request-id"
+    error: ShipyardError
+    if refused:
+        odd = [
+            name
+            for name, array in (inputs or {}).items()
+            if array.dtype.kind in "fc" and not np.isfinite(array).all()
+        ]
+        why = f"{kind}; input {odd[0]!r} holds NaN or infinite values" if odd else kind
+        error = ModelRefusedInput(f"model {key} refused the input ({why}); {log_note}")
+    else:
+        error = ModelFailed(f"model {key} failed ({kind}); {log_note}")
+    error.add_note(words)
+    return error
 
 
 class Worker:
@@ -173,7 +225,7 @@ class Worker:
         if ok:
             future.set_result(result)
         else:
-            future.set_exception(ModelFailed(f"model raised {payload}"))
+            future.set_exception(model_error(self.spec.key, payload))
 
     def _died(self) -> None:
         if not self.alive:
@@ -436,14 +488,28 @@ class WorkerPool:
                 self._dispatch()
                 return
             error = ModelFailed("model outputs are not one row per input row")
-        if len(batch) > 1 and isinstance(error, ModelFailed):
+        if len(batch) > 1 and isinstance(error, ModelFailed | ModelRefusedInput):
             # One request may have poisoned the batch: rerun each alone, first in line.
             for item in reversed(batch):
                 item.solo = True
                 self.queue.appendleft(item)
         else:
+            notes = getattr(error, "__notes__", None)
+            if isinstance(error, ModelRefusedInput) and notes:  # alone: say what it held
+                error = model_error(self.spec.key, (True, notes[0]), batch[0].inputs)
+            self._log_model_words(batch, error)
             self._fail(batch, error)
         self._dispatch()
+
+    def _log_model_words(self, batch: list[Pending], error: BaseException | None) -> None:
+        """Log what the model said, by request id: the caller got only its type."""
+        notes = getattr(error, "__notes__", None)
+        if not notes:
+            return
+        level = logging.INFO if isinstance(error, ModelRefusedInput) else logging.ERROR
+        for item in batch:
+            request_id = item.context.request_id if item.context is not None else "-"
+            log.log(level, "%s raised on request %s: %s", self.spec.key, request_id, notes[0])
 
     @staticmethod
     def _fail(batch: list[Pending], error: BaseException) -> None:

@@ -18,6 +18,10 @@ from shipyard.serving.types import InferRequest, InferResponse, RequestedOutput,
 from shipyard.signature import NUMPY_DTYPES
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_DIMS = 32
+"""Dimensions a tensor may have: numpy's own limit is 64, and no model input needs more."""
+_MAX_DIGITS = 18
+"""Digits a byte count may have: 10**18 bytes is over any body, and int() stays cheap."""
 _KINDS_FOR = {"BOOL": "b", "BYTES": "OSU"}  # else numeric, below
 _INT_KINDS, _FLOAT_KINDS = "biu", "biuf"
 
@@ -27,12 +31,45 @@ def _short(error: Exception) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def header_length(raw: str | None) -> int | None:
+    """The Inference-Header-Content-Length header as a byte count (None when absent).
+
+    ASCII digits only: str.isdigit() also passes '²' and other digits int() refuses.
+    """
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length must be a byte count: 1 to {_MAX_DIGITS} ASCII digits"
+        )
+    return int(raw)
+
+
 def _shape(raw: Any, where: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
     ):
         raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
     return tuple(raw)
+
+
+def check_shape(shape: tuple[int, ...], where: str, max_elements: int) -> None:
+    """Refuse a shape the server will not allocate or reshape to.
+
+    Over `max_elements` elements is 413. A dimension over it is refused too, even when
+    another dimension is 0: [0, 10**12] holds nothing, yet numpy cannot reshape to it.
+    """
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{where}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"{where}: shape dimensions must be non-negative")
+    if math.prod(shape) > max_elements:
+        raise PayloadTooLarge(f"{where}: shape {list(shape)} has more than {max_elements} elements")
+    if any(d > max_elements for d in shape):
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} has a dimension over {max_elements}, the most "
+            "elements a tensor may have"
+        )
 
 
 def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -83,6 +120,8 @@ def array_from_bytes(
         while offset < len(chunk):
             if offset + 4 > len(chunk):
                 raise InvalidInput(f"{where}: truncated BYTES element length")
+            if len(items) == count:  # no need to walk the rest of a long chunk
+                raise InvalidInput(f"{where}: more BYTES elements than shape needs ({count})")
             (length,) = struct.unpack_from("<I", chunk, offset)
             offset += 4
             if offset + length > len(chunk):
@@ -138,10 +177,7 @@ def decode_request(
         if datatype not in NUMPY_DTYPES:
             raise InvalidInput(f"{where}: unknown datatype {str(datatype)[:20]!r}")
         shape = _shape(raw.get("shape"), where)
-        if math.prod(shape) > max_elements:
-            raise PayloadTooLarge(
-                f"{where}: shape {list(shape)} has more than {max_elements} elements"
-            )
+        check_shape(shape, where, max_elements)
         parameters = raw.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput(f"{where}: 'parameters' must be an object")

@@ -100,10 +100,10 @@ class FrontDoor:
             for key, value in scope["headers"]
             if key in _HEADERS_READ
         }
-        limit = self.limits.max_body_bytes
+        limit, timeout = self.limits.max_body_bytes, self.limits.body_timeout
 
         async def body() -> bytes:
-            return await read_body(receive, headers.get("content-length"), limit)
+            return await read_body(receive, headers.get("content-length"), limit, timeout)
 
         hints = RequestHints(
             pinned, lambda key: header(scope, key.encode("latin-1")), context, models

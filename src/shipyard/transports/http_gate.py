@@ -3,9 +3,14 @@
 An ASGI middleware over the web framework: it decides from the one route table
 (routes.py) and `security.Gatekeeper`, and records who acts for the audit trail.
 The inference fast path (front_door.py) asks it the same question per request.
+Each request it passes or refuses leaves one access log line (inference has its own,
+monitoring/requests.py).
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 from shipyard.errors import ShipyardError
 from shipyard.registry.audit import Actor, acting_as
@@ -14,6 +19,7 @@ from shipyard.security.keys import Principal
 from shipyard.security.policy import Permission
 from shipyard.transports.http import (
     ASGIApp,
+    Message,
     Receive,
     Scope,
     Send,
@@ -22,7 +28,13 @@ from shipyard.transports.http import (
     header,
     send_answer,
 )
-from shipyard.transports.routes import ROUTES
+from shipyard.transports.routes import ROUTES, RouteMatch
+
+ACCESS = logging.getLogger("shipyard.access")
+_MODEL_NAMED = ("/api/models/{name}", "/v2/repository/models/{name}/")
+"""Routes whose `{name}` is a model's: the gate holds a key's model scope on them. A
+name under /v2/models/ may be a deployment's, so the data plane checks the model it
+resolves to instead."""
 
 
 class HttpGate:
@@ -44,17 +56,50 @@ class HttpGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         route = ROUTES.match(scope["method"], scope["path"])
-        if route is None:
-            await self.app(scope, receive, send)  # the framework answers 404 or 405 itself
-            return
-        model = route.params.get("name") if route.template.startswith("/v2/models/") else None
+        caller: Principal | None = None
+        status = 500  # unless an answer starts
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
         try:
-            principal = await self.admit(route.permission, model, scope)
-        except ShipyardError as exc:
-            status = int(exc.status)
-            await send_answer(send, status, error_answer(status, exc.message))
-            return
-        actor = Actor(principal.name, principal.role, client_address(scope))
-        with acting_as(actor), calling_as(principal):
-            await self.app(scope, receive, send)
+            if route is None:
+                await self.app(scope, receive, observed)  # the framework answers 404 or 405
+                return
+            model = route.params.get("name") if route.template.startswith(_MODEL_NAMED) else None
+            try:
+                caller = await self.admit(route.permission, model, scope)
+            except ShipyardError as exc:
+                status = int(exc.status)
+                await send_answer(send, status, error_answer(status, exc.message))
+                return
+            actor = Actor(caller.name, caller.role, client_address(scope))
+            with acting_as(actor), calling_as(caller):
+                await self.app(scope, receive, observed)
+        finally:
+            log_access(scope, route, caller, status, time.perf_counter() - started)
+
+
+def log_access(
+    scope: Scope, route: RouteMatch | None, caller: Principal | None, status: int, elapsed: float
+) -> None:
+    """The access log line of one control-plane request: who, which route (its template,
+    never the path, query or body), status and latency."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    fields = {
+        "plane": "control",
+        "who": caller.name if caller is not None else None,
+        "role": caller.role if caller is not None else None,
+        "source": client_address(scope),
+        "method": scope["method"],
+        "route": route.template if route is not None else None,
+        "status": status,
+        "latency_ms": round(elapsed * 1000.0, 3),
+    }
+    ACCESS.info("request", extra={"fields": fields})

@@ -7,6 +7,7 @@ answers `{"predictions": ...}` the way `mlflow models serve` does.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -26,12 +27,14 @@ from shipyard.signature import (
 )
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_ROW_ECHO = re.compile(r"(Expected \d+ columns?, got \d+): .*", re.DOTALL)
+"""pyarrow quotes the offending CSV row after this; the caller has the row already."""
 
 
 def _array(values: Any, where: str) -> np.ndarray:
     try:
         array = np.asarray(values)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"{where} is not a regular array") from None
     if array.dtype.kind == "U":
         array = array.astype(object)
@@ -54,8 +57,12 @@ def _columns_to_tensors(
     return {c: _array([row[i] for row in rows], f"column {c!r}") for i, c in enumerate(columns)}
 
 
-def _records_to_tensors(records: list[Any], signature: Signature | None) -> Tensors:
-    if not records or not all(isinstance(r, dict) for r in records):
+def _records_to_tensors(records: Any, signature: Signature | None) -> Tensors:
+    if (
+        not isinstance(records, list)
+        or not records
+        or not all(isinstance(r, dict) for r in records)
+    ):
         raise InvalidInput("records must be a non-empty list of objects")
     columns = list(records[0])
     rows = []
@@ -93,7 +100,10 @@ def parse_json(body: bytes, signature: Signature | None) -> Tensors:
         if not isinstance(value, dict) or not isinstance(value.get("data"), list):
             raise InvalidInput("'dataframe_split' needs 'data' (and usually 'columns')")
         data = value["data"]
-        columns = value.get("columns") or (
+        given = value.get("columns")
+        if given is not None and not isinstance(given, list):
+            raise InvalidInput("'dataframe_split.columns' must be a list of column names")
+        columns = given or (
             [s.name for s in signature.inputs]
             if signature and len(signature.inputs) > 1
             else [str(i) for i in range(len(data[0]) if data and isinstance(data[0], list) else 0)]
@@ -107,8 +117,9 @@ def parse_json(body: bytes, signature: Signature | None) -> Tensors:
 def parse_csv(body: bytes, signature: Signature | None) -> Tensors:
     try:
         table = pa_csv.read_csv(io.BytesIO(body))
-    except pa.ArrowInvalid as exc:
-        raise InvalidInput(f"CSV body cannot be read: {str(exc)[:120]}") from None
+    except pa.ArrowException as exc:
+        problem = _ROW_ECHO.sub(r"\1", str(exc).splitlines()[0] if str(exc) else "")
+        raise InvalidInput(f"CSV body cannot be read: {problem[:120]}") from None
     rows = [list(row.values()) for row in table.to_pylist()]
     return _columns_to_tensors(table.column_names, rows, signature)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Header
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 
@@ -21,8 +21,9 @@ from shipyard.errors import InvalidInput, NotFound
 from shipyard.monitoring.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shipyard.monitoring.metrics import exposition
 from shipyard.registry.records import ModelVersion
+from shipyard.security.gate import current_caller
 from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
-from shipyard.serving.types import InferRequest, RequestHints
+from shipyard.serving.types import PIN_METADATA, InferRequest, RequestHints
 from shipyard.transports import codec, mlflow_protocol
 from shipyard.transports.http import Answer
 
@@ -77,6 +78,8 @@ class RestLimits:
     default_model: str | None
     max_body_bytes: int
     max_tensor_elements: int
+    body_timeout: float | None = None
+    """Longest pause between two chunks of a request body, in seconds (408 after)."""
 
 
 BodyReader = Callable[[], Awaitable[bytes]]
@@ -102,12 +105,8 @@ async def v2_infer(
 
     async def decode(_: ModelVersion) -> InferRequest:
         body = await read_body()
-        header = headers.get(codec.HEADER_LENGTH)
-        if header is not None and not header.isdigit():
-            raise InvalidInput("Inference-Header-Content-Length must be a whole number")
-        request = codec.decode_request(
-            body, int(header) if header else None, limits.max_tensor_elements
-        )
+        header_length = codec.header_length(headers.get(codec.HEADER_LENGTH))
+        request = codec.decode_request(body, header_length, limits.max_tensor_elements)
         _stamp_decoded(hints)
         decoded.append(request)
         return request
@@ -213,6 +212,22 @@ def _metadata(record: ModelVersion) -> dict[str, Any]:
     }
 
 
+def _scope() -> frozenset[str] | None:
+    """The models the caller's key may call (None: any), as the gate admitted it."""
+    caller = current_caller()
+    return caller.models if caller is not None else None
+
+
+VersionHeader = Annotated[
+    str | None,
+    Header(
+        alias=PIN_METADATA,
+        description="The version (number or alias) to load or unload; default: what the "
+        "name serves now.",
+    ),
+]
+
+
 def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRouter:
     """The data plane's read-only REST endpoints, over one data plane."""
     router = APIRouter(tags=["inference"])
@@ -231,15 +246,12 @@ def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRou
 
     @router.get("/v2/health/ready")
     async def ready() -> Response:
-        loading = dataplane.server_ready()
-        if loading:
-            return JSONResponse(
-                {"ready": False, "loading": [str(key) for key in loading]}, status_code=503
-            )
-        return JSONResponse({"ready": True})
+        # Public: says whether this replica takes traffic, never which models it holds.
+        is_ready = dataplane.server_ready()
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def model_ready(name: str, version: str | None) -> Response:
-        record, is_ready = await dataplane.model_ready(name, version)
+        record, is_ready = await dataplane.model_ready(name, version, models=_scope())
         return JSONResponse(
             {"name": record.model, "version": str(record.version), "ready": is_ready},
             status_code=200 if is_ready else 503,
@@ -247,11 +259,11 @@ def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRou
 
     @router.get("/v2/models/{name}")
     async def model_metadata(name: str) -> dict[str, Any]:
-        return _metadata(await dataplane.model_metadata(name, None))
+        return _metadata(await dataplane.model_metadata(name, None, models=_scope()))
 
     @router.get("/v2/models/{name}/versions/{version}")
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
-        return _metadata(await dataplane.model_metadata(name, version))
+        return _metadata(await dataplane.model_metadata(name, version, models=_scope()))
 
     @router.get("/v2/models/{name}/ready")
     async def name_ready(name: str) -> Response:
@@ -276,14 +288,14 @@ def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRou
         ]
 
     @router.post("/v2/repository/models/{name}/load")
-    async def repository_load(name: str) -> dict[str, str]:
-        key = await dataplane.load(name)
+    async def repository_load(name: str, version: VersionHeader = None) -> dict[str, str]:
+        key = await dataplane.load(name, version)
         return {"name": key.model, "version": str(key.version), "state": "READY"}
 
     @router.post("/v2/repository/models/{name}/unload")
-    async def repository_unload(name: str) -> dict[str, str]:
-        await dataplane.unload(name)
-        return {"name": name, "state": "UNLOADED"}
+    async def repository_unload(name: str, version: VersionHeader = None) -> dict[str, str]:
+        key = await dataplane.unload(name, version)
+        return {"name": key.model, "version": str(key.version), "state": "UNLOADED"}
 
     # ---- metrics ----------------------------------------------------------------
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.errors import InvalidInput, PayloadTooLarge
+from shipyard.errors import InvalidInput
 from shipyard.serving.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from shipyard.signature import NUMPY_DTYPES
-from shipyard.transports.codec import array_from_bytes, array_to_bytes
+from shipyard.transports.codec import array_from_bytes, array_to_bytes, check_shape
 from shipyard.transports.grpc_v2 import inference_pb2 as pb
 
 # Which InferTensorContents field holds each datatype (FP16 travels raw only).
@@ -55,17 +55,16 @@ def request_from_proto(message: Any, max_elements: int) -> InferRequest:
     if not message.inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
     inputs = []
+    seen: set[str] = set()
     for index, tensor in enumerate(message.inputs):
         where = f"input {tensor.name!r}"
+        if tensor.name in seen:
+            raise InvalidInput(f"{where} appears twice")
+        seen.add(tensor.name)
         if tensor.datatype not in NUMPY_DTYPES:
             raise InvalidInput(f"{where}: unknown datatype {tensor.datatype[:20]!r}")
         shape = tuple(int(d) for d in tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"{where}: shape dimensions must be non-negative")
-        if math.prod(shape) > max_elements:
-            raise PayloadTooLarge(
-                f"{where}: shape {list(shape)} has more than {max_elements} elements"
-            )
+        check_shape(shape, where, max_elements)
         if raw:
             array = array_from_bytes(memoryview(raw[index]), tensor.datatype, shape, where)
         else:

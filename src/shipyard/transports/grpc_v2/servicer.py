@@ -102,11 +102,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=not self.dataplane.server_ready())
+        return pb.ServerReadyResponse(ready=self.dataplane.server_ready())
 
     @_translate_errors
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        _, ready = await self.dataplane.model_ready(request.name, request.version or None)
+        _, ready = await self.dataplane.model_ready(
+            request.name, request.version or None, models=_scope()
+        )
         return pb.ModelReadyResponse(ready=ready)
 
     @_translate_errors
@@ -119,7 +121,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        record = await self.dataplane.model_metadata(request.name, request.version or None)
+        record = await self.dataplane.model_metadata(
+            request.name, request.version or None, models=_scope()
+        )
         signature = record.signature
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -191,13 +195,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self.dataplane.load(request.model_name)
+        """Loads what the name serves, or the version named by `x-shipyard-version`."""
+        await self.dataplane.load(request.model_name, _version_metadata(context))
         return pb.RepositoryModelLoadResponse()
 
     @_translate_errors
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self.dataplane.unload(request.model_name)
+        await self.dataplane.unload(request.model_name, _version_metadata(context))
         return pb.RepositoryModelUnloadResponse()
+
+
+def _scope() -> frozenset[str] | None:
+    """The models the caller's key may call (None: any), as the gate admitted it."""
+    caller = current_caller()
+    return caller.models if caller is not None else None
+
+
+def _version_metadata(context: Any) -> str | None:
+    """The version a repository call names in its metadata (the proto has no field)."""
+    value = dict(context.invocation_metadata() or ()).get(PIN_METADATA)
+    return str(value) if value else None
 
 
 async def start_grpc_server(
