@@ -107,7 +107,7 @@ def build_services(
     )
     dataplane = DataPlane(
         manager, timeout=settings.request_timeout, cache=cache, router=router,
-        predictions=predictions,
+        predictions=predictions, audit=control.trust.audit,
     )  # fmt: skip
     drift = control.monitoring.drift  # one monitor: scheduled, gate and API checks
     if settings.price_per_replica_hour is not None:

@@ -160,6 +160,29 @@ def test_a_limited_deployer_moves_aliases_and_loads_only_its_models(served: Serv
         }
 
 
+def test_a_limited_deployer_changes_only_deployments_of_its_models(served: Served) -> None:
+    headers = served.headers("deployer@fraud")
+    yaml = {"content-type": "application/yaml"}
+    with httpx.Client(base_url=served.server.url, timeout=60) as http:
+        # Its own model: a new revision of fraud-api (a dry run changes nothing).
+        own = http.post("/api/deployments", params={"dry_run": "true"},
+                        content=FRAUD_API.replace("sample: 1.0", "sample: 0.5"),
+                        headers={**headers, **yaml})  # fmt: skip
+        assert own.status_code == 200, own.text
+        # Another model: neither a new deployment of it, nor retargeting one to it.
+        for manifest in (TRAP.replace("name: trap", "name: mine"),
+                         FRAUD_API.replace("model: fraud", "model: other")):  # fmt: skip
+            refused = http.post("/api/deployments", content=manifest, headers={**headers, **yaml})
+            assert refused.status_code == 403, refused.text
+            assert refused.json() == {"error": "this key may not deploy model 'other'"}
+        for path, body in (("/api/deployments/trap/rollback", {"revision": 1}),
+                           ("/api/deployments/trap/rollout", {"to": 1}),
+                           ("/api/deployments/trap/rollout/pause", None)):  # fmt: skip
+            answer = http.post(path, json=body, headers=headers)
+            assert answer.status_code == 403, (path, answer.text)
+        assert http.get("/api/deployments/mine", headers=served.headers("admin")).status_code == 404
+
+
 def test_a_limited_key_reads_and_exports_only_its_models_predictions(served: Served) -> None:
     headers = served.headers("deployer@fraud")
     with httpx.Client(base_url=served.server.url, timeout=60) as http:

@@ -114,6 +114,15 @@ def test_a_request_loads_only_deployed_versions(tmp_path: Path) -> None:
             ("model.load", "fraud:3", actor),
         ]
 
+        # Loading is a deployer's to do: its own request may load a version on demand,
+        # where a predictor's may not; an archived version stays out even for it.
+        http.post("/v2/repository/models/fraud/unload", headers={**deployer, PIN: "3"})
+        assert infer("3").status_code == 409
+        url = "/v2/models/fraud/versions/{}/infer"
+        by_deployer = http.post(url.format(3), json=BODY, headers=deployer)
+        assert by_deployer.headers["x-shipyard-model-version"] == "fraud:3"
+        assert http.post(url.format(1), json=BODY, headers=deployer).status_code == 409
+
 
 def test_a_version_an_alias_points_at_loads_on_demand(tmp_path: Path) -> None:
     keyed = make_keyed_home(tmp_path / "home")

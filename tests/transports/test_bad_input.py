@@ -9,6 +9,7 @@ import socket
 import tarfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -294,3 +295,41 @@ def test_the_server_is_healthy_after_all_that(client: httpx.Client, server: Runn
     body, headers = binary_request(rows.tolist(), [2, 4])
     assert client.post(INFER, content=body, headers=headers).status_code == 200
     assert "Traceback" not in "".join(server.log)
+
+
+BROKEN_MODEL = """
+class Broken:
+    def load(self):
+        raise ValueError("cannot open /srv/secret/weights.bin")
+
+    def predict(self, inputs):
+        return inputs
+"""
+
+
+def test_a_model_that_fails_to_load_says_so_without_its_words(tmp_path: Path) -> None:
+    from shipyard.config import Settings
+    from shipyard.registry.records import RegistrationOptions
+    from shipyard.registry.service import Registry
+    from tests.server import running_server
+
+    (tmp_path / "broken.py").write_text(BROKEN_MODEL)
+    home = tmp_path / "home"
+    registry = Registry.open(Settings(home=home))
+    try:
+        registry.register(tmp_path / "broken.py", RegistrationOptions(name="broken"))
+    finally:
+        registry.close()
+    with running_server({"SHIPYARD_HOME": str(home)}) as running:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            answer = http.post("/v2/models/broken/infer", json={"inputs": [
+                {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]})  # fmt: skip
+            index = http.post("/v2/repository/index").json()
+        assert answer.status_code == 503
+        assert answer.json()["error"] == (
+            "broken:1 is not available: broken:1 failed to load (ValueError; see the server log)"
+        )
+        assert [entry["reason"] for entry in index] == [
+            "broken:1 failed to load (ValueError; see the server log)"
+        ]
+        assert "/srv/secret/weights.bin" in "".join(running.log)  # the operator still sees it

@@ -7,10 +7,12 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from shipyard.api.state import control_plane
+from shipyard.errors import Forbidden
 from shipyard.registry import records
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.service import Registry
 from shipyard.routing.rollouts import RolloutService
+from shipyard.security.gate import caller_models
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -21,6 +23,18 @@ class RollbackTarget(BaseModel):
 
 def _registry(request: Request) -> Registry:
     return control_plane(request).registry
+
+
+def _within_scope(*models: str) -> None:
+    """A key limited to some models changes only deployments of those models."""
+    allowed = caller_models()
+    for model in models:
+        if allowed is not None and model not in allowed:
+            raise Forbidden(f"this key may not deploy model {model!r}")
+
+
+def _deployed_model(registry: Registry, name: str) -> str:
+    return registry.deployments.get(name).manifest.model
 
 
 @router.get("/deployments")
@@ -45,7 +59,10 @@ async def apply_manifest(request: Request, dry_run: bool = False) -> records.App
     """
     text = (await request.body()).decode("utf-8", "replace")
     manifest = parse_manifest(text, "request body")
-    apply = _registry(request).deployments.apply
+    registry = _registry(request)
+    live = await run_in_threadpool(registry.deployments.find, manifest.name)
+    _within_scope(manifest.model, *([live.manifest.model] if live is not None else []))
+    apply = registry.deployments.apply
     return await run_in_threadpool(apply, manifest, dry_run)
 
 
@@ -64,7 +81,10 @@ def rollback_deployment(
     request: Request, name: str, target: RollbackTarget
 ) -> records.DeploymentRevision:
     """Make an earlier revision's manifest live again, as a new revision."""
-    return _registry(request).deployments.rollback(name, target.revision)
+    registry = _registry(request)
+    earlier = registry.deployments.revision(name, target.revision).manifest.model
+    _within_scope(_deployed_model(registry, name), earlier)
+    return registry.deployments.rollback(name, target.revision)
 
 
 class RolloutRequest(BaseModel):
@@ -79,6 +99,7 @@ class RolloutRequest(BaseModel):
 @router.post("/deployments/{name}/rollout", status_code=201)
 def start_rollout(request: Request, name: str, body: RolloutRequest) -> records.Rollout:
     """Start moving the deployment to `to`; the server's controller takes it from here."""
+    _within_scope(_deployed_model(_registry(request), name))
     return RolloutService(_registry(request)).start(
         name, body.to, body.steps, body.bake_seconds, body.min_requests, body.gates, body.webhook
     )
@@ -93,4 +114,5 @@ def rollout_status(request: Request, name: str) -> records.Rollout:
 @router.post("/deployments/{name}/rollout/{action}")
 def steer_rollout(request: Request, name: str, action: str) -> records.Rollout:
     """`promote`, `pause`, `resume` or `abort` the rollout in progress."""
+    _within_scope(_deployed_model(_registry(request), name))
     return RolloutService(_registry(request)).act(name, action)

@@ -27,7 +27,7 @@ from shipyard.monitoring.store import (
     PredictionRecord,
 )
 from shipyard.registry.audit import current_actor
-from shipyard.security.gate import current_caller
+from shipyard.security.gate import caller_models
 
 router = APIRouter(prefix="/api", tags=["monitoring"])
 
@@ -38,12 +38,6 @@ class FeedbackBatch(BaseModel):
 
 def _monitoring(request: Request) -> MonitoringService:
     return control_plane(request).monitoring
-
-
-def _scope() -> frozenset[str] | None:
-    """The models the caller's key is limited to (None: any), as the gate admitted it."""
-    caller = current_caller()
-    return caller.models if caller is not None else None
 
 
 def _described(where: PredictionFilter) -> dict[str, Any]:
@@ -71,7 +65,7 @@ def _filter(
 @router.post("/feedback")
 def post_feedback(request: Request, body: FeedbackBatch) -> FeedbackResult:
     """Ground-truth labels by request id (the `x-request-id` of the prediction)."""
-    return _monitoring(request).feedback(body.items, current_actor().name, _scope())
+    return _monitoring(request).feedback(body.items, current_actor().name, caller_models())
 
 
 @router.get("/predictions")
@@ -82,7 +76,7 @@ def list_predictions(
     after_id: int | None = None,
 ) -> list[PredictionRecord]:
     """Prediction log records, newest first (or oldest first after `after_id`)."""
-    return _monitoring(request).predictions(where, limit, after_id, _scope())
+    return _monitoring(request).predictions(where, limit, after_id, caller_models())
 
 
 @router.get("/predictions/export", response_class=FileResponse)
@@ -91,7 +85,7 @@ async def export_predictions(
 ) -> FileResponse:
     """The matching records as one Parquet file, one row per predicted row."""
     monitoring = _monitoring(request)
-    where = monitoring.scoped(where, _scope())
+    where = monitoring.scoped(where, caller_models())
     folder = Path(tempfile.mkdtemp(prefix="shipyard-export-"))
     path = folder / "predictions.parquet"
     try:

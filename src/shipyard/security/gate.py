@@ -65,6 +65,12 @@ def current_caller() -> Principal | None:
     return _CALLER.get()
 
 
+def caller_models() -> frozenset[str] | None:
+    """The models the current caller's key is limited to; None: any (or no caller)."""
+    caller = _CALLER.get()
+    return caller.models if caller is not None else None
+
+
 class Gatekeeper:
     def __init__(
         self,

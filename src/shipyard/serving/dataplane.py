@@ -195,7 +195,7 @@ class DataPlane:
                 context.model, context.version = record.model, str(record.version)
             request = await decode(record)
             loaded, inputs, result, cached, wanted = await self._predict(
-                record, request, context, routed=False
+                record, request, context, deployed=hints.may_deploy
             )
             self._observed(context, loaded, inputs, result, cached)
             return self._response(loaded, result, cached, wanted, request)
@@ -213,12 +213,15 @@ class DataPlane:
             context.version = str(chosen.version)
 
         async def copy(other: ModelVersion) -> Tensors:  # a shadow or the main arm
-            return (await self._predict(other, request, routed=True))[2]
+            return (await self._predict(other, request, deployed=True))[2]
 
         started = time.perf_counter()
         try:
             loaded, inputs, result, cached, wanted = await self._predict(
-                chosen, request, context, routed=hints.pinned_version is None
+                chosen,
+                request,
+                context,
+                deployed=hints.pinned_version is None or hints.may_deploy,
             )
         except ShipyardError as exc:
             # The version failed, not the caller, or it refused what the caller sent:
@@ -253,10 +256,10 @@ class DataPlane:
         request: InferRequest,
         context: RequestContext | None = None,
         *,
-        routed: bool,
+        deployed: bool,
     ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
-        loaded = await self.manager.get_ready(record, timeout, routed=routed)
+        loaded = await self.manager.get_ready(record, timeout, deployed=deployed)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
         cache = self.cache if loaded.serving.cache else None

@@ -144,15 +144,16 @@ class ModelManager:
         return loaded is not None and loaded.state == "ready"
 
     async def get_ready(
-        self, record: ModelVersion, timeout: float, *, routed: bool = False
+        self, record: ModelVersion, timeout: float, *, deployed: bool = False
     ) -> LoadedModel:
         """The loaded model for a resolved version, loading it first if a request may.
 
-        `routed`: a deployment's live revision routes to (or shadows) the version, so it
-        is deployed; otherwise the version must be one a request may load (see above)."""
+        `deployed`: a deployment's live revision routes to (or shadows) the version, or
+        the caller may deploy (a deployer loads on demand); otherwise the version must be
+        one any request may load (see above)."""
         loaded = self.models.get(key_of(record))
         if loaded is None or loaded.state in ("failed", "unloaded"):
-            await self._check_demand(record, routed)
+            await self._check_demand(record, deployed)
             loaded = self.start_loading(record)
         if loaded.state != "ready":
             try:
@@ -163,14 +164,14 @@ class ModelManager:
             raise ModelNotReady(f"{loaded.key} is not available: {loaded.reason}")
         return loaded
 
-    async def _check_demand(self, record: ModelVersion, routed: bool) -> None:
+    async def _check_demand(self, record: ModelVersion, deployed: bool) -> None:
         """Refuse (409) a load a request asks for but nobody deployed."""
         if record.archived:
             raise Conflict(
                 f"version {record.version} of {record.model} is archived: "
                 "it is never loaded to answer requests"
             )
-        if routed or key_of(record) in self._placed or record.aliases:
+        if deployed or key_of(record) in self._placed or record.aliases:
             return
         serving = await self.resolve(record.model)
         if serving.version != record.version:
@@ -213,7 +214,9 @@ class ModelManager:
                 loaded.state, loaded.reason = "failed", exc.message
                 log.error("loading %s failed: %s", loaded.key, exc.message)
             except Exception as exc:
-                loaded.state, loaded.reason = "failed", f"{type(exc).__name__}: {exc}"
+                # Callers see the kind of failure; its words (paths, say) stay in the log.
+                loaded.state = "failed"
+                loaded.reason = f"{type(exc).__name__} (see the server log)"
                 log.exception("loading %s failed", loaded.key)
             else:
                 loaded.pool, loaded.state = pool, "ready"

@@ -128,6 +128,8 @@ class RequestHints:
     """The request's identity and timeline, when the transport keeps one (monitoring)."""
     models: frozenset[str] | None = None
     """The models the caller may call (its key's scope); None: any."""
+    may_deploy: bool = False
+    """The caller's role may deploy, so a request of its may load a version on demand."""
 
 
 Predictor = Callable[["ModelVersion"], Awaitable[Tensors]]

@@ -118,9 +118,7 @@ def predict_failure(exc: Exception) -> tuple[bool, str]:
     return refused, words[:_MODEL_WORDS_LIMIT]
 
 
-def model_error(
-    key: str, report: tuple[bool, str], inputs: Tensors | None = None
-) -> ShipyardError:
+def model_error(key: str, report: tuple[bool, str], inputs: Tensors | None = None) -> ShipyardError:
     """The error a caller gets for a predict that raised: 400 when the model refused the
     input, else 500. It names the exception's type, never its text (kept as a note for
     the server log), and, given the request's `inputs`, one holding NaN or infinities:
@@ -178,7 +176,12 @@ class Worker:
             ) from None
         if state != "ready":
             self.process.join(timeout=5)
-            raise ModelNotReady(f"{self.spec.key} failed to load: {detail}")
+            # The loader's own words may hold server paths: they go to the log only.
+            log.error("%s failed to load: %s", self.spec.key, detail)
+            kind, _, words = str(detail).partition(": ")
+            if kind == "MissingExtra":  # names a package to install, nothing of the server's
+                raise ModelNotReady(f"{self.spec.key} failed to load: {words}")
+            raise ModelNotReady(f"{self.spec.key} failed to load ({kind}; see the server log)")
         self.alive = True
 
     def detach(self) -> None:

@@ -14,7 +14,7 @@ import time
 
 from shipyard.errors import ShipyardError
 from shipyard.monitoring.requests import RequestObserver
-from shipyard.security.policy import PIN_VERSION
+from shipyard.security.policy import PIN_VERSION, Permission, allows
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.types import PIN_METADATA, RequestContext, RequestHints
 from shipyard.transports.http import (
@@ -83,13 +83,14 @@ class FrontDoor:
         pinned = header(scope, _PIN)
         name = route.params.get("name")
         deployment = route.params.get("deployment")
-        models = None
+        models, may_deploy = None, True  # an open server's callers may do anything
         if not self.gate.open:
             needed = PIN_VERSION if pinned is not None else route.permission
             try:
                 # The model scope is checked by the data plane on what the name resolves
                 # to: a deployment's name is not its model's.
-                models = (await self.gate.admit(needed, None, scope)).models
+                principal = await self.gate.admit(needed, None, scope)
+                models, may_deploy = principal.models, allows(principal.role, Permission.DEPLOY)
             except ShipyardError as exc:
                 status, message = int(exc.status), exc.message
                 context.status, context.error = status, message
@@ -106,7 +107,7 @@ class FrontDoor:
             return await read_body(receive, headers.get("content-length"), limit, timeout)
 
         hints = RequestHints(
-            pinned, lambda key: header(scope, key.encode("latin-1")), context, models
+            pinned, lambda key: header(scope, key.encode("latin-1")), context, models, may_deploy
         )
         status = 200
         try:

@@ -21,7 +21,7 @@ from shipyard.errors import InvalidInput, NotFound
 from shipyard.monitoring.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shipyard.monitoring.metrics import exposition
 from shipyard.registry.records import ModelVersion
-from shipyard.security.gate import current_caller
+from shipyard.security.gate import caller_models
 from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
 from shipyard.serving.types import PIN_METADATA, InferRequest, RequestHints
 from shipyard.transports import codec, mlflow_protocol
@@ -212,12 +212,6 @@ def _metadata(record: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _scope() -> frozenset[str] | None:
-    """The models the caller's key may call (None: any), as the gate admitted it."""
-    caller = current_caller()
-    return caller.models if caller is not None else None
-
-
 VersionHeader = Annotated[
     str | None,
     Header(
@@ -251,7 +245,7 @@ def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRou
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     async def model_ready(name: str, version: str | None) -> Response:
-        record, is_ready = await dataplane.model_ready(name, version, models=_scope())
+        record, is_ready = await dataplane.model_ready(name, version, models=caller_models())
         return JSONResponse(
             {"name": record.model, "version": str(record.version), "ready": is_ready},
             status_code=200 if is_ready else 503,
@@ -259,11 +253,11 @@ def inference_routes(dataplane: DataPlane, metrics: CollectorRegistry) -> APIRou
 
     @router.get("/v2/models/{name}")
     async def model_metadata(name: str) -> dict[str, Any]:
-        return _metadata(await dataplane.model_metadata(name, None, models=_scope()))
+        return _metadata(await dataplane.model_metadata(name, None, models=caller_models()))
 
     @router.get("/v2/models/{name}/versions/{version}")
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
-        return _metadata(await dataplane.model_metadata(name, version, models=_scope()))
+        return _metadata(await dataplane.model_metadata(name, version, models=caller_models()))
 
     @router.get("/v2/models/{name}/ready")
     async def name_ready(name: str) -> Response:

@@ -14,8 +14,8 @@ from shipyard.errors import ShipyardError
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.registry.records import ModelVersion
-from shipyard.security.gate import Gatekeeper, calling_as, current_caller
-from shipyard.security.policy import GRPC_RULES, PIN_VERSION
+from shipyard.security.gate import Gatekeeper, caller_models, calling_as, current_caller
+from shipyard.security.policy import GRPC_RULES, PIN_VERSION, Permission, allows
 from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
 from shipyard.serving.types import PIN_METADATA, InferRequest, RequestContext, RequestHints
 from shipyard.transports.grpc_v2 import inference_pb2 as pb
@@ -63,10 +63,10 @@ def _translate_errors(
             model = getattr(request, "model_name", None) or getattr(request, "name", None)
             source = context.peer() or ""
             needed = permission
-            if rule == "ModelInfer":
+            if rule in ("ModelInfer", "ModelMetadata", "ModelReady"):
                 model = None  # scoped by the data plane on what the name resolves to
-                if PIN_METADATA in metadata:
-                    needed = PIN_VERSION  # testing a version behind a deployment's back
+            if rule == "ModelInfer" and PIN_METADATA in metadata:
+                needed = PIN_VERSION  # testing a version behind a deployment's back
             principal = await gate.check(needed, metadata.get("authorization"), model, source)
             with acting_as(Actor(principal.name, principal.role, source)), calling_as(principal):
                 return await method(self, request, context, *extra)
@@ -107,7 +107,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_translate_errors
     async def ModelReady(self, request: Any, context: Any) -> Any:
         _, ready = await self.dataplane.model_ready(
-            request.name, request.version or None, models=_scope()
+            request.name, request.version or None, models=caller_models()
         )
         return pb.ModelReadyResponse(ready=ready)
 
@@ -122,7 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_translate_errors
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         record = await self.dataplane.model_metadata(
-            request.name, request.version or None, models=_scope()
+            request.name, request.version or None, models=caller_models()
         )
         signature = record.signature
         tensors = pb.ModelMetadataResponse.TensorMetadata
@@ -175,7 +175,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata = dict(context.invocation_metadata() or ())
         caller = current_caller()
         models = caller.models if caller is not None else None
-        hints = RequestHints(metadata.get(PIN_METADATA), metadata.get, observed, models)
+        may_deploy = caller is None or allows(caller.role, Permission.DEPLOY)
+        hints = RequestHints(metadata.get(PIN_METADATA), metadata.get, observed, models, may_deploy)
         response = await self.dataplane.infer(
             request.model_name, request.model_version or None, decode, hints
         )
@@ -203,12 +204,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await self.dataplane.unload(request.model_name, _version_metadata(context))
         return pb.RepositoryModelUnloadResponse()
-
-
-def _scope() -> frozenset[str] | None:
-    """The models the caller's key may call (None: any), as the gate admitted it."""
-    caller = current_caller()
-    return caller.models if caller is not None else None
 
 
 def _version_metadata(context: Any) -> str | None:
