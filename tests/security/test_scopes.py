@@ -181,6 +181,14 @@ def test_a_limited_deployer_changes_only_deployments_of_its_models(served: Serve
             answer = http.post(path, json=body, headers=headers)
             assert answer.status_code == 403, (path, answer.text)
         assert http.get("/api/deployments/mine", headers=served.headers("admin")).status_code == 404
+        # Monitoring of a deployment follows the model it routes to.
+        for method, path in (("GET", "quality"), ("GET", "drift"), ("POST", "drift")):
+            if method == "GET":  # (a drift check on fraud-api would be audited: see below)
+                mine = http.request(method, f"/api/deployments/fraud-api/{path}", headers=headers)
+                assert mine.status_code == 200, (method, path, mine.text)
+            theirs = http.request(method, f"/api/deployments/trap/{path}", headers=headers)
+            assert theirs.status_code == 403, (method, path, theirs.text)
+            assert theirs.json() == {"error": "this key may not use model 'other'"}
 
 
 def test_a_limited_key_reads_and_exports_only_its_models_predictions(served: Served) -> None:

@@ -7,12 +7,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from shipyard.api.state import control_plane
-from shipyard.errors import Forbidden
 from shipyard.registry import records
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.service import Registry
 from shipyard.routing.rollouts import RolloutService
-from shipyard.security.gate import caller_models
+from shipyard.security.gate import require_scope
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -27,10 +26,7 @@ def _registry(request: Request) -> Registry:
 
 def _within_scope(*models: str) -> None:
     """A key limited to some models changes only deployments of those models."""
-    allowed = caller_models()
-    for model in models:
-        if allowed is not None and model not in allowed:
-            raise Forbidden(f"this key may not deploy model {model!r}")
+    require_scope(*models, action="deploy")
 
 
 def _deployed_model(registry: Registry, name: str) -> str:

@@ -27,7 +27,7 @@ from shipyard.monitoring.store import (
     PredictionRecord,
 )
 from shipyard.registry.audit import current_actor
-from shipyard.security.gate import caller_models
+from shipyard.security.gate import caller_models, require_scope
 
 router = APIRouter(prefix="/api", tags=["monitoring"])
 
@@ -38,6 +38,12 @@ class FeedbackBatch(BaseModel):
 
 def _monitoring(request: Request) -> MonitoringService:
     return control_plane(request).monitoring
+
+
+def _deployment_in_scope(request: Request, name: str) -> None:
+    """A key limited to some models reads and checks only deployments of those models."""
+    if caller_models() is not None:
+        require_scope(control_plane(request).registry.deployments.get(name).manifest.model)
 
 
 def _described(where: PredictionFilter) -> dict[str, Any]:
@@ -121,6 +127,7 @@ def deployment_quality(
     request: Request, name: str, window: str = "1h", bucket: str | None = None
 ) -> dict[str, Any]:
     """Accuracy/F1/AUC (classifiers) or MAE/RMSE (regressors) per version, from feedback."""
+    _deployment_in_scope(request, name)
     return _monitoring(request).quality(
         name,
         duration_seconds(window, "window"),
@@ -133,6 +140,7 @@ def check_drift(
     request: Request, name: str, window: str | None = None, version: int | None = None
 ) -> list[DriftReport]:
     """Check the deployment's logged inputs for drift now; the result is kept as history."""
+    _deployment_in_scope(request, name)
     seconds = duration_seconds(window, "window") if window else None
     reports = _monitoring(request).check_drift(name, seconds, version)
     control_plane(request).trust.audit.record(
@@ -148,6 +156,7 @@ def check_drift(
 def drift_history(
     request: Request, name: str, limit: int = 20, version: int | None = None
 ) -> list[DriftReport]:
+    _deployment_in_scope(request, name)
     return _monitoring(request).drift_history(name, limit, version)
 
 

@@ -71,6 +71,14 @@ def caller_models() -> frozenset[str] | None:
     return caller.models if caller is not None else None
 
 
+def require_scope(*models: str, action: str = "use") -> None:
+    """Forbidden unless the current caller's key may reach every one of `models`."""
+    allowed = caller_models()
+    for model in models:
+        if allowed is not None and model not in allowed:
+            raise Forbidden(f"this key may not {action} model {model!r}")
+
+
 class Gatekeeper:
     def __init__(
         self,
