@@ -89,7 +89,11 @@ def test_errors_are_one_line_with_nonzero_exit(home_env: dict[str, str], tmp_pat
     refused = run_cli(home_env, "models", "register", str(notes), "--name", "n")
     assert refused.returncode == 1
     assert len(refused.stderr.strip().splitlines()) == 1
-    assert str(notes) in refused.stderr and "tried" in refused.stderr
+    # The file by name: the same message goes to REST callers, who must not learn paths.
+    assert (
+        refused.stderr.startswith("error: notes.txt is not a model") and "tried" in refused.stderr
+    )
+    assert str(tmp_path) not in refused.stderr
 
     bad_pair = run_cli(home_env, "models", "register", str(notes), "--name", "n", "--tag", "x")
     assert bad_pair.returncode == 1
