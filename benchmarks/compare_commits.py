@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import BENCH, PYTHON_BIN, free_port, running, train, write_section
+from run import BENCH, PYTHON_BIN, free_port, process_tree, running, train, write_section
 
 ROOT = BENCH.parent
 START = "<!-- compare_commits: start -->"
@@ -107,23 +107,6 @@ def check_imports(side: Side) -> None:
     if moved != (side.name == "after"):
         raise RuntimeError(f"{side.name}: shipyard/transports exists={moved} in {side.src}")
     print(f"{side.name}: {side.revision} imports shipyard from {found}", flush=True)
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and all its descendants, the process first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop(0)
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
 
 
 def cpu_ticks(pids: list[int]) -> dict[int, int]:

@@ -254,8 +254,8 @@ def main() -> None:
     write_markdown(points, limits, overloads, args, work)
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MiB."""
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants, the process first."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -263,10 +263,18 @@ def tree_rss_mib(pid: int) -> float:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
+    tree, todo = [], [pid]
     while todo:
-        current = todo.pop()
+        current = todo.pop(0)
+        tree.append(current)
         todo += children.get(current, [])
+    return tree
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    total = 0
+    for current in process_tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:
