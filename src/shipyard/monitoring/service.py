@@ -12,15 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import sqlalchemy as sa
-
 from shipyard.errors import Forbidden, InvalidInput
 from shipyard.monitoring.drift import DriftResult
 from shipyard.monitoring.drift_monitor import DriftMonitor
 from shipyard.monitoring.drift_report import render_html
 from shipyard.monitoring.quality import quality_by_version, quality_over_time
 from shipyard.monitoring.store import (
-    PREDICTIONS,
     DriftReport,
     FeedbackItem,
     FeedbackResult,
@@ -29,6 +26,7 @@ from shipyard.monitoring.store import (
     PredictionRecord,
 )
 from shipyard.registry.service import Registry
+from shipyard.security.gate import check_scope
 
 
 class MonitoringService:
@@ -50,17 +48,8 @@ class MonitoringService:
         return self.store.add_feedback(items, created_by)
 
     def _check_labels(self, items: Sequence[FeedbackItem], models: frozenset[str]) -> None:
-        ids = list({item.request_id for item in items})
-        owners: dict[str, set[str]] = {}
-        with self.store.engine.connect() as connection:
-            for start in range(0, len(ids), 500):  # stay under bound-parameter limits
-                query = (
-                    sa.select(PREDICTIONS.c.request_id, PREDICTIONS.c.model)
-                    .where(PREDICTIONS.c.request_id.in_(ids[start : start + 500]))
-                    .distinct()
-                )
-                for row in connection.execute(query):
-                    owners.setdefault(str(row.request_id), set()).add(str(row.model))
+        ids = [item.request_id for item in items]
+        owners = self.store.models_of(ids)
         for request_id in ids:
             # One answer for unknown ids and other models' ids: no oracle for either.
             found = owners.get(request_id)
@@ -84,8 +73,7 @@ class MonitoringService:
                     f"this key reads only models {', '.join(sorted(models))}: name one (model=)"
                 )
             (model,) = models
-        if model not in models:
-            raise Forbidden(f"this key may not read predictions of model {model!r}")
+        check_scope(models, model, action="read predictions of")
         return dataclasses.replace(where, model=model)
 
     def predictions(

@@ -194,6 +194,21 @@ class MonitoringStore:
 
     # ---- feedback --------------------------------------------------------------
 
+    def models_of(self, request_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The models that answered each of these logged requests (unknown ids: absent)."""
+        ids = list(dict.fromkeys(request_ids))
+        owners: dict[str, set[str]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):  # stay under bound-parameter limits
+                query = (
+                    sa.select(PREDICTIONS.c.request_id, PREDICTIONS.c.model)
+                    .where(PREDICTIONS.c.request_id.in_(ids[start : start + 500]))
+                    .distinct()
+                )
+                for row in connection.execute(query):
+                    owners.setdefault(str(row.request_id), set()).add(str(row.model))
+        return owners
+
     def add_feedback(self, items: Sequence[FeedbackItem], created_by: str = "") -> FeedbackResult:
         if len(items) > MAX_FEEDBACK_ITEMS:
             raise InvalidInput(

@@ -37,6 +37,7 @@ from shipyard import errors
 from shipyard.config import IsolationLimits
 from shipyard.errors import MissingExtra, ShipyardError, UnsupportedModel
 from shipyard.runtimes.base import Tensors, VersionSpec
+from shipyard.runtimes.threads import NATIVE_THREAD_ENV
 
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 """Largest answer read back from a child (a drift sample's predictions are far smaller)."""
@@ -45,9 +46,7 @@ _KEPT_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ")
 # One thread per library: the child does little work, and every thread's stack and
 # malloc arena counts against RLIMIT_AS.
 _CHILD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
+    **dict.fromkeys(NATIVE_THREAD_ENV, "1"),
     "MALLOC_ARENA_MAX": "2",
     "CUDA_VISIBLE_DEVICES": "",  # CPU only: a GPU context alone reserves gigabytes
     "PYTHONDONTWRITEBYTECODE": "1",  # leave the model's folder as registered

@@ -71,12 +71,18 @@ def caller_models() -> frozenset[str] | None:
     return caller.models if caller is not None else None
 
 
-def require_scope(*models: str, action: str = "use") -> None:
-    """Forbidden unless the current caller's key may reach every one of `models`."""
-    allowed = caller_models()
+def check_scope(allowed: frozenset[str] | None, *models: str, action: str = "use") -> None:
+    """Forbidden unless a key limited to `allowed` models (None: any) may reach `models`."""
+    if allowed is None:
+        return
     for model in models:
-        if allowed is not None and model not in allowed:
+        if model not in allowed:
             raise Forbidden(f"this key may not {action} model {model!r}")
+
+
+def require_scope(*models: str, action: str = "use") -> None:
+    """`check_scope` for the current caller (the one the transport admitted)."""
+    check_scope(caller_models(), *models, action=action)
 
 
 class Gatekeeper:
@@ -131,8 +137,8 @@ class Gatekeeper:
             principal = await self._authenticate(token, source)
         if not allows(principal.role, permission):
             raise Forbidden(f"role {principal.role!r} may not do this (needs {permission.value})")
-        if model is not None and principal.models is not None and model not in principal.models:
-            raise Forbidden(f"this key may not call model {model!r}")
+        if model is not None:
+            check_scope(principal.models, model, action="call")
         self._limit(principal)
         return principal
 

@@ -101,6 +101,9 @@ REST_RULES: dict[tuple[str, str], Permission] = {
 
 PIN_VERSION = P.DEPLOY
 """Pinning a request to a version (x-shipyard-version) bypasses a deployment's routing."""
+LOAD_ON_DEMAND = P.DEPLOY
+"""Loading is a deploy action: a request may load a version nobody deployed (not an
+archived one) only for a caller who may deploy."""
 
 GRPC_RULES: dict[str, Permission] = {
     "ServerLive": P.PUBLIC,

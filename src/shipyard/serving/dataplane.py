@@ -17,7 +17,6 @@ from typing import Any
 from shipyard import __version__
 from shipyard.errors import (
     Conflict,
-    Forbidden,
     InvalidInput,
     ModelNotReady,
     ModelRefusedInput,
@@ -27,6 +26,7 @@ from shipyard.errors import (
 from shipyard.registry.audit import AuditLog
 from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
+from shipyard.security.gate import check_scope
 from shipyard.serving.cache import ResultCache, cache_key
 from shipyard.serving.manager import LoadedModel, ModelManager
 from shipyard.serving.types import (
@@ -36,6 +36,7 @@ from shipyard.serving.types import (
     PredictionSink,
     RequestContext,
     RequestHints,
+    Routed,
     Router,
     Tensor,
 )
@@ -81,11 +82,6 @@ class RepositoryEntry:
     reason: str
 
 
-def _check_scope(model: str, allowed: frozenset[str] | None) -> None:
-    if allowed is not None and model not in allowed:
-        raise Forbidden(f"this key may not call model {model!r}")
-
-
 class DataPlane:
     def __init__(
         self,
@@ -118,31 +114,38 @@ class DataPlane:
     async def model_metadata(
         self, name: str, version: str | None, *, models: frozenset[str] | None
     ) -> ModelVersion:
-        """The version a name addresses: a deployment's main arm, or a model version.
-        NotFound if neither; Forbidden if its model is outside `models` (the caller's
-        scope). Cheap: both lookups are served from memory."""
-        if version is None and self.router is not None:
-            routed = await self.router.route(name)
-            if routed is not None:
-                _check_scope(routed.main.model, models)
-                return routed.main
-        record = await self.manager.resolve(name, version)
-        _check_scope(record.model, models)
-        return record
+        """The version a name addresses: a deployment's main arm, or a model version."""
+        return (await self._address(name, version, models))[0]
 
     async def model_ready(
         self, name: str, version: str | None, *, models: frozenset[str] | None
     ) -> tuple[ModelVersion, bool]:
         """What a name addresses and whether it answers now. A deployment's live revision
         exists only once all its arms are loaded, so a deployment found is ready."""
+        record, routed = await self._address(name, version, models)
+        return record, routed is not None or self.manager.is_ready(record)
+
+    async def _address(
+        self,
+        name: str,
+        version: str | None,
+        models: frozenset[str] | None,
+        only_deployment: bool = False,
+    ) -> tuple[ModelVersion, Routed | None]:
+        """What a name addresses, resolved once: a deployment's live revision (described
+        by its main arm) or a model version. NotFound if neither; Forbidden if its model is
+        outside `models` (the caller's key's scope). Cheap: both lookups are in memory."""
+        routed = None
         if version is None and self.router is not None:
             routed = await self.router.route(name)
-            if routed is not None:
-                _check_scope(routed.main.model, models)
-                return routed.main, True
-        record = await self.manager.resolve(name, version)
-        _check_scope(record.model, models)
-        return record, self.manager.is_ready(record)
+        if routed is not None:
+            record = routed.main
+        elif only_deployment:
+            raise NotFound(f"no deployment {name!r}")
+        else:
+            record = await self.manager.resolve(name, version)
+        check_scope(models, record.model, action="call")
+        return record, routed
 
     def repository_index(self) -> list[RepositoryEntry]:
         return [
@@ -183,14 +186,8 @@ class DataPlane:
         An unknown name is refused before `decode` reads the body; so is a model name
         where only a deployment may be named."""
         context = hints.context
-        routed = None
-        if version is None and self.router is not None:
-            routed = await self.router.route(name)
-        if routed is None and only_deployment:
-            raise NotFound(f"no deployment {name!r}")
+        record, routed = await self._address(name, version, hints.models, only_deployment)
         if routed is None:
-            record = await self.manager.resolve(name, version)
-            _check_scope(record.model, hints.models)
             if context is not None:
                 context.model, context.version = record.model, str(record.version)
             request = await decode(record)
@@ -200,13 +197,11 @@ class DataPlane:
             self._observed(context, loaded, inputs, result, cached)
             return self._response(loaded, result, cached, wanted, request)
 
-        main = routed.main
-        _check_scope(main.model, hints.models)
         if context is not None:
-            context.deployment, context.model = routed.name, main.model
-        request = await decode(main)
+            context.deployment, context.model = routed.name, record.model
+        request = await decode(record)
         if hints.pinned_version is not None:
-            chosen = await self.manager.resolve(main.model, hints.pinned_version)
+            chosen = await self.manager.resolve(record.model, hints.pinned_version)
         else:
             chosen = routed.choose(request, hints)
         if context is not None:
@@ -217,11 +212,10 @@ class DataPlane:
 
         started = time.perf_counter()
         try:
+            # An arm is deployed; a pinned version loads only for a caller who may deploy.
+            deployed = hints.pinned_version is None or hints.may_deploy
             loaded, inputs, result, cached, wanted = await self._predict(
-                chosen,
-                request,
-                context,
-                deployed=hints.pinned_version is None or hints.may_deploy,
+                chosen, request, context, deployed=deployed
             )
         except ShipyardError as exc:
             # The version failed, not the caller, or it refused what the caller sent:

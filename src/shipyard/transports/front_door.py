@@ -14,7 +14,7 @@ import time
 
 from shipyard.errors import ShipyardError
 from shipyard.monitoring.requests import RequestObserver
-from shipyard.security.policy import PIN_VERSION, Permission, allows
+from shipyard.security.policy import LOAD_ON_DEMAND, PIN_VERSION, allows
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.types import PIN_METADATA, RequestContext, RequestHints
 from shipyard.transports.http import (
@@ -90,7 +90,7 @@ class FrontDoor:
                 # The model scope is checked by the data plane on what the name resolves
                 # to: a deployment's name is not its model's.
                 principal = await self.gate.admit(needed, None, scope)
-                models, may_deploy = principal.models, allows(principal.role, Permission.DEPLOY)
+                models, may_deploy = principal.models, allows(principal.role, LOAD_ON_DEMAND)
             except ShipyardError as exc:
                 status, message = int(exc.status), exc.message
                 context.status, context.error = status, message

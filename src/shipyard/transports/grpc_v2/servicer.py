@@ -15,7 +15,7 @@ from shipyard.monitoring.requests import RequestObserver
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.registry.records import ModelVersion
 from shipyard.security.gate import Gatekeeper, caller_models, calling_as, current_caller
-from shipyard.security.policy import GRPC_RULES, PIN_VERSION, Permission, allows
+from shipyard.security.policy import GRPC_RULES, LOAD_ON_DEMAND, PIN_VERSION, allows
 from shipyard.serving.dataplane import SERVER_METADATA, DataPlane
 from shipyard.serving.types import PIN_METADATA, InferRequest, RequestContext, RequestHints
 from shipyard.transports.grpc_v2 import inference_pb2 as pb
@@ -139,9 +139,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         """Inference, observed like REST: a request id (echoed in the initial metadata),
         metrics, the access log and trace spans."""
-        if self.observer is None:
-            return await self._model_infer(request, context)
         metadata = dict(context.invocation_metadata() or ())
+        if self.observer is None:
+            return await self._model_infer(request, context, metadata)
         observed = self.observer.start(
             "inference.GRPCInferenceService/ModelInfer",
             "grpc",
@@ -150,7 +150,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         await context.send_initial_metadata((("x-request-id", observed.request_id),))
         try:
-            return await self._model_infer(request, context, observed)
+            return await self._model_infer(request, context, metadata, observed)
         except grpc.aio.AbortError:
             code = context.code()
             observed.status = GRPC_TO_HTTP.get(code, 500) if code is not None else 500
@@ -161,7 +161,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_translate_errors
     async def _model_infer(
-        self, request: Any, context: Any, observed: RequestContext | None = None
+        self,
+        request: Any,
+        context: Any,
+        metadata: dict[str, str],
+        observed: RequestContext | None = None,
     ) -> Any:
         decoded: list[InferRequest] = []
 
@@ -172,11 +176,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded.append(infer_request)
             return infer_request
 
-        metadata = dict(context.invocation_metadata() or ())
-        caller = current_caller()
-        models = caller.models if caller is not None else None
-        may_deploy = caller is None or allows(caller.role, Permission.DEPLOY)
-        hints = RequestHints(metadata.get(PIN_METADATA), metadata.get, observed, models, may_deploy)
+        caller = current_caller()  # None: no gate, as in tests of the transport alone
+        may_deploy = caller is None or allows(caller.role, LOAD_ON_DEMAND)
+        hints = RequestHints(
+            metadata.get(PIN_METADATA), metadata.get, observed, caller_models(), may_deploy
+        )
         response = await self.dataplane.infer(
             request.model_name, request.model_version or None, decode, hints
         )
