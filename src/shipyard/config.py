@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ScalingOptions(BaseModel):
+    """How one model's worker count follows its load (a manifest's `scaling:`); a field
+    left out takes the server-wide setting. Delays are seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_workers: int | None = Field(default=None, ge=0, le=256)
+    max_workers: int | None = Field(default=None, ge=1, le=256)
+    target_ongoing_requests: float | None = Field(default=None, gt=0, le=100_000)
+    target_p95_ms: float | None = Field(default=None, gt=0)
+    upscale_delay: float | None = Field(default=None, ge=0, le=3600)
+    downscale_delay: float | None = Field(default=None, ge=0, le=86_400)
+    scale_to_zero_after: float | None = Field(default=None, gt=0, le=30 * 86_400)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingOptions:
+        low, high = self.min_workers, self.max_workers
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_workers ({low}) is above max_workers ({high})")
+        return self
+
+
 class ServingOptions(BaseModel):
-    """How one model is served; a field left out takes the server-wide setting."""
+    """How one model is served; a field left out takes the server-wide setting.
+
+    `workers` fixes the worker count (min = max = workers); `scaling` lets it move."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -22,6 +54,62 @@ class ServingOptions(BaseModel):
     max_batch_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     max_queue: int | None = Field(default=None, ge=1)
     cache: bool | None = None
+    scaling: ScalingOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingPolicy:
+    """How one model's worker count follows its load, every field decided.
+
+    Like Ray Serve's autoscaling config: the pool aims at `target_ongoing_requests` per
+    worker (in flight plus queued), moves up only after the load has asked for more for
+    `upscale_delay` seconds and down only after `downscale_delay`, and unloads entirely
+    after `scale_to_zero_after` idle seconds (None: never). `min_workers` > 0 keeps that
+    many loaded whatever happens; 0 leaves the version free to be unloaded when the
+    memory budget needs room (least recently used first) or after the idle time.
+    """
+
+    min_workers: int = 0
+    max_workers: int = 1
+    target_ongoing_requests: float = 2.0
+    target_p95_ms: float | None = None
+    """Also scale up while the p95 of queue wait plus predict is above this (None: no)."""
+    upscale_delay: float = 3.0
+    downscale_delay: float = 60.0
+    scale_to_zero_after: float | None = None
+
+    @property
+    def fixed(self) -> bool:
+        """One worker count while loaded: nothing to scale between."""
+        return self.floor >= self.max_workers
+
+    @property
+    def floor(self) -> int:
+        """Fewest workers while loaded: min_workers, at least one (zero means unloaded)."""
+        return max(1, self.min_workers)
+
+    def overridden_by(self, own: ScalingOptions | None) -> ScalingPolicy:
+        if own is None:
+            return self
+        low = self.min_workers if own.min_workers is None else own.min_workers
+        high = own.max_workers or max(self.max_workers, low)
+        return ScalingPolicy(
+            min_workers=min(low, high),
+            max_workers=high,
+            target_ongoing_requests=own.target_ongoing_requests or self.target_ongoing_requests,
+            target_p95_ms=own.target_p95_ms or self.target_p95_ms,
+            upscale_delay=_given(own.upscale_delay, self.upscale_delay),
+            downscale_delay=_given(own.downscale_delay, self.downscale_delay),
+            scale_to_zero_after=own.scale_to_zero_after or self.scale_to_zero_after,
+        )
+
+    def fixed_at(self, workers: int) -> ScalingPolicy:
+        """This policy with the worker count fixed (and never unloaded for idling)."""
+        return replace(self, min_workers=workers, max_workers=workers, scale_to_zero_after=None)
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,32 +119,42 @@ class ModelServing:
     The field defaults are the defaults of the whole platform (`DEFAULT_SERVING`)."""
 
     workers: int = 1
+    """Workers a load starts with (the scaling policy moves the count from there)."""
     max_batch_size: int = 64
     max_batch_delay: float = 0.0
     """Seconds an idle worker may wait for a fuller batch (0: never wait)."""
     max_queue: int = 256
     cache: bool = False
+    scaling: ScalingPolicy = ScalingPolicy()
 
     def overridden_by(self, own: ServingOptions | None) -> ModelServing:
         """These options with every field `own` sets taking its place."""
         if own is None:
             return self
         delay_ms = own.max_batch_delay_ms
+        scaling = self.scaling.overridden_by(own.scaling)
+        if own.workers is not None:
+            scaling = scaling.fixed_at(own.workers)
         return ModelServing(
-            workers=own.workers or self.workers,
+            workers=own.workers or scaling.floor,
             max_batch_size=own.max_batch_size or self.max_batch_size,
             max_batch_delay=self.max_batch_delay if delay_ms is None else delay_ms / 1000,
             max_queue=own.max_queue or self.max_queue,
             cache=self.cache if own.cache is None else own.cache,
+            scaling=scaling,
         )
+
+    def scaled(self, scaling: ScalingPolicy) -> ModelServing:
+        return replace(self, scaling=scaling)
 
 
 # Default values are written here once; Settings, manifests and the serving core
 # import them rather than repeat them.
 
 DEFAULT_SERVING = ModelServing()
-"""Serving options with nothing configured (one worker); Settings instead default
-`workers` to one per core."""
+"""Serving options with nothing configured (one fixed worker); Settings instead scale
+each model between one worker and one per core."""
+DEFAULT_SCALING = ScalingPolicy()
 
 DEFAULT_DEPLOYMENT_SAMPLE = 0.1
 """Share of a deployment's requests kept in the prediction log (manifest monitoring.sample)."""
@@ -131,7 +229,68 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=256,
-        description="Worker processes per loaded model version; default one per core.",
+        description="A fixed count of worker processes per loaded model version; unset: "
+        "each version scales between min_workers (at least one) and max_workers_per_model.",
+    )
+    min_workers: int = Field(
+        default=DEFAULT_SCALING.min_workers,
+        ge=0,
+        le=256,
+        description="Workers each loaded version keeps whatever its load; 0 lets an idle "
+        "version be unloaded when the memory budget needs room.",
+    )
+    max_workers_per_model: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Most workers one version scales to; default one per core.",
+    )
+    target_ongoing_requests: float = Field(
+        default=DEFAULT_SCALING.target_ongoing_requests,
+        gt=0,
+        description="Requests in flight plus queued per worker that the autoscaler aims at.",
+    )
+    target_p95_ms: float | None = Field(
+        default=None, gt=0, description="Also scale up while queue wait + predict p95 is above."
+    )
+    upscale_delay: float = Field(
+        default=DEFAULT_SCALING.upscale_delay,
+        ge=0,
+        le=3600,
+        description="Seconds the load must ask for more workers before they start.",
+    )
+    downscale_delay: float = Field(
+        default=DEFAULT_SCALING.downscale_delay,
+        ge=0,
+        le=86_400,
+        description="Seconds the load must ask for fewer workers before any is drained.",
+    )
+    scale_to_zero_after: float | None = Field(
+        default=None,
+        gt=0,
+        description="Unload a version idle this many seconds (min_workers 0 only); the next "
+        "request waits for a cold start. Unset: never.",
+    )
+    max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes the whole server may run (all versions together).",
+    )
+    memory_budget: ByteSize | None = Field(
+        default=None,
+        description="Resident memory all workers together may use (e.g. 8GiB); loading past "
+        "it unloads the least recently used idle version, or is refused (503). Default: 80% "
+        "of the machine's memory.",
+    )
+    spare_workers: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Pre-started interpreters, per framework in use, with its libraries "
+        "imported: a cold start, scale-up or crash replacement skips spawn and imports.",
+    )
+    scaling_tick: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds between autoscaler observations."
     )
     max_batch_size: int = Field(
         default=DEFAULT_SERVING.max_batch_size,
@@ -322,14 +481,34 @@ class Settings(BaseSettings):
 
     def serving_for(self, model: str) -> ModelServing:
         """The options for one model: its own entry in `models`, else the server-wide ones."""
+        scaling = ScalingPolicy(
+            min_workers=self.min_workers,
+            max_workers=max(self.min_workers, self.max_workers_per_model or os.cpu_count() or 1),
+            target_ongoing_requests=self.target_ongoing_requests,
+            target_p95_ms=self.target_p95_ms,
+            upscale_delay=self.upscale_delay,
+            downscale_delay=self.downscale_delay,
+            scale_to_zero_after=self.scale_to_zero_after,
+        )
+        if self.workers_per_model is not None:
+            scaling = scaling.fixed_at(self.workers_per_model)
         server_wide = ModelServing(
-            workers=self.workers_per_model or os.cpu_count() or 1,
+            workers=scaling.floor,
             max_batch_size=self.max_batch_size,
             max_batch_delay=self.max_batch_delay_ms / 1000,
             max_queue=self.max_queue,
             cache=self.cache,
+            scaling=scaling,
         )
         return server_wide.overridden_by(self.models.get(model))
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        """The workers' memory budget: the setting, else 80% of the machine's memory."""
+        if self.memory_budget is not None:
+            return int(self.memory_budget)
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return int(pages * page_size * 0.8)
 
     @property
     def unpack_limits(self) -> UnpackLimits:

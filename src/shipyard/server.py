@@ -29,12 +29,14 @@ from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
 from shipyard.routing.rollouts import RolloutController
+from shipyard.scaling.autoscaler import Autoscaler
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
+from shipyard.serving.spares import Spares
 from shipyard.transports.front_door import FrontDoor
 from shipyard.transports.grpc_v2.servicer import start_grpc_server
 from shipyard.transports.http_gate import HttpGate
@@ -94,7 +96,13 @@ def build_services(
         access_log=settings.access_log,
         trace_sample=settings.otlp_sample,
     )
-    manager = ModelManager(registry, serving_for=settings.serving_for)
+    manager = ModelManager(
+        registry,
+        serving_for=settings.serving_for,
+        spares=Spares(settings.spare_workers),
+        memory_budget=settings.memory_budget_bytes,
+        max_workers=settings.max_workers,
+    )
     cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
     router = DeploymentRouter(manager, registry)
     direct_rate = settings.prediction_log_sample
@@ -201,6 +209,7 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
         loop.create_task(_watch_keys(services.gatekeeper)),
         loop.create_task(services.controller.run()),
         loop.create_task(DriftScheduler(control.monitoring.drift).run()),
+        loop.create_task(Autoscaler(services.manager, settings.scaling_tick).run()),
     ]
     try:
         yield

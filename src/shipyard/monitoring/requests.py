@@ -171,6 +171,8 @@ def log_request(context: RequestContext, elapsed: float) -> None:
     }
     if context.cached:
         fields["cached"] = True
+    if context.cold_start:
+        fields["cold_start_ms"] = round(context.cold_start * 1000.0, 3)
     if context.error is not None:
         fields["error"] = context.error
     ACCESS.info("request", extra={"fields": fields})

@@ -10,7 +10,9 @@ routes:
     weight: 10
 sticky: {header: x-user-id}          # or {input: user_id}: one caller, one arm
 shadow: {version: 5, fraction: 0.1}  # copies, answers discarded, agreement recorded
-serving: {workers: 2, max_batch_size: 32, cache: true}
+serving: {max_batch_size: 32, cache: true}   # or workers: 2 for a fixed count
+scaling:                             # see docs/scaling.md; delays in seconds
+  {min_workers: 1, max_workers: 4, target_ongoing_requests: 2, downscale_delay: 60}
 monitoring:                          # see docs/monitoring.md
   sample: 0.1                        # share of requests kept in the prediction log
   drift: {window: 1h, schedule: 10m, p_value: 0.05, share: 0.5, webhook: https://…}
@@ -35,6 +37,7 @@ from shipyard.config import (
     DEFAULT_DEPLOYMENT_SAMPLE,
     DEFAULT_DRIFT_P_VALUE,
     DEFAULT_DRIFT_SHARE,
+    ScalingOptions,
     ServingOptions,
 )
 from shipyard.durations import duration_seconds
@@ -174,6 +177,7 @@ class DeploymentManifest(BaseModel):
     sticky: Sticky | None = None
     shadow: Shadow | None = None
     serving: ServingOptions | None = None
+    scaling: ScalingOptions | None = None
     rollout: RolloutPolicy | None = None
     monitoring: MonitoringPolicy | None = None
     """None: the defaults (see `watch`), left out of stored revisions."""
@@ -181,6 +185,14 @@ class DeploymentManifest(BaseModel):
     def document(self) -> dict[str, Any]:
         """The manifest as revisions store it and the API shows it: unset fields left out."""
         return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def serving_options(self) -> ServingOptions | None:
+        """`serving` with `scaling` folded in: what the model manager applies."""
+        if self.scaling is None:
+            return self.serving
+        base = self.serving or ServingOptions()
+        return base.model_copy(update={"scaling": self.scaling})
 
     @property
     def watch(self) -> MonitoringPolicy:
@@ -193,6 +205,11 @@ class DeploymentManifest(BaseModel):
         check_model_name(self.model)
         if sum(r.weight for r in self.routes) <= 0:
             raise ValueError("route weights must add up to more than 0")
+        if self.scaling is not None and self.serving is not None:
+            if self.serving.scaling is not None:
+                raise ValueError("set scaling once: at the top level or in serving, not both")
+            if self.serving.workers is not None:
+                raise ValueError("serving.workers fixes the worker count: drop it to scale")
         targets = [r.target for r in self.routes]
         if len(set(targets)) != len(targets):
             raise ValueError("each version or alias may appear in one route only")

@@ -227,7 +227,7 @@ class DeploymentRouter:
     async def _activate(self, revision: DeploymentRevision, entry: _Entry) -> LiveRevision:
         """Resolve the revision's routes to versions and load every one before it serves."""
         manifest = revision.manifest
-        self.manager.override_serving(manifest.model, manifest.serving)
+        self.manager.override_serving(manifest.model, manifest.serving_options)
         arms, records = [], []
         for route in manifest.routes:
             if route.weight <= 0:

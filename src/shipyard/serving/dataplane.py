@@ -253,7 +253,7 @@ class DataPlane:
         deployed: bool,
     ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
-        loaded = await self.manager.get_ready(record, timeout, deployed=deployed)
+        loaded = await self.manager.get_ready(record, timeout, deployed=deployed, context=context)
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
         cache = self.cache if loaded.serving.cache else None

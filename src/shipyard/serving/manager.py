@@ -11,30 +11,50 @@ serve: what a name serves (its `production` alias, else its latest version), a v
 an alias points at, or one placed here by the server's start, a deployer or a
 deployment. Any other version is refused without loading it, and an archived version is
 never loaded by a request: each load costs a model's memory.
+
+Memory is budgeted: before a load, the resident memory of every worker (and spare) plus
+the new workers' expected size must fit the server's budget, and the worker count its
+cap. If not, spares are given up first, then the least recently used idle version that
+`min_workers` does not pin is unloaded (it comes back on its next request, like a version
+scaled to zero); if nothing can be freed, the load is refused at once with 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shipyard.config import ModelServing, ServingOptions
-from shipyard.errors import Conflict, ModelNotReady, NotFound, ShipyardError
+from shipyard.config import ModelServing, ScalingOptions, ServingOptions
+from shipyard.errors import Conflict, ModelNotReady, NotFound, Overloaded, ShipyardError
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
 from shipyard.registry.service import Registry
 from shipyard.runtimes.base import VersionSpec
-from shipyard.serving.types import ModelKey, VersionSnapshot
+from shipyard.serving.memory import resident_bytes
+from shipyard.serving.spares import Spare, Spares
+from shipyard.serving.types import (
+    COLD_START_BOUNDS,
+    ModelKey,
+    RequestContext,
+    ScalingDecision,
+    VersionSnapshot,
+)
 from shipyard.serving.workers import WorkerPool
 
 log = logging.getLogger("shipyard.models")
 RESOLVE_TTL_SECONDS = 1.0
+WORKER_SIZE_GUESS = 256 * 1024**2
+"""Resident bytes expected of a worker of a framework this server has not loaded yet."""
+RECENT_DECISIONS = 10
+"""Scaling decisions kept per version for the API."""
 
-State = Literal["loading", "ready", "failed", "unloaded"]
+State = Literal["loading", "ready", "failed", "unloaded", "idle"]
 
 
 DEFAULT_SERVING = ModelServing()  # the defaults, written once in config.py
@@ -50,10 +70,27 @@ class LoadedModel:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     load_seconds: float = 0.0
     """Fetching the artifact and starting every worker (model load and warm-up)."""
+    cold: bool = False
+    """A request started this load and waits for it (a cold start)."""
+    fetch_seconds: float = 0.0
     key: ModelKey = field(init=False)
 
     def __post_init__(self) -> None:
         self.key = key_of(self.record)
+
+
+@dataclass
+class History:
+    """What outlives one load of a version: cold starts, scaling decisions, worker size."""
+
+    cold_starts: list[int] = field(default_factory=lambda: [0] * (len(COLD_START_BOUNDS) + 1))
+    cold_start_seconds: float = 0.0
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    recent: deque[ScalingDecision] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
+    worker_bytes: int = 0
+    """Resident memory of one of its workers, measured after its last load (0: never)."""
+    scaling: ScalingOptions | None = None
+    """Set by a deployer (`shipyard models scale`); outlives unloads."""
 
 
 def key_of(record: ModelVersion) -> ModelKey:
@@ -72,12 +109,22 @@ class ModelManager:
         self,
         registry: Registry,
         serving_for: Callable[[str], ModelServing] = lambda _: DEFAULT_SERVING,
+        *,
+        spares: Spares | None = None,
+        memory_budget: int | None = None,
+        max_workers: int | None = None,
     ) -> None:
         self.registry = registry
         self.serving_for = serving_for
-        """Options for a model name: worker count, batching, queue, cache."""
+        """Options for a model name: worker count, batching, queue, cache, scaling."""
+        self.spares = spares
+        self.memory_budget = memory_budget
+        """Resident bytes all workers and spares may use together (None: no bound)."""
+        self.max_workers = max_workers
+        """Worker processes all versions may run together (None: no bound)."""
         self._serving_overrides: dict[str, ServingOptions] = {}
         self.models: dict[ModelKey, LoadedModel] = {}
+        self.history: dict[ModelKey, History] = {}
         self._placed: set[ModelKey] = set()
         """Versions loaded on purpose (`load`: start-up, a deployer, a deployment's arms)."""
         self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
@@ -132,11 +179,14 @@ class ModelManager:
 
     def override_serving(self, model: str, options: ServingOptions | None) -> None:
         """Options a deployment's manifest sets for its model (None: none); they apply to
-        versions loaded from now on."""
+        versions loaded from now on, and their scaling to loaded ones now."""
         if options is None:
             self._serving_overrides.pop(model, None)
         else:
             self._serving_overrides[model] = options
+        for loaded in list(self.models.values()):
+            if loaded.record.model == model:
+                loaded.serving = loaded.serving.scaled(self._serving_of(loaded.record).scaling)
 
     def is_ready(self, record: ModelVersion) -> bool:
         """Loaded and warm."""
@@ -144,22 +194,32 @@ class ModelManager:
         return loaded is not None and loaded.state == "ready"
 
     async def get_ready(
-        self, record: ModelVersion, timeout: float, *, deployed: bool = False
+        self,
+        record: ModelVersion,
+        timeout: float,
+        *,
+        deployed: bool = False,
+        context: RequestContext | None = None,
     ) -> LoadedModel:
         """The loaded model for a resolved version, loading it first if a request may.
 
         `deployed`: a deployment's live revision routes to (or shadows) the version, or
         the caller may deploy (a deployer loads on demand); otherwise the version must be
-        one any request may load (see above)."""
+        one any request may load (see above). A request that waits for a load (a cold
+        start) has the wait written in its `context`; concurrent ones share one load."""
         loaded = self.models.get(key_of(record))
-        if loaded is None or loaded.state in ("failed", "unloaded"):
+        if loaded is None or loaded.state in ("failed", "unloaded", "idle"):
             await self._check_demand(record, deployed)
-            loaded = self.start_loading(record)
+            loaded = self.start_loading(record, cold=True)
         if loaded.state != "ready":
+            waiting = time.perf_counter()
             try:
                 await asyncio.wait_for(loaded.ready.wait(), timeout)
             except TimeoutError:
                 raise ModelNotReady(f"{loaded.key} is still loading; retry shortly") from None
+            finally:
+                if context is not None:
+                    context.cold_start = time.perf_counter() - waiting
         if loaded.state != "ready":
             raise ModelNotReady(f"{loaded.key} is not available: {loaded.reason}")
         return loaded
@@ -180,18 +240,31 @@ class ModelManager:
                 "load it with a deployer key or route a deployment to it"
             )
 
-    def start_loading(self, record: ModelVersion) -> LoadedModel:
+    def start_loading(self, record: ModelVersion, *, cold: bool = False) -> LoadedModel:
         key = key_of(record)
         existing = self.models.get(key)
         if existing is not None and existing.state in ("loading", "ready"):
             return existing
-        serving = self.serving_for(record.model).overridden_by(
-            self._serving_overrides.get(record.model)
-        )
-        loaded = LoadedModel(record, serving)
+        loaded = LoadedModel(record, self._serving_of(record), cold=cold)
         self.models[key] = loaded
         asyncio.get_running_loop().create_task(self._load(loaded))
         return loaded
+
+    def _serving_of(self, record: ModelVersion) -> ModelServing:
+        serving = self.serving_for(record.model).overridden_by(
+            self._serving_overrides.get(record.model)
+        )
+        own = self._history(key_of(record)).scaling
+        if own is None:
+            return serving
+        scaling = serving.scaling.overridden_by(own)
+        return serving.scaled(scaling)
+
+    def _history(self, key: ModelKey) -> History:
+        history = self.history.get(key)
+        if history is None:
+            history = self.history[key] = History()
+        return history
 
     async def _load(self, loaded: LoadedModel) -> None:
         async with self._load_lock:
@@ -199,15 +272,20 @@ class ModelManager:
                 return
             started = time.perf_counter()
             try:
+                await self._make_room(loaded)
                 path = await asyncio.to_thread(
                     self.registry.artifacts.materialize, loaded.record.artifact.digest
                 )
+                loaded.fetch_seconds = time.perf_counter() - started
+                if self.spares is not None:
+                    self.spares.keep(loaded.record.flavor)
                 pool = WorkerPool(
                     VersionSpec.of(loaded.record, path),
                     processes=loaded.serving.workers,
                     max_batch_rows=loaded.serving.max_batch_size,
                     max_batch_delay=loaded.serving.max_batch_delay,
                     max_queue=loaded.serving.max_queue,
+                    spares=self.spares,
                 )
                 await pool.start()
             except ShipyardError as exc:
@@ -221,9 +299,147 @@ class ModelManager:
             else:
                 loaded.pool, loaded.state = pool, "ready"
                 loaded.load_seconds = time.perf_counter() - started
-                log.info("loaded %s in %.2f s", loaded.key, loaded.load_seconds)
+                self._loaded(loaded, pool)
             finally:
                 loaded.ready.set()
+
+    def _loaded(self, loaded: LoadedModel, pool: WorkerPool) -> None:
+        """Remember the load: a worker's size for the budget, a cold start's duration."""
+        history = self._history(loaded.key)
+        pids = pool.pids()
+        if pids:
+            history.worker_bytes = resident_bytes(pids) // len(pids)
+        phases = {"fetch": loaded.fetch_seconds, **pool.phases}
+        if loaded.cold:
+            history.cold_starts[bisect.bisect_left(COLD_START_BOUNDS, loaded.load_seconds)] += 1
+            history.cold_start_seconds += loaded.load_seconds
+        log.info(
+            "loaded %s in %.2f s%s",
+            loaded.key,
+            loaded.load_seconds,
+            " (cold start)" if loaded.cold else "",
+            extra={"fields": {"phases": {k: round(v, 4) for k, v in phases.items()}}},
+        )
+
+    # --- memory budget and worker cap -------------------------------------------------
+
+    def _worker_bytes(self, record: ModelVersion) -> int:
+        """Expected resident bytes of one worker of `record`: measured at its last load,
+        else the mean of measured workers of its framework, else of any, else a guess."""
+        own = self._history(key_of(record)).worker_bytes
+        if own:
+            return own
+        sizes = [
+            (loaded.record.flavor, h.worker_bytes)
+            for key, h in self.history.items()
+            if h.worker_bytes and (loaded := self.models.get(key)) is not None
+        ]
+        alike = [size for flavor, size in sizes if flavor == record.flavor]
+        known = alike or [size for _, size in sizes]
+        return sum(known) // len(known) if known else WORKER_SIZE_GUESS
+
+    def workers_running(self) -> int:
+        """Worker processes of every version: ready, starting and draining."""
+        return sum(
+            len(p.workers) + p.starting + len(p.draining)
+            for p in (loaded.pool for loaded in self.models.values())
+            if p is not None
+        )
+
+    def memory_in_use(self) -> int:
+        """Resident bytes of every worker and spare now."""
+        pids = [pid for loaded in self.models.values() if loaded.pool for pid in loaded.pool.pids()]
+        if self.spares is not None:
+            pids += self.spares.pids()
+        return resident_bytes(pids)
+
+    def room_for(self, record: ModelVersion, workers: int) -> int:
+        """How many of `workers` more workers of `record` fit the budget and the cap now,
+        without unloading anything (a scale-up does not evict other versions)."""
+        fits = workers
+        if self.max_workers is not None:
+            fits = min(fits, self.max_workers - self.workers_running())
+        if self.memory_budget is not None:
+            free = self.memory_budget - self.memory_in_use()
+            fits = min(fits, free // max(1, self._worker_bytes(record)))
+        return max(0, fits)
+
+    async def _make_room(self, loaded: LoadedModel) -> None:
+        """Free what loading `loaded` needs, or refuse it (Overloaded, 503)."""
+        needed = loaded.serving.workers
+        size = self._worker_bytes(loaded.record)
+        while True:
+            short_of_workers = (
+                self.max_workers is not None and self.workers_running() + needed > self.max_workers
+            )
+            short_of_memory = (
+                self.memory_budget is not None
+                and self.memory_in_use() + needed * size > self.memory_budget
+            )
+            if not (short_of_workers or short_of_memory):
+                return
+            spare = self.spares.shed() if short_of_memory and self.spares is not None else None
+            if spare is not None:
+                await asyncio.to_thread(spare.stop)
+                continue
+            victim = self._least_recently_used(loaded.key)
+            if victim is None:
+                what = "worker cap" if short_of_workers else "memory budget"
+                raise Overloaded(
+                    f"{loaded.key} cannot load: the server's {what} is in use by versions "
+                    "that are busy or kept loaded by min_workers; retry later"
+                )
+            await self.park(victim, "memory" if short_of_memory else "workers")
+
+    def _least_recently_used(self, but: ModelKey) -> LoadedModel | None:
+        """The idle version unloaded first for room: nothing in flight, not pinned by
+        min_workers, its last request the oldest."""
+        idle = [
+            loaded
+            for loaded in self.models.values()
+            if loaded.key != but
+            and loaded.state == "ready"
+            and loaded.pool is not None
+            and loaded.pool.ongoing == 0
+            and loaded.serving.scaling.min_workers == 0
+        ]
+        return min(idle, key=lambda m: m.pool.last_arrival if m.pool else 0.0, default=None)
+
+    async def park(self, loaded: LoadedModel, reason: str) -> bool:
+        """Unload an idle version but keep it servable: its next request loads it again
+        (scale to zero, or room for another version). False if a request came first."""
+        pool = loaded.pool
+        if loaded.state != "ready" or pool is None or pool.ongoing:
+            return False
+        # Synchronously, before any await: from here a request sees "idle" and loads anew.
+        loaded.state, loaded.pool = "idle", None
+        self.record(
+            loaded.key,
+            ScalingDecision(time.time(), pool.desired, 0, "zero", reason),
+        )
+        log.info("unloaded idle %s (%s)", loaded.key, reason)
+        await pool.close()
+        return True
+
+    def record(self, key: ModelKey, decision: ScalingDecision) -> None:
+        """Keep a scaling decision for the API and the metrics."""
+        history = self._history(key)
+        history.decisions[decision.direction, decision.reason] += 1
+        history.recent.append(decision)
+
+    def set_scaling(self, record: ModelVersion, options: ScalingOptions) -> ModelServing:
+        """A deployer's scaling bounds for one version; they apply now if it is loaded
+        (the autoscaler moves its workers into them) and at its every later load."""
+        history = self._history(key_of(record))
+        if history.scaling is not None:
+            merged = history.scaling.model_dump(exclude_none=True)
+            options = ScalingOptions(**{**merged, **options.model_dump(exclude_none=True)})
+        history.scaling = options
+        serving = self._serving_of(record)
+        loaded = self.models.get(key_of(record))
+        if loaded is not None:
+            loaded.serving = serving
+        return serving
 
     async def load(self, name: str, version: str | None = None) -> LoadedModel:
         """Load a version on purpose (start-up, a deployer, a deployment): requests may
@@ -254,16 +470,29 @@ class ModelManager:
             if loaded.pool is not None:
                 await loaded.pool.close()
                 loaded.pool, loaded.state = None, "unloaded"
+        spares: list[Spare] = self.spares.close() if self.spares is not None else []
+        for spare in spares:
+            await asyncio.to_thread(spare.stop)
 
     def snapshot(self) -> list[VersionSnapshot]:
         """Every version this manager knows, with its pool's counters: what monitoring reads."""
-        return [
-            VersionSnapshot(
-                key=loaded.key,
-                state=loaded.state,
-                reason=loaded.reason,
-                load_seconds=loaded.load_seconds,
-                pool=loaded.pool.snapshot() if loaded.pool is not None else None,
-            )
-            for loaded in list(self.models.values())
-        ]
+        return [self._snapshot(loaded) for loaded in list(self.models.values())]
+
+    def _snapshot(self, loaded: LoadedModel) -> VersionSnapshot:
+        pool = loaded.pool
+        history = self._history(loaded.key)
+        phases = {"fetch": loaded.fetch_seconds, **(pool.phases if pool is not None else {})}
+        return VersionSnapshot(
+            key=loaded.key,
+            state=loaded.state,
+            reason=loaded.reason,
+            load_seconds=loaded.load_seconds,
+            pool=pool.snapshot(resident_bytes(pool.pids())) if pool is not None else None,
+            cold_starts=tuple(history.cold_starts),
+            cold_start_seconds=history.cold_start_seconds,
+            phases=tuple(phases.items()) if loaded.load_seconds else (),
+            decisions=tuple((d, r, n) for (d, r), n in sorted(history.decisions.items())),
+            recent=tuple(history.recent),
+            min_workers=loaded.serving.scaling.min_workers,
+            max_workers=loaded.serving.scaling.max_workers,
+        )

@@ -96,6 +96,8 @@ class RequestContext:
     """Rows in the batch that carried it to the worker."""
     batch_wait: float = 0.0
     """Seconds it was held with a worker free, waiting for a fuller batch (max_batch_delay)."""
+    cold_start: float = 0.0
+    """Seconds it waited for its version to load (a cold start); 0 when it was loaded."""
 
 
 class ModelKey(NamedTuple):
@@ -204,8 +206,70 @@ class PoolSnapshot:
     """Requests refused by admission control (503)."""
     restarts: int
     batch_sizes: tuple[int, ...]
+    desired: int = 0
+    """Workers the autoscaler wants."""
+    starting: int = 0
+    """Workers spawned or taken from the spares, not yet loaded and warm."""
+    draining: int = 0
+    """Workers finishing what they hold before they stop (scale-down)."""
+    ongoing: int = 0
+    """Requests in flight plus queued now."""
+    idle_seconds: float = 0.0
+    """Since the last request arrived (since loading, if none has)."""
+    memory_bytes: int = 0
+    """Resident memory of its workers."""
     """Predict calls per BATCH_SIZE_BOUNDS bucket, then +Inf; each bucket on its own
     (not cumulative)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    """What a worker pool saw over one observation interval: the autoscaler's input."""
+
+    at: float
+    """Monotonic seconds at the end of the interval."""
+    seconds: float
+    """Length of the interval."""
+    ongoing: float
+    """Requests in flight plus queued, averaged over the interval (time-weighted)."""
+    arrivals: int
+    """Requests that arrived in the interval."""
+    p95_ms: float | None
+    """p95 of queue wait plus predict of the requests answered in it (None: none were)."""
+    workers: int
+    """Workers ready to take requests at the end of the interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingDecision:
+    """One change of a pool's desired worker count, with what it was based on."""
+
+    at: float
+    """Unix time of the decision."""
+    current: int
+    desired: int
+    direction: str
+    """up or down (zero: the version is unloaded)."""
+    reason: str
+    """load, latency, idle, budget, crash, manual, policy (min/max changed) or memory."""
+    ongoing: float = 0.0
+    p95_ms: float | None = None
+
+    def document(self) -> dict[str, object]:
+        """The decision as the control-plane API shows it."""
+        return {
+            "at": self.at,
+            "from": self.current,
+            "to": self.desired,
+            "direction": self.direction,
+            "reason": self.reason,
+            "ongoing": round(self.ongoing, 3),
+            "p95_ms": None if self.p95_ms is None else round(self.p95_ms, 3),
+        }
+
+
+COLD_START_BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Upper bounds (seconds) of the cold-start histogram's buckets; the last is +Inf."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +278,26 @@ class VersionSnapshot:
 
     key: ModelKey
     state: str
-    """loading, ready, failed or unloaded."""
+    """loading, ready, failed, unloaded, or idle (scaled to zero or evicted for memory:
+    the next request loads it again)."""
     reason: str = ""
     """Why it failed to load."""
     load_seconds: float = 0.0
     pool: PoolSnapshot | None = None
-    """None while no worker pool serves it (loading, failed, unloaded)."""
+    """None while no worker pool serves it (loading, failed, unloaded, idle)."""
+    cold_starts: tuple[int, ...] = (0,) * (len(COLD_START_BOUNDS) + 1)
+    """Loads a request waited for, per COLD_START_BOUNDS bucket (not cumulative)."""
+    cold_start_seconds: float = 0.0
+    """Sum of those loads' durations."""
+    phases: tuple[tuple[str, float], ...] = ()
+    """Where the last worker start's time went (seconds): fetch (artifact fetch and
+    hash, loads only), spawn and imports (or spare_wait), load, warm_up, total."""
+    decisions: tuple[tuple[str, str, int], ...] = ()
+    """(direction, reason, count) of scaling decisions since the server started."""
+    recent: tuple[ScalingDecision, ...] = ()
+    """The last few scaling decisions, oldest first."""
+    min_workers: int = 0
+    max_workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,10 @@ import functools
 import itertools
 import logging
 import math
-import multiprocessing
-import os
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -35,87 +33,21 @@ from shipyard.errors import (
     ShipyardError,
     WorkerCrashed,
 )
-from shipyard.runtimes.base import Runtime, Tensors, VersionSpec
-from shipyard.runtimes.lifetime import die_with_parent
-from shipyard.runtimes.threads import limit_native_threads
+from shipyard.runtimes.base import Tensors, VersionSpec
 from shipyard.serving.batching import Pending, concat, split, take_batch
-from shipyard.serving.shared_tensors import Attached, share, take, unlink
-from shipyard.serving.types import BATCH_SIZE_BOUNDS, PoolSnapshot, RequestContext
-from shipyard.signature import NUMPY_DTYPES, Signature
+from shipyard.serving.shared_tensors import share, take, unlink
+from shipyard.serving.spares import Spare, Spares, hand_over, start_process
+from shipyard.serving.types import (
+    BATCH_SIZE_BOUNDS,
+    LoadSample,
+    PoolSnapshot,
+    RequestContext,
+)
+from shipyard.serving.worker_process import worker_main
 
 log = logging.getLogger("shipyard.workers")
-_CONTEXT = multiprocessing.get_context("spawn")  # fork would copy the server's threads
-
-
-def _warm_up(runtime: Runtime, signature: Signature | None) -> None:
-    """One tiny predict so the first real request does not pay lazy initialisation."""
-    if signature is None or not signature.inputs:
-        return
-    inputs = {}
-    for spec in signature.inputs:
-        if spec.datatype == "BYTES" or any(d == 0 for d in spec.shape):
-            return
-        shape = [1 if d == -1 else d for d in spec.shape]
-        inputs[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
-    try:
-        runtime.predict(inputs)
-    except Exception as exc:  # a model may reject zeros; that is not a load failure
-        log.info("warm-up predict of %s skipped: %s", type(runtime).__name__, exc)
-
-
-def worker_main(connection: Connection, spec: VersionSpec) -> None:
-    """Entry point of a worker process: load, report, then answer requests forever."""
-    # The pipe's EOF says the server is gone only between requests; a worker busy in a
-    # load or a predict when the server is killed would otherwise finish it, or never.
-    die_with_parent()
-    # A spawned process starts with no logging set up: log like the server does.
-    from shipyard.logs import configure_logging
-    from shipyard.runtimes import load
-
-    configure_logging(json_lines=os.environ.get("SHIPYARD_LOG_FORMAT", "json") != "text")
-
-    try:
-        runtime = load(spec)
-        _warm_up(runtime, spec.signature)
-    except BaseException as exc:
-        connection.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    connection.send(("ready", None))
-    while True:
-        try:
-            request_id, wire, outputs = connection.recv()
-        except EOFError:
-            return  # the server went away
-        attached = Attached(wire)
-        try:
-            result = runtime.predict(attached.tensors, outputs)
-            reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
-            del result  # may be a view of a shared input, which release() unmaps
-        except Exception as exc:
-            reply = (request_id, False, predict_failure(exc))
-        attached.release()
-        connection.send(reply)
-
-
-_MODEL_WORDS_LIMIT = 2000
-"""Characters of a model's exception text kept for the server log."""
-
-
-def predict_failure(exc: Exception) -> tuple[bool, str]:
-    """What a worker reports of a predict that raised: is it the input's fault, and the
-    model's words (for the server log only).
-
-    ValueError and TypeError are how Python libraries say "not this argument"
-    (scikit-learn's "Input X contains NaN", XGBoost's XGBoostError, numpy's casts);
-    onnxruntime says it with its own InvalidArgument, matched by name because the
-    server never imports it. Anything else is the model failing, not the caller.
-    """
-    refused = isinstance(exc, ValueError | TypeError) or type(exc).__name__ == "InvalidArgument"
-    try:
-        words = f"{type(exc).__name__}: {exc}"
-    except Exception:  # an exception whose __str__ raises still gets reported
-        words = type(exc).__name__
-    return refused, words[:_MODEL_WORDS_LIMIT]
+_LATENCY_SAMPLES = 4096
+"""Answers per observation interval whose latency is kept for the p95 (the first ones)."""
 
 
 def model_error(key: str, report: tuple[bool, str], inputs: Tensors | None = None) -> ShipyardError:
@@ -144,20 +76,23 @@ def model_error(key: str, report: tuple[bool, str], inputs: Tensors | None = Non
 class Worker:
     """The server's handle on one worker process."""
 
-    def __init__(self, spec: VersionSpec, loop: asyncio.AbstractEventLoop) -> None:
-        # One native thread per worker, set before spawning so the child inherits it (the
-        # parent's own pools are already sized). Processes are the unit of parallelism
-        # here; on 2 cores, idle BLAS/OpenMP threads spinning in a worker took the CPU
-        # the server needed (heavy one-row p50: 5.8 ms before, see BENCHMARKS.md).
-        limit_native_threads(1)
+    def __init__(
+        self, spec: VersionSpec, loop: asyncio.AbstractEventLoop, spare: Spare | None = None
+    ) -> None:
         self.spec = spec
         self.loop = loop
-        self.connection, child = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(
-            target=worker_main, args=(child, spec), daemon=True, name=f"shipyard-{spec.key}"
-        )
-        self.process.start()
-        child.close()
+        self.started = time.perf_counter()
+        if spare is None:
+            self.process, self.connection = start_process(
+                worker_main, (spec, time.time()), f"shipyard-{spec.key}"
+            )
+        else:
+            self.process, self.connection = spare.process, spare.connection
+            hand_over(spare, spec)
+        self.from_spare = spare is not None
+        self.phases: dict[str, float] = {}
+        """Where this worker's start went (seconds): spawn, imports or spare_wait, load,
+        warm_up, as the worker measured them."""
         self.pending: dict[int, asyncio.Future[Tensors]] = {}
         self.segments: dict[int, list[str]] = {}
         """Shared-memory segments holding each pending request's inputs."""
@@ -165,11 +100,27 @@ class Worker:
         self._reading = False
         self.on_death: Any = None
 
-    def wait_ready(self) -> None:
-        """Block (in a thread) until the model is loaded; raise ModelNotReady if it failed."""
+    async def ready(self) -> None:
+        """Wait until the model is loaded and warm; raise ModelNotReady if it failed.
+
+        Waits on the event loop for the pipe to be readable (the worker's report, or EOF
+        when it died), not in a thread: many workers starting at once must not hold the
+        default executor the registry lookups need."""
+        readable: asyncio.Future[None] = self.loop.create_future()
+        descriptor = self.connection.fileno()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        self.loop.add_reader(descriptor, wake)
+        try:
+            await readable
+        finally:
+            self.loop.remove_reader(descriptor)
         try:
             state, detail = self.connection.recv()
-        except EOFError:
+        except (EOFError, OSError):
             self.process.join(timeout=5)
             raise ModelNotReady(
                 f"{self.spec.key}: worker died while loading (exit code {self.process.exitcode})"
@@ -182,6 +133,7 @@ class Worker:
             if kind == "MissingExtra":  # names a package to install, nothing of the server's
                 raise ModelNotReady(f"{self.spec.key} failed to load: {words}")
             raise ModelNotReady(f"{self.spec.key} failed to load ({kind}; see the server log)")
+        self.phases = dict(detail)
         self.alive = True
 
     def detach(self) -> None:
@@ -295,12 +247,20 @@ class PoolStats:
 
 
 class WorkerPool:
-    """N worker processes for one model version, fed by a bounded queue.
+    """Worker processes for one model version, fed by a bounded queue.
 
     A worker runs one batch at a time. Requests that arrive while every worker
     is busy wait in the queue and leave it together as one batch (see
     batching.py). Admission happens on arrival: a full queue, or a wait that
     cannot meet the request's deadline, is refused at once with 503.
+
+    The pool holds `desired` workers: the autoscaler moves that number
+    (`scale_to`), the pool starts workers (each loaded and warm before it takes
+    a request) or drains them (a draining worker takes no new batch, finishes
+    the one it holds, then stops), and replaces any that die. It also measures
+    its load for the autoscaler (`observe`) without a timer: a time-weighted
+    count of requests in flight plus queued, and each answer's queue wait plus
+    predict time.
     """
 
     def __init__(
@@ -310,56 +270,145 @@ class WorkerPool:
         max_batch_rows: int = DEFAULT_SERVING.max_batch_size,
         max_queue: int = DEFAULT_SERVING.max_queue,
         max_batch_delay: float = DEFAULT_SERVING.max_batch_delay,
+        spares: Spares | None = None,
     ) -> None:
         self.spec = spec
         self.size = max(1, processes)
+        self.desired = self.size
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_queue = max(1, max_queue)
         self.max_batch_delay = max(0.0, max_batch_delay)
+        self.spares = spares
         self.stats = PoolStats()
         self.workers: list[Worker] = []
+        self.draining: list[Worker] = []
+        self.starting = 0
         self.queue: deque[Pending] = deque()
         self.batch_seconds = 0.0
         """Moving average of one batch's service time, for deadline admission."""
+        self.phases: dict[str, float] = {}
+        """Where the last worker start's time went (seconds), `total` included."""
+        self.ongoing = 0
+        """Requests in flight plus queued now."""
+        self.last_arrival = 0.0
+        """loop.time() of the last request (of the start, before any)."""
+        self._ongoing_area = 0.0
+        """Integral of `ongoing` over time since the last observe()."""
+        self._marked = 0.0
+        self._observed = 0.0
+        self._arrivals = 0
+        self._latencies: list[float] = []
         self._ids = itertools.count()
         self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._delayed: asyncio.TimerHandle | None = None
         self._held_since = 0.0
         """perf_counter() when a free worker began holding a short batch (0: not holding)."""
 
     async def start(self) -> None:
-        """Start every worker and wait until each has loaded and warmed the model."""
-        for _ in range(self.size):
-            await self._add_worker()
+        """Start the first workers together; return when each has loaded and warmed the
+        model. If one fails, the others are stopped and the failure raised."""
+        now = asyncio.get_running_loop().time()
+        self._marked = self._observed = self.last_arrival = now
+        started = await asyncio.gather(
+            *(self._add_worker() for _ in range(self.size)), return_exceptions=True
+        )
+        failure = next((r for r in started if isinstance(r, BaseException)), None)
+        if failure is not None:
+            await self.close()
+            raise failure
 
     async def _add_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        worker = Worker(self.spec, loop)
+        spare = self.spares.take(self.spec.flavor) if self.spares is not None else None
+        worker = Worker(self.spec, loop, spare)
+        self.starting += 1
         try:
-            await loop.run_in_executor(None, worker.wait_ready)
+            await worker.ready()
         except BaseException:
-            worker.stop()
+            await loop.run_in_executor(None, worker.stop)
             raise
-        worker.on_death = self._replace
-        if self._closed:
-            worker.stop()
+        finally:
+            self.starting -= 1
+        self.phases = {**worker.phases, "total": time.perf_counter() - worker.started}
+        if self._closed or len(self.workers) >= self.desired:
+            await loop.run_in_executor(None, worker.stop)  # scaled down while it started
             return
+        worker.on_death = self._replace
+        worker.alive = True
         worker.start_reading()
         self.workers.append(worker)
         self._dispatch()
 
+    def scale_to(self, desired: int) -> None:
+        """Aim at `desired` workers (at least one: zero is the manager unloading the
+        pool); start or drain workers to get there."""
+        self.desired = max(1, desired)
+        self._converge()
+
+    def _converge(self) -> None:
+        if self._closed:
+            return
+        for _ in range(self.desired - len(self.workers) - self.starting):
+            self._run(self._add_worker(), "start a worker")
+        surplus = len(self.workers) - self.desired
+        if surplus > 0:
+            # Idle workers go first: they stop at once, with nothing to finish.
+            for worker in sorted(self.workers, key=lambda w: len(w.pending))[:surplus]:
+                self.workers.remove(worker)
+                self.draining.append(worker)
+            self._retire_drained()
+
+    def _retire_drained(self) -> None:
+        """Stop the draining workers that hold nothing any more."""
+        for worker in [w for w in self.draining if not w.pending]:
+            self.draining.remove(worker)
+            worker.on_death = None
+            worker.detach()
+            self._run(asyncio.to_thread(worker.stop), "stop a worker")
+
+    def _run(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, what))
+
+    def _done(self, what: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: could not %s: %s", self.spec.key, what, task.exception())
+
     def _replace(self, dead: Worker) -> None:
+        if dead in self.draining:
+            self.draining.remove(dead)
+            return
         if dead in self.workers:
             self.workers.remove(dead)
         if self._closed:
             return
         self.stats.restarts += 1
-        task = asyncio.get_running_loop().create_task(self._add_worker())
-        task.add_done_callback(self._log_replacement)
+        self._converge()
 
-    def _log_replacement(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("could not replace worker for %s: %s", self.spec.key, task.exception())
+    def _count(self, now: float, change: int) -> None:
+        """Move the ongoing count, integrating it over time for observe()."""
+        self._ongoing_area += self.ongoing * (now - self._marked)
+        self._marked = now
+        self.ongoing += change
+
+    def observe(self, now: float) -> LoadSample:
+        """The load since the last call (`now` is loop.time()), for the autoscaler."""
+        self._count(now, 0)
+        seconds = now - self._observed
+        latencies, self._latencies = self._latencies, []
+        sample = LoadSample(
+            at=now,
+            seconds=seconds,
+            ongoing=self._ongoing_area / seconds if seconds > 0 else float(self.ongoing),
+            arrivals=self._arrivals,
+            p95_ms=float(np.percentile(latencies, 95)) * 1000 if latencies else None,
+            workers=len(self.workers),
+        )
+        self._ongoing_area, self._observed, self._arrivals = 0.0, now, 0
+        return sample
 
     def _admit(self, live: int, timeout: float) -> None:
         try:
@@ -369,13 +418,14 @@ class WorkerPool:
             raise
 
     def _check_admission(self, live: int, timeout: float) -> None:
-        if live == 0:
+        if live == 0 and not self.starting:
             raise ModelNotReady(f"{self.spec.key} has no live worker right now; retry shortly")
         if len(self.queue) >= self.max_queue:
             raise Overloaded(
                 f"{self.spec.key} is overloaded ({len(self.queue)} requests queued); retry shortly"
             )
-        batches_ahead = math.ceil((len(self.queue) + 1) / self.max_batch_rows / live)
+        # A worker that is starting (crash replacement) takes the queue when it is up.
+        batches_ahead = math.ceil((len(self.queue) + 1) / self.max_batch_rows / max(live, 1))
         expected = batches_ahead * self.batch_seconds
         if expected > timeout:
             raise Overloaded(
@@ -395,6 +445,9 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         now = loop.time()
+        self._count(now, 1)
+        self._arrivals += 1
+        self.last_arrival = now
         item = Pending(inputs, tuple(outputs) if outputs else None, future, now + timeout, now)
         if context is not None:
             item.context = context
@@ -408,6 +461,7 @@ class WorkerPool:
             return await future
         finally:
             expiry.cancel()
+            self._count(loop.time(), -1)
 
     def _expire(self, item: Pending, timeout: float) -> None:
         if item.future.done():
@@ -473,7 +527,12 @@ class WorkerPool:
         self._dispatch()
 
     def _finish(self, batch: list[Pending], started: float, done: asyncio.Future[Tensors]) -> None:
-        elapsed = asyncio.get_running_loop().time() - started
+        now = asyncio.get_running_loop().time()
+        elapsed = now - started
+        if self.draining:
+            self._retire_drained()
+        if len(self._latencies) < _LATENCY_SAMPLES:
+            self._latencies.extend(now - item.arrived for item in batch)
         self.batch_seconds = (
             elapsed if not self.batch_seconds else (0.8 * self.batch_seconds + 0.2 * elapsed)
         )
@@ -521,27 +580,41 @@ class WorkerPool:
                 item.future.set_exception(error)
 
     async def close(self) -> None:
+        """Stop every worker now (a worker still starting stops when it is up)."""
         self._closed = True
         if self._delayed is not None:
             self._delayed.cancel()
-        workers, self.workers = self.workers, []
+        workers, self.workers = [*self.workers, *self.draining], []
+        self.draining = []
         loop = asyncio.get_running_loop()
         for worker in workers:
+            worker.on_death = None
             worker.detach()
             await loop.run_in_executor(None, worker.stop)
         self._fail(list(self.queue), ModelNotReady(f"{self.spec.key} was unloaded"))
         self.queue.clear()
 
-    def snapshot(self) -> PoolSnapshot:
+    def pids(self) -> list[int]:
+        """Process ids of its ready and draining workers."""
+        return [w.process.pid for w in (*self.workers, *self.draining) if w.process.pid]
+
+    def snapshot(self, memory_bytes: int = 0) -> PoolSnapshot:
         """The pool's counters now, for monitoring (metrics, cost)."""
         stats = self.stats
+        loop = asyncio.get_running_loop()
         return PoolSnapshot(
             workers=sum(1 for w in self.workers if w.alive),
-            pids=tuple(w.process.pid for w in self.workers if w.process.pid is not None),
+            pids=tuple(self.pids()),
             queued=len(self.queue),
             batches=stats.batches,
             rows=stats.rows,
             refused=stats.refused,
             restarts=stats.restarts,
             batch_sizes=tuple(stats.batch_sizes),
+            desired=self.desired,
+            starting=self.starting,
+            draining=len(self.draining),
+            ongoing=self.ongoing,
+            idle_seconds=max(0.0, loop.time() - self.last_arrival) if not self.ongoing else 0.0,
+            memory_bytes=memory_bytes,
         )

@@ -1,0 +1,1 @@
+"""Autoscaling: the pure policy and the actuator that applies it."""

@@ -1,0 +1,130 @@
+"""The code that runs inside a worker process: start, load, answer.
+
+A worker is spawned for one version (`worker_main`), or started ahead as a spare with a
+framework's libraries imported (`spare_main`) and handed its version later. Either way it
+reports how long each phase of its start took, then answers predict requests on its pipe
+until the server goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from shipyard.runtimes.base import Runtime, VersionSpec
+from shipyard.runtimes.lifetime import die_with_parent
+from shipyard.serving.shared_tensors import Attached, share
+from shipyard.signature import NUMPY_DTYPES, Signature
+
+log = logging.getLogger("shipyard.workers")
+
+
+def _warm_up(runtime: Runtime, signature: Signature | None) -> None:
+    """One tiny predict so the first real request does not pay lazy initialisation."""
+    if signature is None or not signature.inputs:
+        return
+    inputs = {}
+    for spec in signature.inputs:
+        if spec.datatype == "BYTES" or any(d == 0 for d in spec.shape):
+            return
+        shape = [1 if d == -1 else d for d in spec.shape]
+        inputs[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+    try:
+        runtime.predict(inputs)
+    except Exception as exc:  # a model may reject zeros; that is not a load failure
+        log.info("warm-up predict of %s skipped: %s", type(runtime).__name__, exc)
+
+
+def worker_main(connection: Connection, spec: VersionSpec, spawned_at: float) -> None:
+    """Entry point of a worker process: load, report, then answer requests forever."""
+    entered = time.time()
+    _start_process()
+    started = time.perf_counter()
+    from shipyard.runtimes import preload
+
+    preload(spec.flavor)
+    phases = {"spawn": entered - spawned_at, "imports": time.perf_counter() - started}
+    _serve(connection, spec, phases)
+
+
+def spare_main(connection: Connection, flavor: str) -> None:
+    """Entry point of a spare worker: start and import `flavor`'s libraries now, then wait
+    for the version to serve. A cold start or a scale-up that takes it skips both."""
+    _start_process()
+    from shipyard.runtimes import preload
+
+    preload(flavor)
+    try:
+        spec, taken_at = connection.recv()
+    except EOFError:
+        return  # the server stopped before it needed this spare
+    # Spawn and imports happened before the taker asked, except what is left of them
+    # when it asks early: that remainder is all the taker waits for.
+    _serve(connection, spec, {"spare_wait": max(0.0, time.time() - taken_at)})
+
+
+def _start_process() -> None:
+    # The pipe's EOF says the server is gone only between requests; a worker busy in a
+    # load or a predict when the server is killed would otherwise finish it, or never.
+    die_with_parent()
+    # A spawned process starts with no logging set up: log like the server does.
+    from shipyard.logs import configure_logging
+
+    configure_logging(json_lines=os.environ.get("SHIPYARD_LOG_FORMAT", "json") != "text")
+
+
+def _serve(connection: Connection, spec: VersionSpec, phases: dict[str, float]) -> None:
+    """Load and warm the version, report how long each phase took, then answer forever."""
+    from shipyard.runtimes import load
+
+    try:
+        started = time.perf_counter()
+        runtime = load(spec)
+        phases["load"] = time.perf_counter() - started
+        started = time.perf_counter()
+        _warm_up(runtime, spec.signature)
+        phases["warm_up"] = time.perf_counter() - started
+    except BaseException as exc:
+        connection.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    connection.send(("ready", phases))
+    while True:
+        try:
+            request_id, wire, outputs = connection.recv()
+        except EOFError:
+            return  # the server went away
+        attached = Attached(wire)
+        try:
+            result = runtime.predict(attached.tensors, outputs)
+            reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
+            del result  # may be a view of a shared input, which release() unmaps
+        except Exception as exc:
+            reply = (request_id, False, predict_failure(exc))
+        attached.release()
+        connection.send(reply)
+
+
+_MODEL_WORDS_LIMIT = 2000
+"""Characters of a model's exception text kept for the server log."""
+
+
+def predict_failure(exc: Exception) -> tuple[bool, str]:
+    """What a worker reports of a predict that raised: is it the input's fault, and the
+    model's words (for the server log only).
+
+    ValueError and TypeError are how Python libraries say "not this argument"
+    (scikit-learn's "Input X contains NaN", XGBoost's XGBoostError, numpy's casts);
+    onnxruntime says it with its own InvalidArgument, matched by name because the
+    server never imports it. Anything else is the model failing, not the caller.
+    """
+    refused = isinstance(exc, ValueError | TypeError) or type(exc).__name__ == "InvalidArgument"
+    try:
+        words = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose __str__ raises still gets reported
+        words = type(exc).__name__
+    return refused, words[:_MODEL_WORDS_LIMIT]
