@@ -160,3 +160,30 @@ def write_torchscript_model(folder: Path) -> Path:
     path = folder / "linear.pt"
     scripted.save(str(path))
     return path
+
+
+BUSY_MODEL = '''
+import time
+
+
+class Busy:
+    """Doubles its input after burning a fixed CPU time per row (a CPU-bound model)."""
+
+    def load(self):
+        self.per_row = {seconds}
+
+    def predict(self, inputs):
+        (values,) = inputs.values()
+        until = time.process_time() + self.per_row * len(values)
+        while time.process_time() < until:
+            pass
+        return values * 2
+'''
+
+
+def write_busy_model(folder: Path, seconds_per_row: float) -> Path:
+    """A python-flavor model whose predict burns `seconds_per_row` of CPU per row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "busy.py"
+    path.write_text(BUSY_MODEL.replace("{seconds}", repr(seconds_per_row)))
+    return path
