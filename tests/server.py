@@ -82,7 +82,14 @@ def running_shipyard(
         ],
         # One worker per model unless a test asks: the default (one per core) would make
         # every served model spawn as many processes as the CI machine has cores.
-        env={"SHIPYARD_WORKERS_PER_MODEL": "1", **os.environ, **env},
+        # One fixed worker and no spare interpreters unless a test asks: 2 cores run
+        # the whole suite, and most tests are about one request, not about capacity.
+        env={
+            "SHIPYARD_WORKERS_PER_MODEL": "1",
+            "SHIPYARD_SPARE_WORKERS": "0",
+            **os.environ,
+            **env,
+        },
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

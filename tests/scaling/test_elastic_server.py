@@ -63,6 +63,7 @@ def elastic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Elastic]:
         "SHIPYARD_HOME": str(home / "home"),
         "SHIPYARD_MODELS": json.dumps(SCALING),
         "SHIPYARD_SCALING_TICK": "0.1",
+        "SHIPYARD_SPARE_WORKERS": "1",  # scale-ups and the cold start take spares
         "SHIPYARD_LOG_FORMAT": "json",
     }
     with running_server(env) as running:

@@ -189,9 +189,9 @@ class ModelManager:
                 loaded.serving = loaded.serving.scaled(self._serving_of(loaded.record).scaling)
 
     def is_ready(self, record: ModelVersion) -> bool:
-        """Loaded and warm."""
+        """Loaded and warm, or scaled to zero (its next request loads it: it serves)."""
         loaded = self.models.get(key_of(record))
-        return loaded is not None and loaded.state == "ready"
+        return loaded is not None and loaded.state in ("ready", "idle")
 
     async def get_ready(
         self,
