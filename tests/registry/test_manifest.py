@@ -110,3 +110,29 @@ def test_a_stored_revision_that_no_longer_validates_is_named(registry: Registry)
         "revision 1 of deployment 'a' is no longer a valid manifest ("
     )
     assert refused.value.message.endswith("); apply a corrected manifest or roll back")
+
+
+def test_a_manifest_scaling_section_folds_into_its_serving_options() -> None:
+    manifest = parse_manifest(
+        "name: api\nmodel: fraud\nroutes: [{version: 1}]\n"
+        "serving: {max_batch_size: 8}\n"
+        "scaling: {min_workers: 1, max_workers: 3, scale_to_zero_after: 600}\n"
+    )
+    options = manifest.serving_options
+    assert options is not None and options.scaling is not None
+    assert (options.max_batch_size, options.scaling.max_workers) == (8, 3)
+    assert options.scaling.scale_to_zero_after == 600
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("serving: {workers: 2}\nscaling: {max_workers: 3}\n", "serving.workers fixes"),
+        ("scaling: {min_workers: 4, max_workers: 3}\n", "min_workers (4) is above max_workers"),
+        ("scaling: {max_workers: 0}\n", "scaling.max_workers: Input should be greater"),
+    ],
+)
+def test_a_scaling_section_that_cannot_work_is_refused(extra: str, problem: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_manifest("name: api\nmodel: fraud\nroutes: [{version: 1}]\n" + extra)
+    assert problem in refused.value.message
