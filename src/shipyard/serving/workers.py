@@ -310,6 +310,7 @@ class WorkerPool:
         model. If one fails, the others are stopped and the failure raised."""
         now = asyncio.get_running_loop().time()
         self._marked = self._observed = self.last_arrival = now
+        self.starting += self.size
         started = await asyncio.gather(
             *(self._add_worker() for _ in range(self.size)), return_exceptions=True
         )
@@ -319,10 +320,15 @@ class WorkerPool:
             raise failure
 
     async def _add_worker(self) -> None:
+        """Start one worker (counted in `starting` by the caller, synchronously, so that
+        two decisions in a row never start the same missing worker twice)."""
         loop = asyncio.get_running_loop()
-        spare = self.spares.take(self.spec.flavor) if self.spares is not None else None
-        worker = Worker(self.spec, loop, spare)
-        self.starting += 1
+        try:
+            spare = self.spares.take(self.spec.flavor) if self.spares is not None else None
+            worker = Worker(self.spec, loop, spare)
+        except BaseException:
+            self.starting -= 1
+            raise
         try:
             await worker.ready()
         except BaseException:
@@ -350,6 +356,7 @@ class WorkerPool:
         if self._closed:
             return
         for _ in range(self.desired - len(self.workers) - self.starting):
+            self.starting += 1
             self._run(self._add_worker(), "start a worker")
         surplus = len(self.workers) - self.desired
         if surplus > 0:
