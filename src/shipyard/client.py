@@ -38,6 +38,13 @@ _ERRORS_BY_STATUS: dict[int, type[ShipyardError]] = {
 }
 
 
+SERVER_NEEDED = (
+    "scaling changes a running server: set SHIPYARD_URL to its address "
+    "(and SHIPYARD_API_KEY to a deployer's key)"
+)
+"""Why a local client (no SHIPYARD_URL) cannot scale."""
+
+
 class ServerError(ShipyardError):
     """The server answered with an error this client has no closer class for."""
 
@@ -204,6 +211,37 @@ class Client:
             self._call("POST", f"/api/models/{name}/archive").json()
         )
 
+    def scale_model(
+        self,
+        name: str,
+        version: int | str,
+        *,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        target_ongoing_requests: float | None = None,
+        target_p95_ms: float | None = None,
+        upscale_delay: float | None = None,
+        downscale_delay: float | None = None,
+        scale_to_zero_after: float | None = None,
+    ) -> dict[str, Any]:
+        """Set a version's scaling bounds on the server (a number or alias; fields left
+        None keep what they were); the version serving document comes back: state,
+        bounds, workers desired/ready/starting/draining, recent decisions."""
+        options = {
+            "min_workers": min_workers,
+            "max_workers": max_workers,
+            "target_ongoing_requests": target_ongoing_requests,
+            "target_p95_ms": target_p95_ms,
+            "upscale_delay": upscale_delay,
+            "downscale_delay": downscale_delay,
+            "scale_to_zero_after": scale_to_zero_after,
+        }
+        body = {key: value for key, value in options.items() if value is not None}
+        path = f"/api/models/{name}/versions/{version}/scaling"
+        # With min_workers >= 1 the answer waits for the version to load.
+        result: dict[str, Any] = self._call("POST", path, json=body, timeout=None).json()
+        return result
+
     # ---- data plane -------------------------------------------------------
 
     # ---- deployments ----------------------------------------------------
@@ -221,6 +259,12 @@ class Client:
 
     def get_deployment(self, name: str) -> records.DeploymentRevision:
         return self._get(f"/api/deployments/{name}", records.DeploymentRevision)
+
+    def deployment_status(self, name: str) -> dict[str, Any]:
+        """The live revision's fields plus `serving`: a version serving document for each
+        version of its model the server has loaded."""
+        result: dict[str, Any] = self._call("GET", f"/api/deployments/{name}").json()
+        return result
 
     def deployment_history(self, name: str) -> list[records.DeploymentRevision]:
         answer = self._call("GET", f"/api/deployments/{name}/history").json()
@@ -391,6 +435,9 @@ class LocalClient:
     def archive_model(self, name: str) -> records.Model:
         return self.registry.models.archive_model(name)
 
+    def scale_model(self, name: str, version: int | str, **options: Any) -> dict[str, Any]:
+        raise Conflict(SERVER_NEEDED)
+
     # ---- deployments ----------------------------------------------------
 
     def apply(self, manifest_text: str, dry_run: bool = False) -> records.ApplyResult:
@@ -403,6 +450,10 @@ class LocalClient:
 
     def get_deployment(self, name: str) -> records.DeploymentRevision:
         return self.registry.deployments.get(name)
+
+    def deployment_status(self, name: str) -> dict[str, Any]:
+        """As Client's; nothing is loaded without a server, so `serving` is empty."""
+        return {**self.get_deployment(name).model_dump(mode="json"), "serving": []}
 
     def deployment_history(self, name: str) -> list[records.DeploymentRevision]:
         return self.registry.deployments.history(name)

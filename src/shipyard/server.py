@@ -103,6 +103,7 @@ def build_services(
         memory_budget=settings.memory_budget_bytes,
         max_workers=settings.max_workers,
     )
+    control.serving = manager
     cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
     router = DeploymentRouter(manager, registry)
     direct_rate = settings.prediction_log_sample

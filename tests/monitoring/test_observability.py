@@ -108,7 +108,7 @@ def idle_scrape(server: RunningServer) -> Scrape:
 
     def idle() -> Scrape | None:
         taken = scrape(server)
-        return taken if taken.value("shipyard_in_flight_requests") == 0 else None
+        return taken if taken.value("shipyard_inflight_requests") == 0 else None
 
     return _eventually(idle, "no request in flight")
 
@@ -207,9 +207,9 @@ def test_metrics_exposition_counts_known_traffic(server: RunningServer) -> None:
     assert after.value("shipyard_batch_size_sum", **version) == after.value(
         "shipyard_batch_rows_total", **version
     )
-    assert after.value("shipyard_in_flight_requests") == 0
+    assert after.value("shipyard_inflight_requests") == 0
     assert after.value("shipyard_model_load_seconds", **version) > 0
-    assert after.value("shipyard_workers", **version) == 1
+    assert after.value("shipyard_workers", **version, state="ready") == 1
     assert after.has("shipyard_worker_restarts_total", **version)
     assert after.value("shipyard_worker_restarts_total", **version) == 0
     assert after.has("shipyard_queue_depth", **version)
@@ -234,7 +234,7 @@ def test_metric_names_follow_prometheus_conventions(server: RunningServer) -> No
     assert families["shipyard_request_duration_seconds"] == "histogram"
     assert families["shipyard_stage_duration_seconds"] == "histogram"
     assert families["shipyard_batch_size"] == "histogram"
-    assert families["shipyard_in_flight_requests"] == "gauge"
+    assert families["shipyard_inflight_requests"] == "gauge"
 
 
 def test_unknown_model_names_do_not_create_label_values(server: RunningServer) -> None:
@@ -392,8 +392,8 @@ def test_worker_restart_is_counted_and_logged(server: RunningServer) -> None:
             taken = scrape(server)
             done = (
                 taken.value("shipyard_worker_restarts_total", **labels) == 1
-                and taken.value("shipyard_workers", **labels) == 1
-                and taken.value("shipyard_in_flight_requests") == 0
+                and taken.value("shipyard_workers", **labels, state="ready") == 1
+                and taken.value("shipyard_inflight_requests") == 0
             )
             return taken if done else None
 

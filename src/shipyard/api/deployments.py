@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from shipyard.api.scaling import VersionServing, serving_documents
 from shipyard.api.state import control_plane
 from shipyard.registry import records
 from shipyard.registry.manifest import parse_manifest
@@ -18,6 +19,15 @@ router = APIRouter(prefix="/api", tags=["deployments"])
 
 class RollbackTarget(BaseModel):
     revision: int
+
+
+class DeploymentStatus(records.DeploymentRevision):
+    """The live revision, and how this server serves the deployment's model."""
+
+    serving: list[VersionServing] = Field(
+        default_factory=list,
+        description="Each version of the model this server has loaded (or scaled to zero).",
+    )
 
 
 def _registry(request: Request) -> Registry:
@@ -63,8 +73,10 @@ async def apply_manifest(request: Request, dry_run: bool = False) -> records.App
 
 
 @router.get("/deployments/{name}")
-def get_deployment(request: Request, name: str) -> records.DeploymentRevision:
-    return _registry(request).deployments.get(name)
+async def get_deployment(request: Request, name: str) -> DeploymentStatus:
+    live = await run_in_threadpool(_registry(request).deployments.get, name)
+    serving = serving_documents(request, live.manifest.model)
+    return DeploymentStatus(**dict(live), serving=serving)
 
 
 @router.get("/deployments/{name}/history")

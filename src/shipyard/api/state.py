@@ -11,6 +11,7 @@ from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.service import MonitoringService
 from shipyard.registry.service import Registry
 from shipyard.security.keys import KeyStore
+from shipyard.serving.manager import ModelManager
 
 
 @dataclass
@@ -25,6 +26,9 @@ class ControlPlane:
     """Cost per 1,000 predictions, when a replica-hour price is configured."""
     unpack: UnpackLimits = DEFAULT_UNPACK
     """How much an uploaded model folder may unpack to."""
+    serving: ModelManager | None = None
+    """The data plane's loaded versions (scaling, serving state); None in a control plane
+    built without one."""
 
     @classmethod
     def over(cls, registry: Registry, trust: Registry | None = None) -> ControlPlane:

@@ -52,17 +52,26 @@ def list_deployments(json_output: bool = JsonOption) -> None:
 
 @app.command("show")
 def show(name: str, json_output: bool = JsonOption) -> None:
-    """The live revision's manifest."""
+    """The live revision's manifest and, from a server, how its model's versions are
+    served: workers desired/ready/starting/draining and the last scaling decisions."""
+    import json
+
     import yaml
 
+    from shipyard.cli.models import show_serving
+    from shipyard.registry.records import DeploymentRevision
+
     with connect() as client:
-        live = client.get_deployment(name)
+        status = client.deployment_status(name)
     if json_output:
-        typer.echo(live.model_dump_json())
+        typer.echo(json.dumps(status))
         return
+    live = DeploymentRevision.model_validate(status)
     typer.echo(f"# {live.deployment} revision {live.revision} by {live.created_by} "
                f"at {live.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
     typer.echo(yaml.safe_dump(live.manifest.document(), sort_keys=False).rstrip())
+    if status["serving"]:
+        show_serving(status["serving"])
 
 
 @app.command("history")

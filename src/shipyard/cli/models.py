@@ -1,4 +1,4 @@
-"""`shipyard models …`: register, list, show, alias, archive."""
+"""`shipyard models …`: register, list, show, alias, archive, scale."""
 
 from __future__ import annotations
 
@@ -252,6 +252,85 @@ def archive(
         _print_json(result)
     else:
         typer.echo(f"archived {ref}")
+
+
+@app.command()
+def scale(
+    ref: str = typer.Argument(..., help="NAME (what it serves), NAME:VERSION or NAME@ALIAS."),
+    min_workers: int | None = typer.Option(
+        None, "--min", min=0, help="Fewest workers; 1 or more keeps the version loaded."
+    ),
+    max_workers: int | None = typer.Option(None, "--max", min=1, help="Most workers."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Set a version's worker bounds on the running server at SHIPYARD_URL."""
+    from shipyard.client import SERVER_NEEDED
+    from shipyard.config import Settings
+    from shipyard.errors import Conflict, InvalidInput
+    from shipyard.registry.refs import parse_ref
+
+    parsed = parse_ref(ref)
+    if min_workers is None and max_workers is None:
+        raise InvalidInput("give --min, --max or both")
+    if not Settings().url:
+        raise Conflict(SERVER_NEEDED)
+    with connect() as client:
+        version = parsed.version or parsed.alias or _served_version(client, parsed.name)
+        document = client.scale_model(
+            parsed.name, version, min_workers=min_workers, max_workers=max_workers
+        )
+    if as_json:
+        _print_json(document)
+    else:
+        show_serving([document])
+
+
+def _served_version(client: Client | LocalClient, name: str) -> int:
+    """The version a bare name serves: its `production` alias, else its latest."""
+    from shipyard.errors import NotFound
+    from shipyard.registry.refs import ModelRef
+    from shipyard.registry.repository import DEFAULT_ALIAS
+
+    try:
+        return client.get_version(ModelRef(name, alias=DEFAULT_ALIAS)).version
+    except NotFound:
+        return client.get_version(ModelRef(name)).version
+
+
+def show_serving(documents: list[dict[str, Any]]) -> None:
+    """Version serving documents (the server's API): workers, then recent decisions."""
+    from datetime import datetime
+
+    from shipyard.cli.output import print_table
+
+    print_table(
+        "serving",
+        ["version", "state", "min", "max", "desired", "ready", "starting", "draining",
+         "memory", "cold starts"],
+        [
+            (
+                f"{d['model']}:{d['version']}", d["state"], d["min_workers"], d["max_workers"],
+                *(d["workers"][s] for s in ("desired", "ready", "starting", "draining")),
+                f"{d['memory_bytes'] / 2**20:.0f} MiB", d["cold_starts"],
+            )
+            for d in documents
+        ],
+    )  # fmt: skip
+    decisions = [(d, c) for d in documents for c in d["recent_decisions"]]
+    if not decisions:
+        return
+    print_table(
+        "recent scaling decisions",
+        ["version", "at", "from", "to", "direction", "reason", "ongoing", "p95 ms"],
+        [
+            (
+                f"{d['model']}:{d['version']}",
+                f"{datetime.fromtimestamp(c['at']):%Y-%m-%d %H:%M:%S}",
+                c["from"], c["to"], c["direction"], c["reason"], c["ongoing"], c["p95_ms"],
+            )
+            for d, c in decisions
+        ],
+    )  # fmt: skip
 
 
 def _print_json(value: Any) -> None:

@@ -24,14 +24,47 @@ from shipyard.monitoring.drift_monitor import DriftMonitor
 from shipyard.monitoring.prediction_log import PredictionLog
 from shipyard.serving.types import (
     BATCH_SIZE_BOUNDS,
+    COLD_START_BOUNDS,
     CacheSnapshot,
     DeploymentSnapshot,
+    PoolSnapshot,
     VersionSnapshot,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKET_BOUNDS = (*map(str, BATCH_SIZE_BOUNDS), "+Inf")
 """The batch-size histogram's `le` labels."""
+_COLD_START_BOUNDS = (*map(str, COLD_START_BOUNDS), "+Inf")
+"""The cold-start histogram's `le` labels."""
+WORKER_STATES = ("desired", "ready", "starting", "draining")
+"""The `state` label of `shipyard_workers`."""
+_NO_POOL = PoolSnapshot(0, (), 0, 0, 0, 0, 0, ())
+"""What a version without a worker pool (idle, loading, failed, unloaded) counts as."""
+
+
+def _cumulative(bounds: Sequence[str], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (each counts everything at most its bound) from
+    per-bucket counts."""
+    total, buckets = 0, []
+    for bound, count in zip(bounds, counts, strict=True):
+        total += count
+        buckets.append((bound, float(total)))
+    return buckets
+
+
+def desired_capacity_ratio(versions: Sequence[VersionSnapshot]) -> float:
+    """Workers the scaling policies want over workers ready, across every loaded version.
+
+    What the policy asked for counts even where the memory budget or the worker cap held
+    a pool back, so a replica at its limits reads above 1. 1.0 with nothing loaded (no
+    demand this server cannot meet); with none ready yet, the wanted count itself (so a
+    replica whose pools are all starting reads above 1)."""
+    pools = [v.pool for v in versions if v.pool is not None]
+    desired = sum(max(pool.wanted, pool.desired) for pool in pools)
+    ready = sum(pool.workers for pool in pools)
+    if ready == 0:
+        return float(desired) if desired else 1.0
+    return desired / ready
 
 
 class DataPlaneCollector(Collector):
@@ -58,12 +91,10 @@ class DataPlaneCollector(Collector):
         self.cost = cost
 
     def collect(self) -> Iterator[Metric]:
+        versions = list(self.versions())
         labels = ["model", "version"]
         queued = GaugeMetricFamily(
             "shipyard_queue_depth", "Requests waiting for a worker.", labels=labels
-        )
-        workers = GaugeMetricFamily(
-            "shipyard_workers", "Live worker processes per model version.", labels=labels
         )
         batches = CounterMetricFamily(
             "shipyard_batches", "Predict calls sent to workers.", labels=labels
@@ -83,29 +114,72 @@ class DataPlaneCollector(Collector):
         sizes = HistogramMetricFamily(
             "shipyard_batch_size", "Rows per predict call sent to a worker.", labels=labels
         )
-        for version in self.versions():
+        for version in versions:
             pool = version.pool
             if pool is None:
                 continue
             values = [version.key.model, str(version.key.version)]
             queued.add_metric(values, pool.queued)
-            workers.add_metric(values, pool.workers)
             batches.add_metric(values, pool.batches)
             rows.add_metric(values, pool.rows)
             refused.add_metric(values, pool.refused)
             restarts.add_metric(values, pool.restarts)
             load_time.add_metric(values, version.load_seconds)
-            cumulative, buckets = 0, []
-            for bound, count in zip(_BUCKET_BOUNDS, pool.batch_sizes, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
+            buckets = _cumulative(_BUCKET_BOUNDS, pool.batch_sizes)
             sizes.add_metric(values, buckets, sum_value=pool.rows)
-        yield from (queued, workers, batches, rows, refused, restarts, load_time, sizes)
+        yield from (queued, batches, rows, refused, restarts, load_time, sizes)
+        yield from self._scaling(versions)
         yield from self._cache()
         yield from self._deployments()
         yield from self._prediction_log()
         yield from self._drift()
         yield from self._cost()
+
+    @staticmethod
+    def _scaling(versions: Sequence[VersionSnapshot]) -> Iterator[Metric]:
+        """Worker counts, memory, scaling decisions and cold starts of every known version:
+        one without a pool (scaled to zero, loading, failed, unloaded) counts zero workers,
+        so its series stay and read 0 rather than vanish."""
+        labels = ["model", "version"]
+        workers = GaugeMetricFamily(
+            "shipyard_workers",
+            "Worker processes per model version: desired (the autoscaler's aim), ready, "
+            "starting (spawned, not yet warm), draining (finishing before they stop).",
+            labels=[*labels, "state"],
+        )
+        memory = GaugeMetricFamily(
+            "shipyard_worker_memory_bytes",
+            "Resident memory of a version's workers.",
+            labels=labels,
+        )
+        decisions = CounterMetricFamily(
+            "shipyard_scaling_decisions",
+            "Changes of a version's desired worker count, by direction and reason.",
+            labels=[*labels, "direction", "reason"],
+        )
+        cold_starts = HistogramMetricFamily(
+            "shipyard_cold_start_seconds",
+            "Loads a request waited for (cold starts): fetch, start and warm-up time.",
+            labels=labels,
+        )
+        for version in versions:
+            values = [version.key.model, str(version.key.version)]
+            pool = version.pool or _NO_POOL
+            counts = (pool.desired, pool.workers, pool.starting, pool.draining)
+            for state, count in zip(WORKER_STATES, counts, strict=True):
+                workers.add_metric([*values, state], count)
+            memory.add_metric(values, pool.memory_bytes)
+            for direction, reason, count in version.decisions:
+                decisions.add_metric([*values, direction, reason], count)
+            buckets = _cumulative(_COLD_START_BOUNDS, version.cold_starts)
+            cold_starts.add_metric(values, buckets, sum_value=version.cold_start_seconds)
+        yield from (workers, memory, decisions, cold_starts)
+        yield GaugeMetricFamily(
+            "shipyard_desired_capacity_ratio",
+            "Desired over ready workers across loaded versions (1 when nothing is loaded; "
+            "the desired count while none is ready): above 1, this replica wants capacity.",
+            value=desired_capacity_ratio(versions),
+        )
 
     def _prediction_log(self) -> Iterator[Metric]:
         if self.predictions is None:

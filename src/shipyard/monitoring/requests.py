@@ -74,7 +74,7 @@ class RequestObserver:
             registry=registry,
         )
         Gauge(
-            "shipyard_in_flight_requests",
+            "shipyard_inflight_requests",
             "Inference requests received and not yet answered.",
             registry=registry,
         ).set_function(lambda: self.in_flight)

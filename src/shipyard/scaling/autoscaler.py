@@ -81,6 +81,7 @@ class Autoscaler:
         current = pool.desired
         verdict = decide(policy, watch.samples, current, watch.changed_at, now)
         if verdict.desired == current:
+            pool.wanted = current
             return
         if verdict.desired == 0:
             if await self.manager.park(loaded, verdict.reason):
@@ -88,6 +89,7 @@ class Autoscaler:
                 del self._watches[key]
             return
         desired, reason = verdict.desired, verdict.reason
+        pool.wanted = desired
         if desired > current:
             fits = self.manager.room_for(loaded.record, desired - current)
             if fits < desired - current:

@@ -30,8 +30,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import ValidationError
+
 from shipyard.config import ModelServing, ScalingOptions, ServingOptions
-from shipyard.errors import Conflict, ModelNotReady, NotFound, Overloaded, ShipyardError
+from shipyard.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotReady,
+    NotFound,
+    Overloaded,
+    ShipyardError,
+)
 from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
 from shipyard.registry.service import Registry
@@ -433,13 +442,40 @@ class ModelManager:
         history = self._history(key_of(record))
         if history.scaling is not None:
             merged = history.scaling.model_dump(exclude_none=True)
-            options = ScalingOptions(**{**merged, **options.model_dump(exclude_none=True)})
+            try:
+                options = ScalingOptions(**{**merged, **options.model_dump(exclude_none=True)})
+            except ValidationError as exc:  # with the bounds set before, min ends above max
+                raise InvalidInput(
+                    "invalid scaling with the bounds set before: "
+                    + "; ".join(str(e["msg"]) for e in exc.errors())
+                ) from None
         history.scaling = options
         serving = self._serving_of(record)
         loaded = self.models.get(key_of(record))
         if loaded is not None:
             loaded.serving = serving
+            if loaded.pool is not None:
+                self._clamp(loaded, loaded.pool)
         return serving
+
+    def _clamp(self, loaded: LoadedModel, pool: WorkerPool) -> None:
+        """Move a pool into new bounds now (a deployer's change), not at the next tick."""
+        scaling = loaded.serving.scaling
+        current = pool.desired
+        desired = min(max(current, scaling.floor), scaling.max_workers)
+        if desired > current:
+            desired = current + self.room_for(loaded.record, desired - current)
+        if desired == current:
+            return
+        direction = "up" if desired > current else "down"
+        self.record(loaded.key, ScalingDecision(time.time(), current, desired, direction, "manual"))
+        pool.wanted = desired
+        pool.scale_to(desired)
+
+    def is_loaded(self, record: ModelVersion) -> bool:
+        """Loaded and warm now (not scaled to zero)."""
+        loaded = self.models.get(key_of(record))
+        return loaded is not None and loaded.state == "ready"
 
     async def load(self, name: str, version: str | None = None) -> LoadedModel:
         """Load a version on purpose (start-up, a deployer, a deployment): requests may

@@ -207,7 +207,10 @@ class PoolSnapshot:
     restarts: int
     batch_sizes: tuple[int, ...]
     desired: int = 0
-    """Workers the autoscaler wants."""
+    """Workers the pool aims at now."""
+    wanted: int = 0
+    """Workers the scaling policy asked for; above `desired` when the memory budget or
+    the worker cap held the pool back."""
     starting: int = 0
     """Workers spawned or taken from the spares, not yet loaded and warm."""
     draining: int = 0

@@ -275,6 +275,9 @@ class WorkerPool:
         self.spec = spec
         self.size = max(1, processes)
         self.desired = self.size
+        self.wanted = self.size
+        """What the scaling policy asked for, before the memory budget or worker cap cut
+        it to `desired`: the unmet demand a replica autoscaler should see."""
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_queue = max(1, max_queue)
         self.max_batch_delay = max(0.0, max_batch_delay)
@@ -619,6 +622,7 @@ class WorkerPool:
             restarts=stats.restarts,
             batch_sizes=tuple(stats.batch_sizes),
             desired=self.desired,
+            wanted=max(self.wanted, self.desired),
             starting=self.starting,
             draining=len(self.draining),
             ongoing=self.ongoing,
