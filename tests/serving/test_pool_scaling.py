@@ -107,3 +107,46 @@ def test_a_scale_up_takes_a_spare_and_the_new_worker_serves_once_warm(
                 spare.stop()
 
     asyncio.run(scenario())
+
+
+FLAKY = '''
+import pathlib
+
+
+class Flaky:
+    """Refuses to load while a flag file sits next to it."""
+
+    def load(self):
+        if (pathlib.Path(__file__).parent / "refuse").exists():
+            raise RuntimeError("not now")
+
+    def predict(self, inputs):
+        (values,) = inputs.values()
+        return values
+'''
+
+
+def test_a_worker_start_that_failed_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    spec = VersionSpec(
+        model="flaky", version=1, flavor="python", path=str(tmp_path),
+        details={"module": "flaky.py", "class": "Flaky"},
+    )  # fmt: skip
+    flag = tmp_path / "refuse"
+
+    async def scenario() -> None:
+        pool = WorkerPool(spec, processes=1)
+        await pool.start()
+        try:
+            flag.touch()
+            pool.scale_to(2)
+            while pool.starting:
+                await asyncio.sleep(0.02)  # the second worker fails to load
+            assert len(pool.workers) == 1 and pool.desired == 2
+            flag.unlink()
+            while len(pool.workers) < 2:
+                await asyncio.sleep(0.02)  # retried after a back-off, without a new decision
+        finally:
+            await pool.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

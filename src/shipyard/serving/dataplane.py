@@ -17,6 +17,7 @@ from typing import Any
 from shipyard import __version__
 from shipyard.errors import (
     Conflict,
+    DeadlineExceeded,
     InvalidInput,
     ModelNotReady,
     ModelRefusedInput,
@@ -253,7 +254,13 @@ class DataPlane:
         deployed: bool,
     ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
         timeout = request_timeout(request.parameters, self.timeout)
+        started = time.perf_counter()
         loaded = await self.manager.get_ready(record, timeout, deployed=deployed, context=context)
+        # One deadline for the whole request: a cold start's wait comes out of it.
+        waited = time.perf_counter() - started
+        if waited >= timeout:
+            raise DeadlineExceeded(f"{loaded.key} did not answer within {timeout:g} s")
+        timeout -= waited
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
         cache = self.cache if loaded.serving.cache else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -69,6 +70,9 @@ def spare_main(connection: Connection, flavor: str) -> None:
 
 
 def _start_process() -> None:
+    # Ctrl-C reaches the server's whole process group; the server stops its workers
+    # itself, and a worker must not die mid-request (or print a traceback) before that.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The pipe's EOF says the server is gone only between requests; a worker busy in a
     # load or a predict when the server is killed would otherwise finish it, or never.
     die_with_parent()

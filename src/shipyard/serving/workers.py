@@ -46,6 +46,9 @@ from shipyard.serving.types import (
 from shipyard.serving.worker_process import worker_main
 
 log = logging.getLogger("shipyard.workers")
+_START = "start a worker"
+_MAX_START_BACKOFF = 30.0
+"""Longest wait, in seconds, before retrying a worker start that keeps failing."""
 _LATENCY_SAMPLES = 4096
 """Answers per observation interval whose latency is kept for the p95 (the first ones)."""
 
@@ -88,7 +91,14 @@ class Worker:
             )
         else:
             self.process, self.connection = spare.process, spare.connection
-            hand_over(spare, spec)
+            try:
+                hand_over(spare, spec)
+            except OSError:  # the spare died since it was taken: start afresh
+                spare.connection.close()
+                self.process, self.connection = start_process(
+                    worker_main, (spec, time.time()), f"shipyard-{spec.key}"
+                )
+                spare = None
         self.from_spare = spare is not None
         self.phases: dict[str, float] = {}
         """Where this worker's start went (seconds): spawn, imports or spare_wait, load,
@@ -304,6 +314,8 @@ class WorkerPool:
         self._ids = itertools.count()
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._start_failures = 0
+        """Worker starts that failed in a row (their retries back off)."""
         self._delayed: asyncio.TimerHandle | None = None
         self._held_since = 0.0
         """perf_counter() when a free worker began holding a short batch (0: not holding)."""
@@ -360,7 +372,7 @@ class WorkerPool:
             return
         for _ in range(self.desired - len(self.workers) - self.starting):
             self.starting += 1
-            self._run(self._add_worker(), "start a worker")
+            self._run(self._add_worker(), _START)
         surplus = len(self.workers) - self.desired
         if surplus > 0:
             # Idle workers go first: they stop at once, with nothing to finish.
@@ -384,8 +396,17 @@ class WorkerPool:
 
     def _done(self, what: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: could not %s: %s", self.spec.key, what, task.exception())
+        if task.cancelled() or task.exception() is None:
+            if what == _START:
+                self._start_failures = 0
+            return
+        log.error("%s: could not %s: %s", self.spec.key, what, task.exception())
+        if what == _START and not self._closed:
+            # Try again, backing off: a model whose load fails now may load later (a
+            # file back, memory freed), and the pool must not stay short for good.
+            self._start_failures += 1
+            backoff = min(_MAX_START_BACKOFF, 0.5 * 2 ** (self._start_failures - 1))
+            asyncio.get_running_loop().call_later(backoff, self._converge)
 
     def _replace(self, dead: Worker) -> None:
         if dead in self.draining:
