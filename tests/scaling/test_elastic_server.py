@@ -201,5 +201,7 @@ def test_an_idle_model_scales_to_zero_and_its_cold_start_loads_once(elastic: Ela
     waited = [
         e for e in entries if e.get("logger") == "shipyard.access" and e.get("model") == "small"
     ]
-    # The access log says which requests waited for a load: the first, and the four.
-    assert [e.get("cold_start_ms", 0) > 0 for e in waited] == [True, True, True, True, True]
+    # The access log says which requests waited for a load: the first, and of the four
+    # those that arrived before the load was done (with a spare it takes tens of ms).
+    cold = [e.get("cold_start_ms", 0) > 0 for e in waited]
+    assert len(cold) == 5 and cold[0] and any(cold[1:])

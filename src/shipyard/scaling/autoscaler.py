@@ -18,9 +18,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from shipyard.scaling.policy import decide, window_seconds
-from shipyard.serving.manager import LoadedModel, ModelManager
-from shipyard.serving.types import LoadSample, ModelKey, ScalingDecision
-from shipyard.serving.workers import WorkerPool
+from shipyard.serving.types import (
+    Capacity,
+    Elastic,
+    ElasticPool,
+    LoadSample,
+    ModelKey,
+    ScalingDecision,
+)
 
 log = logging.getLogger("shipyard.scaling")
 
@@ -29,7 +34,7 @@ log = logging.getLogger("shipyard.scaling")
 class _Watch:
     """What the autoscaler keeps per pool: its recent samples and its last resize."""
 
-    pool: WorkerPool
+    pool: ElasticPool
     changed_at: float
     samples: deque[LoadSample] = field(default_factory=deque)
 
@@ -37,7 +42,7 @@ class _Watch:
 class Autoscaler:
     """Moves each loaded version's worker count with its load (see module docstring)."""
 
-    def __init__(self, manager: ModelManager, tick: float = 0.5) -> None:
+    def __init__(self, manager: Capacity, tick: float = 0.5) -> None:
         self.manager = manager
         self.tick = tick
         self._watches: dict[ModelKey, _Watch] = {}
@@ -54,25 +59,20 @@ class Autoscaler:
 
     async def step(self, now: float) -> None:
         """One round: a sample from every serving pool, a decision for each."""
-        serving = {
-            loaded.key: loaded
-            for loaded in list(self.manager.models.values())
-            if loaded.state == "ready" and loaded.pool is not None
-        }
+        serving = {version.key: version for version in self.manager.elastic()}
         for key in [k for k in self._watches if k not in serving]:
             del self._watches[key]
-        for key, loaded in serving.items():
-            await self._step_one(key, loaded, now)
+        for version in serving.values():
+            await self._step_one(version, now)
 
-    async def _step_one(self, key: ModelKey, loaded: LoadedModel, now: float) -> None:
-        pool = loaded.pool
-        assert pool is not None
+    async def _step_one(self, version: Elastic, now: float) -> None:
+        key, pool = version.key, version.pool
         watch = self._watches.get(key)
         if watch is None or watch.pool is not pool:  # a new load: a new history
             pool.observe(now)  # drop what the load itself looked like
             self._watches[key] = _Watch(pool, changed_at=now)
             return
-        policy = loaded.serving.scaling
+        policy = version.policy
         sample = pool.observe(now)
         watch.samples.append(sample)
         keep_after = now - window_seconds(policy) - self.tick
@@ -84,14 +84,14 @@ class Autoscaler:
             pool.wanted = current
             return
         if verdict.desired == 0:
-            if await self.manager.park(loaded, verdict.reason):
+            if await self.manager.park(key, verdict.reason):
                 self._explain(key, current, 0, verdict.reason, sample)
                 del self._watches[key]
             return
         desired, reason = verdict.desired, verdict.reason
         pool.wanted = desired
         if desired > current:
-            fits = self.manager.room_for(loaded.record, desired - current)
+            fits = self.manager.room_for(key, desired - current)
             if fits < desired - current:
                 desired, reason = current + fits, "budget"
                 if fits == 0:

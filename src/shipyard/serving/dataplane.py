@@ -253,14 +253,13 @@ class DataPlane:
         *,
         deployed: bool,
     ) -> tuple[LoadedModel, Tensors, Tensors, bool, list[str] | None]:
-        timeout = request_timeout(request.parameters, self.timeout)
+        stated = request_timeout(request.parameters, self.timeout)
         started = time.perf_counter()
-        loaded = await self.manager.get_ready(record, timeout, deployed=deployed, context=context)
+        loaded = await self.manager.get_ready(record, stated, deployed=deployed, context=context)
         # One deadline for the whole request: a cold start's wait comes out of it.
-        waited = time.perf_counter() - started
-        if waited >= timeout:
-            raise DeadlineExceeded(f"{loaded.key} did not answer within {timeout:g} s")
-        timeout -= waited
+        timeout = stated - (time.perf_counter() - started)
+        if timeout <= 0:
+            raise DeadlineExceeded(f"{loaded.key} did not answer within {stated:g} s")
         inputs = conform(request.inputs, loaded.record.signature)
         wanted = self._wanted_outputs(loaded, request)
         cache = self.cache if loaded.serving.cache else None
@@ -271,7 +270,7 @@ class DataPlane:
             pool = loaded.pool
             if pool is None:  # unloaded between the readiness check and now
                 raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
-            result = await pool.predict(inputs, wanted, timeout, context)
+            result = await pool.predict(inputs, wanted, timeout, context, stated)
             if cache is not None and key is not None:
                 cache.put(key, result)
         return loaded, inputs, result, cached, wanted

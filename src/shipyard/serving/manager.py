@@ -49,6 +49,7 @@ from shipyard.serving.memory import resident_bytes
 from shipyard.serving.spares import Spare, Spares
 from shipyard.serving.types import (
     COLD_START_BOUNDS,
+    Elastic,
     ModelKey,
     RequestContext,
     ScalingDecision,
@@ -362,9 +363,21 @@ class ModelManager:
             pids += self.spares.pids()
         return resident_bytes(pids)
 
-    def room_for(self, record: ModelVersion, workers: int) -> int:
-        """How many of `workers` more workers of `record` fit the budget and the cap now,
+    def elastic(self) -> list[Elastic]:
+        """Every version serving now, for the autoscaler."""
+        return [
+            Elastic(loaded.key, loaded.serving.scaling, loaded.pool)
+            for loaded in list(self.models.values())
+            if loaded.state == "ready" and loaded.pool is not None
+        ]
+
+    def room_for(self, key: ModelKey, workers: int) -> int:
+        """How many of `workers` more workers of `key` fit the budget and the cap now,
         without unloading anything (a scale-up does not evict other versions)."""
+        loaded = self.models.get(key)
+        if loaded is None:
+            return 0
+        record = loaded.record
         fits = workers
         if self.max_workers is not None:
             fits = min(fits, self.max_workers - self.workers_running())
@@ -398,7 +411,7 @@ class ModelManager:
                     f"{loaded.key} cannot load: the server's {what} is in use by versions "
                     "that are busy or kept loaded by min_workers; retry later"
                 )
-            await self.park(victim, "memory" if short_of_memory else "workers")
+            await self._park(victim, "memory" if short_of_memory else "workers")
 
     def _least_recently_used(self, but: ModelKey) -> LoadedModel | None:
         """The idle version unloaded first for room: nothing in flight, not pinned by
@@ -414,9 +427,13 @@ class ModelManager:
         ]
         return min(idle, key=lambda m: m.pool.last_arrival if m.pool else 0.0, default=None)
 
-    async def park(self, loaded: LoadedModel, reason: str) -> bool:
+    async def park(self, key: ModelKey, reason: str) -> bool:
         """Unload an idle version but keep it servable: its next request loads it again
         (scale to zero, or room for another version). False if a request came first."""
+        loaded = self.models.get(key)
+        return loaded is not None and await self._park(loaded, reason)
+
+    async def _park(self, loaded: LoadedModel, reason: str) -> bool:
         pool = loaded.pool
         if loaded.state != "ready" or pool is None or pool.ongoing:
             return False
@@ -464,7 +481,7 @@ class ModelManager:
         current = pool.desired
         desired = min(max(current, scaling.floor), scaling.max_workers)
         if desired > current:
-            desired = current + self.room_for(loaded.record, desired - current)
+            desired = current + self.room_for(loaded.key, desired - current)
         if desired == current:
             return
         direction = "up" if desired > current else "down"

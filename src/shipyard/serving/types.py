@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from shipyard.config import ServingOptions
+from shipyard.config import ScalingPolicy, ServingOptions
 from shipyard.registry.records import ModelVersion
 from shipyard.runtimes.base import Tensors
 
@@ -269,6 +269,46 @@ class ScalingDecision:
             "ongoing": round(self.ongoing, 3),
             "p95_ms": None if self.p95_ms is None else round(self.p95_ms, 3),
         }
+
+
+class ElasticPool(Protocol):
+    """A version's worker pool as the autoscaler sees it (serving.workers.WorkerPool)."""
+
+    desired: int
+    """Workers it aims at now."""
+    wanted: int
+    """What the policy last asked for, before the memory budget or worker cap."""
+
+    def observe(self, now: float) -> LoadSample:
+        """Its load since the last call (`now` is the event loop's clock)."""
+
+    def scale_to(self, desired: int) -> None:
+        """Start or drain workers to reach `desired` (at least one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Elastic:
+    """One version serving now, with what the autoscaler needs to resize it."""
+
+    key: ModelKey
+    policy: ScalingPolicy
+    pool: ElasticPool
+
+
+class Capacity(Protocol):
+    """What the autoscaler may do to the loaded versions (ModelManager implements it)."""
+
+    def elastic(self) -> list[Elastic]:
+        """Every version serving now (loaded, with a pool)."""
+
+    def room_for(self, key: ModelKey, workers: int) -> int:
+        """How many of `workers` more workers of `key` fit the memory budget and cap."""
+
+    async def park(self, key: ModelKey, reason: str) -> bool:
+        """Unload an idle version, servable still (scale to zero); False if busy."""
+
+    def record(self, key: ModelKey, decision: ScalingDecision) -> None:
+        """Keep a decision for the API and the metrics."""
 
 
 COLD_START_BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

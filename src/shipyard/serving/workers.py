@@ -316,6 +316,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._start_failures = 0
         """Worker starts that failed in a row (their retries back off)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._delayed: asyncio.TimerHandle | None = None
         self._held_since = 0.0
         """perf_counter() when a free worker began holding a short batch (0: not holding)."""
@@ -323,7 +324,8 @@ class WorkerPool:
     async def start(self) -> None:
         """Start the first workers together; return when each has loaded and warmed the
         model. If one fails, the others are stopped and the failure raised."""
-        now = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self._marked = self._observed = self.last_arrival = now
         self.starting += self.size
         started = await asyncio.gather(
@@ -470,6 +472,7 @@ class WorkerPool:
         outputs: list[str] | None,
         timeout: float,
         context: RequestContext | None = None,
+        stated_timeout: float | None = None,
     ) -> Tensors:
         live = sum(1 for w in self.workers if w.alive)
         self._admit(live, timeout)
@@ -487,7 +490,9 @@ class WorkerPool:
         self._dispatch()
         # A timer rather than asyncio.wait_for: wait_for wraps every request in an
         # extra task, which showed up as ~7% of the server's CPU in the profile.
-        expiry = loop.call_at(item.deadline, self._expire, item, timeout)
+        # `stated_timeout`: the request's whole deadline when `timeout` is what a cold
+        # start left of it; the 504 names the deadline the caller set.
+        expiry = loop.call_at(item.deadline, self._expire, item, stated_timeout or timeout)
         try:
             return await future
         finally:
@@ -632,7 +637,9 @@ class WorkerPool:
     def snapshot(self, memory_bytes: int = 0) -> PoolSnapshot:
         """The pool's counters now, for monitoring (metrics, cost)."""
         stats = self.stats
-        loop = asyncio.get_running_loop()
+        # Read from threads too (the cost endpoint, the metrics): the loop's clock, not
+        # get_running_loop(); loop.time() of uvloop is not time.monotonic().
+        now = self._loop.time() if self._loop is not None else self.last_arrival
         return PoolSnapshot(
             workers=sum(1 for w in self.workers if w.alive),
             pids=tuple(self.pids()),
@@ -647,6 +654,6 @@ class WorkerPool:
             starting=self.starting,
             draining=len(self.draining),
             ongoing=self.ongoing,
-            idle_seconds=max(0.0, loop.time() - self.last_arrival) if not self.ongoing else 0.0,
+            idle_seconds=max(0.0, now - self.last_arrival) if not self.ongoing else 0.0,
             memory_bytes=memory_bytes,
         )
