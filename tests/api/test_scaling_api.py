@@ -6,8 +6,7 @@ deployment routing to version 1."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from shipyard.registry.service import Registry
 from shipyard.security.keys import KeyStore
 from tests import fixtures
 from tests.cli.test_cli import run_cli
+from tests.polling import eventually
 from tests.security.conftest import make_keyed_home
 from tests.server import RunningServer, running_server
 
@@ -60,17 +60,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server, keyed.tokens)
 
 
-def _eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something other than None (fail after `timeout` s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found is not None:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # polling a condition, bounded by the deadline
-
-
 def _workers(http: httpx.Client, headers: dict[str, str]) -> dict[str, float]:
     """shipyard_workers of doubler:1 by state, from one scrape."""
     text = http.get("/metrics", headers=headers).text
@@ -105,7 +94,7 @@ def test_scaling_a_version_moves_its_workers(served: Served) -> None:
             workers = _workers(http, viewer)
             return workers if workers == wanted else None
 
-        _eventually(scaled_up, "two ready workers of doubler:1")
+        eventually(scaled_up, "two ready workers of doubler:1")
 
         shown = http.get("/api/deployments/doubler-api", headers=viewer)
         assert shown.status_code == 200, shown.text

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
 from tests import fixtures
 from tests.monitoring.otlp import ReceivedSpan, attributes, receiving
+from tests.polling import eventually
 from tests.server import RunningServer, running_server, running_shipyard
 
 T = TypeVar("T")
@@ -63,17 +63,6 @@ def _body(*values: float) -> dict[str, Any]:
 EMPTY_BODY = {"inputs": [{"name": "values", "shape": [0], "datatype": "FP64", "data": []}]}
 
 
-def _eventually(probe: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
-    """Poll `probe` until it returns something other than None (fail after `timeout` s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found is not None:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)  # polling a condition, bounded by the deadline
-
-
 @dataclass
 class Scrape:
     """One parsed /metrics exposition."""
@@ -110,7 +99,7 @@ def idle_scrape(server: RunningServer) -> Scrape:
         taken = scrape(server)
         return taken if taken.value("shipyard_inflight_requests") == 0 else None
 
-    return _eventually(idle, "no request in flight")
+    return eventually(idle, "no request in flight")
 
 
 def access_lines(server: RunningServer, request_id: str) -> list[dict[str, Any]]:
@@ -125,7 +114,7 @@ def access_lines(server: RunningServer, request_id: str) -> list[dict[str, Any]]
 
 def access_line(server: RunningServer, request_id: str) -> dict[str, Any]:
     """The one access log line of `request_id`, waited for (it is written after the answer)."""
-    found = _eventually(lambda: access_lines(server, request_id) or None, f"{request_id} logged")
+    found = eventually(lambda: access_lines(server, request_id) or None, f"{request_id} logged")
     assert len(found) == 1, found
     return found[0]
 
@@ -397,7 +386,7 @@ def test_worker_restart_is_counted_and_logged(server: RunningServer) -> None:
             )
             return taken if done else None
 
-        after = _eventually(replaced, "the crashed worker replaced")
+        after = eventually(replaced, "the crashed worker replaced")
         assert after.value("shipyard_requests_total", deployment="", **labels, status="503") == 1
         assert http.post("/v2/models/crasher/infer", json=_body(1.0)).status_code == 200
     final = idle_scrape(server)
@@ -412,7 +401,7 @@ def test_worker_restart_is_counted_and_logged(server: RunningServer) -> None:
         found = [e for e in entries if e["logger"] == "shipyard.workers" and "died" in e["message"]]
         return found or None
 
-    died = _eventually(deaths, "the worker's death logged")
+    died = eventually(deaths, "the worker's death logged")
     assert len(died) == 1 and died[0]["level"] == "warning", died
     assert "crasher:1" in died[0]["message"]
 

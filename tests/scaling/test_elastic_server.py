@@ -6,8 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from shipyard.config import Settings
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
 from tests import fixtures
+from tests.polling import eventually
 from tests.server import RunningServer, running_server
 
 BUSY_SECONDS_PER_ROW = 0.02
@@ -80,15 +80,6 @@ def metric(http: httpx.Client, name: str, **labels: str) -> float | None:
     return None
 
 
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Poll a condition the server reaches on its own (autoscaler ticks), with a deadline."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling interval of an observation, not a synchronisation
-
-
 def ready_workers(http: httpx.Client, model: str) -> float | None:
     return metric(http, "shipyard_workers", model=model, version="1", state="ready")
 
@@ -137,12 +128,20 @@ def test_a_load_ramp_scales_workers_up_and_back_down_without_a_failed_request(
         assert ready_workers(http, "busy") == 1  # min_workers
         # Four clients keep about four requests ongoing: 4 / target 1 wants the max, 2.
         with Load(server.url, "busy", clients=4) as heavy:
-            wait_for(lambda: ready_workers(http, "busy") == 2, "a second worker under load")
+            eventually(
+                lambda: (ready_workers(http) or None, "busy", 60) == 2, "a second worker under load"
+            )
         # One client keeps at most one ongoing: wants 1, after the 2 s downscale delay.
         with Load(server.url, "busy", clients=1) as light:
-            wait_for(lambda: ready_workers(http, "busy") == 1, "scale-down after the delay")
+            eventually(
+                lambda: (ready_workers(http) or None, "busy", 60) == 1, "scale-down after the delay"
+            )
             served_before = len(light.statuses)
-            wait_for(lambda: len(light.statuses) > served_before, "requests after scale-down")
+            eventually(
+                lambda: (len(light.statuses) > served_before) or None,
+                "requests after scale-down",
+                60,
+            )
         up = metric(
             http,
             "shipyard_scaling_decisions_total",
@@ -183,7 +182,7 @@ def test_an_idle_model_scales_to_zero_and_its_cold_start_loads_once(elastic: Ela
     with httpx.Client(base_url=server.url, timeout=60) as http:
         assert http.post("/v2/models/small/infer", json=body).status_code == 200
         loads_before = cold_starts(http)
-        wait_for(lambda: state(http) == "IDLE", "scale to zero after 1 s idle")
+        eventually(lambda: state(http) == "IDLE" or None, "scale to zero after 1 s idle", 60)
         assert metric(http, "shipyard_workers", model="small", version="1", state="ready") == 0
 
         def infer(_: int) -> httpx.Response:
