@@ -95,6 +95,7 @@ def build_services(
         tracer=RequestTracer.from_endpoint(settings.otlp_endpoint),
         access_log=settings.access_log,
         trace_sample=settings.otlp_sample,
+        json_lines=settings.log_format == "json",
     )
     manager = ModelManager(
         registry,

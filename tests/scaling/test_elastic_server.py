@@ -128,14 +128,10 @@ def test_a_load_ramp_scales_workers_up_and_back_down_without_a_failed_request(
         assert ready_workers(http, "busy") == 1  # min_workers
         # Four clients keep about four requests ongoing: 4 / target 1 wants the max, 2.
         with Load(server.url, "busy", clients=4) as heavy:
-            eventually(
-                lambda: (ready_workers(http) or None, "busy", 60) == 2, "a second worker under load"
-            )
+            eventually(lambda: ready_workers(http, "busy") == 2 or None, "a second worker", 60)
         # One client keeps at most one ongoing: wants 1, after the 2 s downscale delay.
         with Load(server.url, "busy", clients=1) as light:
-            eventually(
-                lambda: (ready_workers(http) or None, "busy", 60) == 1, "scale-down after the delay"
-            )
+            eventually(lambda: ready_workers(http, "busy") == 1 or None, "the scale-down", 60)
             served_before = len(light.statuses)
             eventually(
                 lambda: (len(light.statuses) > served_before) or None,
@@ -196,10 +192,15 @@ def test_an_idle_model_scales_to_zero_and_its_cold_start_loads_once(elastic: Ela
             (output,) = [o for o in answer.json()["outputs"] if o["name"] == "predict"]
             assert np.asarray(output["data"]).tolist() == expected
         assert cold_starts(http) == loads_before + 1  # four waiting requests, one load
-    entries = [json.loads(line) for line in server.log if line.startswith("{")]
-    waited = [
-        e for e in entries if e.get("logger") == "shipyard.access" and e.get("model") == "small"
-    ]
+
+    def small_lines() -> list[dict[str, object]] | None:
+        entries = [json.loads(line) for line in server.log if line.startswith("{")]
+        lines = [
+            e for e in entries if e["logger"] == "shipyard.access" and e.get("model") == "small"
+        ]
+        return lines if len(lines) == 5 else None
+
+    waited = eventually(small_lines, "the five access lines (written in batches)")
     # The access log says which requests waited for a load: the first, and of the four
     # those that arrived before the load was done (with a spare it takes tens of ms).
     cold = [e.get("cold_start_ms", 0) > 0 for e in waited]

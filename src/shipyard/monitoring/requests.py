@@ -16,10 +16,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shipyard.config import DEFAULT_TRACE_SAMPLE
+from shipyard.monitoring.access_log import ACCESS, AccessLog
 from shipyard.monitoring.tracing import RequestTracer
 from shipyard.serving.types import RequestContext
 
-ACCESS = logging.getLogger("shipyard.access")
 MAX_REQUEST_ID = 128
 # Inference latencies span ~0.3 ms (cache hit) to seconds (a big batch, a deadline).
 LATENCY_BUCKETS = (
@@ -46,10 +46,14 @@ class RequestObserver:
         tracer: RequestTracer | None = None,
         access_log: bool = True,
         trace_sample: float = DEFAULT_TRACE_SAMPLE,
+        json_lines: bool = True,
     ) -> None:
         self.tracer = tracer
         self.trace_sample = trace_sample
         self.access_log = access_log
+        # JSON lines are batched off the request path; text logs are for people reading
+        # a terminal, and keep one logging call per request.
+        self.batched = AccessLog() if access_log and json_lines else None
         self.in_flight = 0
         labels = ("deployment", "model", "version")
         self._requests = Counter(
@@ -123,8 +127,12 @@ class RequestObserver:
         children[1].observe(elapsed)
         if context.dispatched:
             self._observe_stages(context, model, version)
-        if self.access_log:
-            log_request(context, elapsed)
+        if self.access_log and ACCESS.isEnabledFor(logging.INFO):
+            fields = access_fields(context, elapsed)
+            if self.batched is not None:
+                self.batched.write(fields)
+            else:
+                ACCESS.info("request", extra={"fields": fields})
         if self.tracer is not None and self._traced(context):
             self.tracer.record(context)
 
@@ -150,14 +158,14 @@ class RequestObserver:
             stages[2].observe(context.predicted - context.dispatched)
 
     def close(self) -> None:
+        if self.batched is not None:
+            self.batched.close()
         if self.tracer is not None:
             self.tracer.shutdown()
 
 
-def log_request(context: RequestContext, elapsed: float) -> None:
-    """The access log line of one inference request."""
-    if not ACCESS.isEnabledFor(logging.INFO):
-        return
+def access_fields(context: RequestContext, elapsed: float) -> dict[str, Any]:
+    """The access log fields of one inference request."""
     fields: dict[str, Any] = {
         "request_id": context.request_id,
         "route": context.route,
@@ -175,4 +183,4 @@ def log_request(context: RequestContext, elapsed: float) -> None:
         fields["cold_start_ms"] = round(context.cold_start * 1000.0, 3)
     if context.error is not None:
         fields["error"] = context.error
-    ACCESS.info("request", extra={"fields": fields})
+    return fields
