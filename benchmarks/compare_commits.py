@@ -35,12 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import BENCH, PYTHON_BIN, free_port, process_tree, running, train, write_section
+from proc_cpu import TICK_US, cpu_ticks, process_tree
+from run import BENCH, PYTHON_BIN, free_port, running, train, write_section
 
 ROOT = BENCH.parent
 START = "<!-- compare_commits: start -->"
 END = "<!-- compare_commits: end -->"
-TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 SIDES = ("before", "after")
 
 
@@ -104,18 +104,6 @@ def check_imports(side: Side) -> None:
     if not Path(found).resolve().is_relative_to(side.src.resolve()):
         raise RuntimeError(f"{side.name}: shipyard imported from {found}, not {side.src}")
     print(f"{side.name}: {side.revision} imports shipyard from {found}", flush=True)
-
-
-def cpu_ticks(pids: list[int]) -> dict[int, int]:
-    """utime + stime (fields 14 and 15 of /proc/PID/stat, clock ticks) of each live pid."""
-    ticks = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
 
 
 def check_environment(pids: list[int], side: Side) -> None:
