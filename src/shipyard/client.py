@@ -214,7 +214,7 @@ class Client:
     def scale_model(
         self,
         name: str,
-        version: int | str,
+        version: int | str | None = None,
         *,
         min_workers: int | None = None,
         max_workers: int | None = None,
@@ -224,9 +224,10 @@ class Client:
         downscale_delay: float | None = None,
         scale_to_zero_after: float | None = None,
     ) -> dict[str, Any]:
-        """Set a version's scaling bounds on the server (a number or alias; fields left
-        None keep what they were); the version serving document comes back: state,
-        bounds, workers desired/ready/starting/draining, recent decisions."""
+        """Set a version's scaling bounds on the server (a number or alias; None: the
+        version the name serves; fields left None keep what they were); the version
+        serving document comes back: state, bounds, workers desired/ready/starting/
+        draining, recent decisions."""
         options = {
             "min_workers": min_workers,
             "max_workers": max_workers,
@@ -237,7 +238,8 @@ class Client:
             "scale_to_zero_after": scale_to_zero_after,
         }
         body = {key: value for key, value in options.items() if value is not None}
-        path = f"/api/models/{name}/versions/{version}/scaling"
+        within = "" if version is None else f"/versions/{version}"
+        path = f"/api/models/{name}{within}/scaling"
         # With min_workers >= 1 the answer waits for the version to load.
         result: dict[str, Any] = self._call("POST", path, json=body, timeout=None).json()
         return result
@@ -435,7 +437,9 @@ class LocalClient:
     def archive_model(self, name: str) -> records.Model:
         return self.registry.models.archive_model(name)
 
-    def scale_model(self, name: str, version: int | str, **options: Any) -> dict[str, Any]:
+    def scale_model(
+        self, name: str, version: int | str | None = None, **options: Any
+    ) -> dict[str, Any]:
         raise Conflict(SERVER_NEEDED)
 
     # ---- deployments ----------------------------------------------------

@@ -145,7 +145,9 @@ class ModelServing:
         )
 
     def scaled(self, scaling: ScalingPolicy) -> ModelServing:
-        return replace(self, scaling=scaling)
+        """These options with another scaling policy; a load starts within its bounds."""
+        workers = min(max(self.workers, scaling.floor), scaling.max_workers)
+        return replace(self, scaling=scaling, workers=workers)
 
 
 # Default values are written here once; Settings, manifests and the serving core

@@ -104,14 +104,23 @@ def test_scaling_a_version_moves_its_workers(served: Served) -> None:
         (serving,) = [d for d in status["serving"] if d["version"] == 1]
         assert serving["workers"] == {"desired": 2, "ready": 2, "starting": 0, "draining": 0}
         assert serving["memory_bytes"] > 0
-        last = serving["recent_decisions"][-1]
-        assert (last["from"], last["to"], last["direction"]) == (1, 2, "up")
+        # Loaded for min_workers 2, it started with two: no decision to move it.
+        assert serving["recent_decisions"] == []
 
         events = http.get("/api/audit", headers=served.headers("admin")).json()
         scale_events = [e for e in events if e["action"] == "version.scale"]
         assert scale_events[0]["target"] == "doubler:1"
         assert scale_events[0]["role"] == "deployer"
         assert scale_events[0]["after"] == {"min_workers": 2, "max_workers": 2}
+
+        # Loaded already, new bounds move the pool at once: a decision by hand.
+        lowered = http.post(SCALE, json={"min_workers": 1, "max_workers": 1}, headers=deployer)
+        assert lowered.status_code == 200, lowered.text
+        assert lowered.json()["workers"]["desired"] == 1
+        last = lowered.json()["recent_decisions"][-1]
+        assert (last["from"], last["to"], last["direction"], last["reason"]) == (
+            2, 1, "down", "manual",
+        )  # fmt: skip
 
 
 def test_only_deployers_of_the_model_may_scale(served: Served) -> None:

@@ -89,14 +89,16 @@ def _snapshot(manager: ModelManager, key: ModelKey) -> VersionSnapshot | None:
     return next((s for s in manager.snapshot() if s.key == key), None)
 
 
+@router.post("/models/{name}/scaling")
 @router.post("/models/{name}/versions/{version}/scaling")
 async def scale_version(
-    request: Request, name: str, version: str, options: ScalingOptions
+    request: Request, name: str, options: ScalingOptions, version: str | None = None
 ) -> VersionServing:
-    """Set a version's scaling bounds on this server; fields left out keep what was set
-    before (or the model's and the server's settings). The autoscaler moves its workers
-    into them within a tick. With `min_workers` of 1 or more the version is loaded first
-    if it is not, and stays loaded. Bounds last until the server stops."""
+    """Set a version's scaling bounds on this server (without a version: the one the name
+    serves, its `production` alias else its latest); fields left out keep what was set
+    before (or the model's and the server's settings). The pool moves into them at once.
+    With `min_workers` of 1 or more the version is loaded first if it is not, and stays
+    loaded. Bounds last until the server stops."""
     # The gate holds a key's model scope on /api/models/{name} routes.
     manager = _manager(request)
     record = await manager.resolve(name, version)

@@ -275,7 +275,7 @@ def scale(
     if not Settings().url:
         raise Conflict(SERVER_NEEDED)
     with connect() as client:
-        version = parsed.version or parsed.alias or _served_version(client, parsed.name)
+        version = parsed.version or parsed.alias  # None: what the name serves
         document = client.scale_model(
             parsed.name, version, min_workers=min_workers, max_workers=max_workers
         )
@@ -283,18 +283,6 @@ def scale(
         _print_json(document)
     else:
         show_serving([document])
-
-
-def _served_version(client: Client | LocalClient, name: str) -> int:
-    """The version a bare name serves: its `production` alias, else its latest."""
-    from shipyard.errors import NotFound
-    from shipyard.registry.refs import ModelRef
-    from shipyard.registry.repository import DEFAULT_ALIAS
-
-    try:
-        return client.get_version(ModelRef(name, alias=DEFAULT_ALIAS)).version
-    except NotFound:
-        return client.get_version(ModelRef(name)).version
 
 
 def show_serving(documents: list[dict[str, Any]]) -> None:

@@ -73,6 +73,7 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/models/{name}/versions/{version}/tags/{key}"): P.DEPLOY,
     ("PUT", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
     ("DELETE", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
+    ("POST", "/api/models/{name}/scaling"): P.DEPLOY,
     ("POST", "/api/models/{name}/versions/{version}/scaling"): P.DEPLOY,
     # deployments
     ("GET", "/api/deployments"): P.READ,

@@ -534,16 +534,14 @@ class ModelManager:
     def _snapshot(self, loaded: LoadedModel) -> VersionSnapshot:
         pool = loaded.pool
         history = self._history(loaded.key)
-        phases = {"fetch": loaded.fetch_seconds, **(pool.phases if pool is not None else {})}
         return VersionSnapshot(
             key=loaded.key,
             state=loaded.state,
             reason=loaded.reason,
             load_seconds=loaded.load_seconds,
-            pool=pool.snapshot(resident_bytes(pool.pids())) if pool is not None else None,
+            pool=pool.snapshot() if pool is not None else None,
             cold_starts=tuple(history.cold_starts),
             cold_start_seconds=history.cold_start_seconds,
-            phases=tuple(phases.items()) if loaded.load_seconds else (),
             decisions=tuple((d, r, n) for (d, r), n in sorted(history.decisions.items())),
             recent=tuple(history.recent),
             min_workers=loaded.serving.scaling.min_workers,

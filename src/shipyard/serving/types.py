@@ -215,10 +215,6 @@ class PoolSnapshot:
     """Workers spawned or taken from the spares, not yet loaded and warm."""
     draining: int = 0
     """Workers finishing what they hold before they stop (scale-down)."""
-    ongoing: int = 0
-    """Requests in flight plus queued now."""
-    idle_seconds: float = 0.0
-    """Since the last request arrived (since loading, if none has)."""
     memory_bytes: int = 0
     """Resident memory of its workers."""
     """Predict calls per BATCH_SIZE_BOUNDS bucket, then +Inf; each bucket on its own
@@ -332,9 +328,6 @@ class VersionSnapshot:
     """Loads a request waited for, per COLD_START_BOUNDS bucket (not cumulative)."""
     cold_start_seconds: float = 0.0
     """Sum of those loads' durations."""
-    phases: tuple[tuple[str, float], ...] = ()
-    """Where the last worker start's time went (seconds): fetch (artifact fetch and
-    hash, loads only), spawn and imports (or spare_wait), load, warm_up, total."""
     decisions: tuple[tuple[str, str, int], ...] = ()
     """(direction, reason, count) of scaling decisions since the server started."""
     recent: tuple[ScalingDecision, ...] = ()

@@ -35,6 +35,7 @@ from shipyard.errors import (
 )
 from shipyard.runtimes.base import Tensors, VersionSpec
 from shipyard.serving.batching import Pending, concat, split, take_batch
+from shipyard.serving.memory import resident_bytes
 from shipyard.serving.shared_tensors import share, take, unlink
 from shipyard.serving.spares import Spare, Spares, hand_over, start_process
 from shipyard.serving.types import (
@@ -46,7 +47,6 @@ from shipyard.serving.types import (
 from shipyard.serving.worker_process import worker_main
 
 log = logging.getLogger("shipyard.workers")
-_START = "start a worker"
 _MAX_START_BACKOFF = 30.0
 """Longest wait, in seconds, before retrying a worker start that keeps failing."""
 _LATENCY_SAMPLES = 4096
@@ -85,21 +85,17 @@ class Worker:
         self.spec = spec
         self.loop = loop
         self.started = time.perf_counter()
+        if spare is not None:
+            try:
+                hand_over(spare, spec)
+                self.process, self.connection = spare.process, spare.connection
+            except OSError:  # the spare died since it was taken: start afresh
+                spare.connection.close()
+                spare = None
         if spare is None:
             self.process, self.connection = start_process(
                 worker_main, (spec, time.time()), f"shipyard-{spec.key}"
             )
-        else:
-            self.process, self.connection = spare.process, spare.connection
-            try:
-                hand_over(spare, spec)
-            except OSError:  # the spare died since it was taken: start afresh
-                spare.connection.close()
-                self.process, self.connection = start_process(
-                    worker_main, (spec, time.time()), f"shipyard-{spec.key}"
-                )
-                spare = None
-        self.from_spare = spare is not None
         self.phases: dict[str, float] = {}
         """Where this worker's start went (seconds): spawn, imports or spare_wait, load,
         warm_up, as the worker measured them."""
@@ -316,7 +312,6 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._start_failures = 0
         """Worker starts that failed in a row (their retries back off)."""
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._delayed: asyncio.TimerHandle | None = None
         self._held_since = 0.0
         """perf_counter() when a free worker began holding a short batch (0: not holding)."""
@@ -324,8 +319,7 @@ class WorkerPool:
     async def start(self) -> None:
         """Start the first workers together; return when each has loaded and warmed the
         model. If one fails, the others are stopped and the failure raised."""
-        self._loop = asyncio.get_running_loop()
-        now = self._loop.time()
+        now = asyncio.get_running_loop().time()
         self._marked = self._observed = self.last_arrival = now
         self.starting += self.size
         started = await asyncio.gather(
@@ -374,7 +368,7 @@ class WorkerPool:
             return
         for _ in range(self.desired - len(self.workers) - self.starting):
             self.starting += 1
-            self._run(self._add_worker(), _START)
+            self._run(self._start_worker(), "start a worker")
         surplus = len(self.workers) - self.desired
         if surplus > 0:
             # Idle workers go first: they stop at once, with nothing to finish.
@@ -398,17 +392,22 @@ class WorkerPool:
 
     def _done(self, what: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            if what == _START:
-                self._start_failures = 0
-            return
-        log.error("%s: could not %s: %s", self.spec.key, what, task.exception())
-        if what == _START and not self._closed:
-            # Try again, backing off: a model whose load fails now may load later (a
-            # file back, memory freed), and the pool must not stay short for good.
-            self._start_failures += 1
-            backoff = min(_MAX_START_BACKOFF, 0.5 * 2 ** (self._start_failures - 1))
-            asyncio.get_running_loop().call_later(backoff, self._converge)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: could not %s: %s", self.spec.key, what, task.exception())
+
+    async def _start_worker(self) -> None:
+        """A worker the pool is short of; if it fails, the pool tries again, backing off:
+        a model whose load fails now may load later (a file back, memory freed), and the
+        pool must not stay short for good."""
+        try:
+            await self._add_worker()
+        except Exception:
+            if not self._closed:
+                self._start_failures += 1
+                backoff = min(_MAX_START_BACKOFF, 0.5 * 2 ** (self._start_failures - 1))
+                asyncio.get_running_loop().call_later(backoff, self._converge)
+            raise
+        self._start_failures = 0
 
     def _replace(self, dead: Worker) -> None:
         if dead in self.draining:
@@ -634,12 +633,9 @@ class WorkerPool:
         """Process ids of its ready and draining workers."""
         return [w.process.pid for w in (*self.workers, *self.draining) if w.process.pid]
 
-    def snapshot(self, memory_bytes: int = 0) -> PoolSnapshot:
+    def snapshot(self) -> PoolSnapshot:
         """The pool's counters now, for monitoring (metrics, cost)."""
         stats = self.stats
-        # Read from threads too (the cost endpoint, the metrics): the loop's clock, not
-        # get_running_loop(); loop.time() of uvloop is not time.monotonic().
-        now = self._loop.time() if self._loop is not None else self.last_arrival
         return PoolSnapshot(
             workers=sum(1 for w in self.workers if w.alive),
             pids=tuple(self.pids()),
@@ -653,7 +649,5 @@ class WorkerPool:
             wanted=max(self.wanted, self.desired),
             starting=self.starting,
             draining=len(self.draining),
-            ongoing=self.ongoing,
-            idle_seconds=max(0.0, now - self.last_arrival) if not self.ongoing else 0.0,
-            memory_bytes=memory_bytes,
+            memory_bytes=resident_bytes(self.pids()),
         )
