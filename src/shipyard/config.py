@@ -53,6 +53,7 @@ class ServingOptions(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1)
     max_batch_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
     max_queue: int | None = Field(default=None, ge=1)
+    max_queue_batches: int | None = Field(default=None, ge=1)
     cache: bool | None = None
     scaling: ScalingOptions | None = None
 
@@ -124,6 +125,9 @@ class ModelServing:
     max_batch_delay: float = 0.0
     """Seconds an idle worker may wait for a fuller batch (0: never wait)."""
     max_queue: int = 256
+    max_queue_batches: int = 2
+    """Full batches per live worker that may wait, a newcomer's own included; beyond,
+    refused at once (503): accepted requests wait about this many batch times."""
     cache: bool = False
     scaling: ScalingPolicy = ScalingPolicy()
 
@@ -140,6 +144,7 @@ class ModelServing:
             max_batch_size=own.max_batch_size or self.max_batch_size,
             max_batch_delay=self.max_batch_delay if delay_ms is None else delay_ms / 1000,
             max_queue=own.max_queue or self.max_queue,
+            max_queue_batches=own.max_queue_batches or self.max_queue_batches,
             cache=self.cache if own.cache is None else own.cache,
             scaling=scaling,
         )
@@ -310,6 +315,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests that may wait per model before 503s.",
     )
+    max_queue_batches: int = Field(
+        default=DEFAULT_SERVING.max_queue_batches,
+        ge=1,
+        description="Full batches per live worker that may wait in a model's queue (a "
+        "newcomer's own included) before 503s: accepted requests wait about this many batch "
+        "service times, so latency under overload stays near the unloaded one.",
+    )
     cache: bool = Field(
         default=DEFAULT_SERVING.cache, description="Cache every model's answers (opt-in)."
     )
@@ -394,6 +406,11 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="Longest pause in seconds between chunks of a request body (408 after).",
+    )
+    http_processes: int | Literal["auto"] = Field(
+        default=1,
+        description="HTTP front processes sharing one port and one set of model workers per "
+        "version (`auto`: a quarter of the cores, at least one).",
     )
     max_connections: int = Field(
         default=1000,
@@ -481,6 +498,19 @@ class Settings(BaseSettings):
             return None
         return duration_seconds(self.prediction_log_retention)
 
+    @field_validator("http_processes")
+    @classmethod
+    def _http_processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("http_processes must be at least 1, or auto")
+        return value
+
+    @property
+    def http_process_count(self) -> int:
+        if self.http_processes == "auto":
+            return max(1, (os.cpu_count() or 1) // 4)
+        return self.http_processes
+
     def serving_for(self, model: str) -> ModelServing:
         """The options for one model: its own entry in `models`, else the server-wide ones."""
         scaling = ScalingPolicy(
@@ -499,6 +529,7 @@ class Settings(BaseSettings):
             max_batch_size=self.max_batch_size,
             max_batch_delay=self.max_batch_delay_ms / 1000,
             max_queue=self.max_queue,
+            max_queue_batches=self.max_queue_batches,
             cache=self.cache,
             scaling=scaling,
         )

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import shutil
+import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import uvicorn
@@ -18,9 +23,11 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from shipyard.api.app import create_app
 from shipyard.api.state import ControlPlane
 from shipyard.config import Settings
+from shipyard.errors import ModelNotReady
 from shipyard.logs import configure_logging
 from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.drift_monitor import DriftScheduler
+from shipyard.monitoring.fronts import FrontMetrics
 from shipyard.monitoring.metrics import DataPlaneCollector
 from shipyard.monitoring.prediction_log import PredictionLog
 from shipyard.monitoring.requests import RequestObserver
@@ -29,19 +36,27 @@ from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
 from shipyard.routing.rollouts import RolloutController
+from shipyard.runtimes.lifetime import die_with_parent
 from shipyard.scaling.autoscaler import Autoscaler
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.tokens import TokenVerifier
+from shipyard.serving.attached import ATTACH_TIMEOUT_SECONDS, Channel, FrontSide, PrimarySide
 from shipyard.serving.cache import ResultCache
 from shipyard.serving.dataplane import DataPlane
 from shipyard.serving.manager import ModelManager
 from shipyard.serving.spares import Spares
+from shipyard.serving.types import ModelKey
+from shipyard.serving.worker_process import WORKER_SOCKETS_ENV
+from shipyard.serving.workers import WorkerPool
 from shipyard.transports.front_door import FrontDoor
+from shipyard.transports.fronts import FrontProcesses
 from shipyard.transports.grpc_v2.servicer import start_grpc_server
+from shipyard.transports.http import ASGIApp, Receive, Scope, Send
 from shipyard.transports.http_gate import HttpGate
 from shipyard.transports.http_protocol import guarded_protocol
 from shipyard.transports.limits import BodyLimit, BodyLimits
+from shipyard.transports.proxy import FromFronts, PassingGate, PrimaryProxy
 from shipyard.transports.rest import RestLimits, document_inference, inference_routes
 
 log = logging.getLogger("shipyard.server")
@@ -64,6 +79,27 @@ class Services:
     controller: RolloutController
     limits: RestLimits
     default_model: ModelRef | None = None
+    fronts: Fronts | None = None
+    request_metrics: CollectorRegistry | None = None
+    """The request observer's own metrics (a front sends them to the primary)."""
+
+
+@dataclass
+class Fronts:
+    """The primary's side of `--http-processes N`: the socket it bound, its private
+    folder (workers' and its own Unix sockets), the front processes and their metrics."""
+
+    count: int
+    listener: socket.socket
+    run_dir: str
+    metrics: FrontMetrics | None = None
+    hub: PrimarySide | None = None
+    processes: FrontProcesses | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary_socket(self) -> str:
+        return os.path.join(self.run_dir, "primary.sock")
 
 
 def build_services(
@@ -71,9 +107,14 @@ def build_services(
     registry: Registry | None = None,
     default_model: ModelRef | None = None,
     trust: Registry | None = None,
+    *,
+    fronts: Fronts | None = None,
+    front: FrontSide | None = None,
 ) -> Services:
     """Build (not start) the components over one registry. `trust` is the registry whose
-    keys and audit trail guard the server (default: `registry`)."""
+    keys and audit trail guard the server (default: `registry`). `fronts`: this is the
+    primary of several HTTP processes; `front`: this is one of its fronts, whose pools
+    send to the primary's workers."""
     registry = registry or Registry.open(settings)
     control = ControlPlane.over(registry, trust)
     control.unpack = settings.unpack_limits
@@ -90,20 +131,30 @@ def build_services(
     # `_created` series would double every labelled series; Prometheus does not need them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = CollectorRegistry(auto_describe=False)
+    request_metrics = metrics
+    if fronts is not None or front is not None:
+        # Kept apart: a front sends these to the primary, which adds them to its own.
+        request_metrics = CollectorRegistry(auto_describe=False)
+    if fronts is not None:
+        fronts.metrics = FrontMetrics(request_metrics)
+        metrics.register(fronts.metrics)
     observer = RequestObserver(
-        metrics,
+        request_metrics,
         tracer=RequestTracer.from_endpoint(settings.otlp_endpoint),
         access_log=settings.access_log,
         trace_sample=settings.otlp_sample,
         json_lines=settings.log_format == "json",
     )
-    manager = ModelManager(
-        registry,
-        serving_for=settings.serving_for,
-        spares=Spares(settings.spare_workers),
-        memory_budget=settings.memory_budget_bytes,
-        max_workers=settings.max_workers,
-    )
+    if front is None:
+        manager = ModelManager(
+            registry,
+            serving_for=settings.serving_for,
+            spares=Spares(settings.spare_workers),
+            memory_budget=settings.memory_budget_bytes,
+            max_workers=settings.max_workers,
+        )
+    else:  # the primary runs the workers, budgets their memory and scales them
+        manager = ModelManager(registry, serving_for=settings.serving_for, attach=front.pool_for)
     control.serving = manager
     cache = ResultCache(settings.cache_entries, settings.cache_bytes, settings.cache_ttl)
     router = DeploymentRouter(manager, registry)
@@ -138,7 +189,7 @@ def build_services(
     )
     return Services(
         settings, control, gatekeeper, metrics, observer, manager, router, predictions,
-        dataplane, controller, limits, default_model,
+        dataplane, controller, limits, default_model, fronts, request_metrics,
     )  # fmt: skip
 
 
@@ -156,6 +207,7 @@ def build_app(
     default_model: ModelRef | None = None,
     grpc_address: tuple[str, int] | None = None,
     trust: Registry | None = None,
+    fronts: Fronts | None = None,
 ) -> FrontDoor:
     """The full application: control plane and data plane over one registry.
 
@@ -163,7 +215,7 @@ def build_app(
     server reports ready. With `grpc_address` the gRPC data plane runs beside
     REST on the same event loop.
     """
-    services = build_services(settings, registry, default_model, trust)
+    services = build_services(settings, registry, default_model, trust, fronts=fronts)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -213,11 +265,15 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
         loop.create_task(DriftScheduler(control.monitoring.drift).run()),
         loop.create_task(Autoscaler(services.manager, settings.scaling_tick).run()),
     ]
+    if services.fronts is not None:
+        tasks.append(loop.create_task(_supervise_fronts(services, services.fronts)))
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
+        if services.fronts is not None:
+            await asyncio.gather(*tasks, return_exceptions=True)  # fronts stop first
         await asyncio.to_thread(services.predictions.close)
         services.observer.close()
         await asyncio.to_thread(services.gatekeeper.close)
@@ -227,6 +283,166 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
         control.registry.close()
         if control.trust is not control.registry:
             control.trust.close()
+
+
+# --- several HTTP processes (--http-processes N) ------------------------------------
+
+
+async def _supervise_fronts(services: Services, fronts: Fronts) -> None:
+    """The primary's part: serve each front's requests for workers, keep its metrics,
+    and keep N-1 fronts running."""
+    manager = services.manager
+
+    async def ready_pool(model: str, version: int) -> WorkerPool:
+        record = await manager.resolve(model, str(version))
+        # The front checked the caller may load it (get_ready's demand check) already.
+        loaded = await manager.get_ready(record, ATTACH_TIMEOUT_SECONDS, deployed=True)
+        if loaded.pool is None:
+            raise ModelNotReady(f"{loaded.key} was just unloaded; retry shortly")
+        return loaded.pool
+
+    def find_pool(key: ModelKey) -> WorkerPool | None:
+        loaded = manager.models.get(key)
+        return loaded.pool if loaded is not None else None
+
+    hub = fronts.hub = PrimarySide(ready_pool, find_pool)
+    metrics = fronts.metrics
+
+    def started(index: int, channel: Channel) -> None:
+        if metrics is not None:
+            channel.on("metrics", lambda families: metrics.update(index, families))
+        hub.add(channel)
+
+    def exited(index: int) -> None:
+        if metrics is not None:
+            metrics.retire(index)
+
+    fronts.processes = FrontProcesses(
+        fronts.count - 1,
+        fronts.listener,
+        front_main,
+        (services.settings, fronts.primary_socket),
+        started,
+        exited,
+    )
+    try:
+        await fronts.processes.run()
+    finally:
+        hub.close()
+
+
+def front_main(
+    index: int,
+    listener: socket.socket,
+    connection: Connection,
+    settings: Settings,
+    primary_socket: str,
+) -> None:
+    """Entry point of a front process: serve HTTP on the primary's socket until stopped."""
+    die_with_parent()
+    # Ctrl-C reaches the primary's process group; the primary stops its fronts itself
+    # (SIGTERM: they finish what they hold), and must not see them quit and restart them.
+    os.setpgid(0, 0)
+    configure_logging(json_lines=settings.log_format == "json")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request
+    app = build_front(settings, Channel(connection), primary_socket, index)
+    host, port = listener.getsockname()[:2]
+    config = _uvicorn_config(app, settings, host=host, port=port)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def build_front(settings: Settings, channel: Channel, primary_socket: str, index: int) -> ASGIApp:
+    """A front process's application: inference on its own fast path over the primary's
+    workers, everything else passed to the primary."""
+    front = FrontSide(channel, settings.scaling_tick)
+    services = build_services(settings, front=front)
+    proxy = PrimaryProxy(primary_socket, tls=settings.tls_cert is not None)
+    door = FrontDoor(
+        PassingGate(proxy, services.gatekeeper),
+        services.dataplane,
+        services.observer,
+        services.limits,
+    )
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        async with _front_running(services, front, channel, proxy):
+            yield
+
+    return WithLifespan(door, lifespan)
+
+
+@asynccontextmanager
+async def _front_running(
+    services: Services, front: FrontSide, channel: Channel, proxy: PrimaryProxy
+) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    manager = services.manager
+    forgetting: set[asyncio.Task[None]] = set()
+
+    def gone(key: ModelKey) -> None:
+        task = loop.create_task(manager.forget(key, "the server closed its workers"))
+        forgetting.add(task)
+        task.add_done_callback(forgetting.discard)
+
+    front.on_gone = gone
+    channel.start()
+    services.predictions.start()
+    gc.collect()
+    gc.freeze()
+    tasks = [
+        loop.create_task(front.run()),
+        loop.create_task(_watch_keys(services.gatekeeper)),
+        loop.create_task(_send_metrics(channel, services.request_metrics)),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.to_thread(services.predictions.close)
+        services.observer.close()
+        await asyncio.to_thread(services.gatekeeper.close)
+        await manager.close()
+        await proxy.close()
+        channel.close()
+        services.control.registry.close()
+
+
+async def _send_metrics(channel: Channel, registry: CollectorRegistry | None) -> None:
+    """A front's request metrics, to the primary's /metrics, every second."""
+    if registry is None:
+        return
+    while True:
+        await asyncio.sleep(1.0)  # a reporting cadence, not a sync point
+        channel.send("metrics", list(registry.collect()))
+
+
+class WithLifespan:
+    """An ASGI app whose lifespan runs `running` (the front door passes it on otherwise)."""
+
+    def __init__(
+        self, app: ASGIApp, running: Callable[[], AbstractAsyncContextManager[None]]
+    ) -> None:
+        self.app = app
+        self.running = running
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        context = self.running()
+        try:
+            await context.__aenter__()
+        except Exception as exc:
+            log.exception("front process failed to start")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await context.__aexit__(None, None, None)
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 async def _watch_keys(gate: Gatekeeper) -> None:
@@ -297,12 +513,8 @@ def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
     log.warning("running open on %s (--insecure): anyone who can reach it may do anything", host)
 
 
-def run(
-    app: FrontDoor, settings: Settings, *, host: str, port: int, insecure: bool = False
-) -> None:
-    configure_logging(json_lines=settings.log_format == "json")
-    check_exposure(app, host, insecure)
-    uvicorn.run(
+def _uvicorn_config(app: ASGIApp, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -319,11 +531,62 @@ def run(
     )
 
 
+def run(
+    app: FrontDoor, settings: Settings, *, host: str, port: int, insecure: bool = False
+) -> None:
+    configure_logging(json_lines=settings.log_format == "json")
+    check_exposure(app, host, insecure)
+    uvicorn.Server(_uvicorn_config(app, settings, host=host, port=port)).run()
+
+
 def serve(
     settings: Settings, *, host: str, port: int, grpc_port: int | None, insecure: bool = False
 ) -> None:
     """`shipyard server`: the control plane and every registered model (loaded on demand)."""
     log.info("registry %s", settings.redacted_database_url)
     grpc_address = (host, grpc_port) if grpc_port is not None else None
-    app = build_app(settings, grpc_address=grpc_address)
-    run(app, settings, host=host, port=port, insecure=insecure)
+    count = settings.http_process_count
+    if count <= 1:
+        app = build_app(settings, grpc_address=grpc_address)
+        run(app, settings, host=host, port=port, insecure=insecure)
+        return
+    configure_logging(json_lines=settings.log_format == "json")
+    run_dir = tempfile.mkdtemp(prefix="shipyard-")  # 0700: this user's processes only
+    # Set before any worker or spare starts: each listens there for the fronts.
+    os.environ[WORKER_SOCKETS_ENV] = run_dir
+    listener = _bind(host, port)
+    fronts = Fronts(count, listener, run_dir)
+    inner = build_app(settings, grpc_address=grpc_address, fronts=fronts)
+    check_exposure(inner, host, insecure)
+    private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    private.bind(fronts.primary_socket)
+    private.listen(128)
+    bound = listener.getsockname()
+    config = _uvicorn_config(FromFronts(inner), settings, host=bound[0], port=bound[1])
+    log.info("%d HTTP processes share %s:%d", count, bound[0], bound[1])
+    try:
+        _AnnouncingServer(config).run(sockets=[listener, private])
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn says where it listens only for sockets it bound itself; the primary binds
+    its own (to hand them down), so it says it here, in uvicorn's words."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and not self.should_exit:
+            self._log_started_message(sockets[:1])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The one listening socket every front accepts on (never SO_REUSEPORT: no other
+    process may bind the port beside us)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT
+    listener.bind((host, port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener

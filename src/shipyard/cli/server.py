@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 
 def server(
@@ -17,12 +18,23 @@ def server(
     insecure: bool = typer.Option(
         False, help="Allow listening beyond 127.0.0.1 with no API keys (anyone may do anything)."
     ),
+    http_processes: str | None = typer.Option(
+        None,
+        help="HTTP processes sharing the port and the model workers: a number, or auto "
+        "(a quarter of the cores). Default: SHIPYARD_HTTP_PROCESSES, else 1.",
+    ),
 ) -> None:
     """Start the Shipyard server: control plane and every registered model."""
     from shipyard.config import Settings
     from shipyard.server import serve
 
-    settings = Settings(**tls_options(tls_cert, tls_key))
+    options = tls_options(tls_cert, tls_key)
+    if http_processes is not None:
+        options["http_processes"] = http_processes
+    try:
+        settings = Settings(**options)
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors()[0]["msg"]) from None
     grpc = None if grpc_port < 0 else grpc_port
     serve(settings, host=host, port=port, grpc_port=grpc, insecure=insecure)
 

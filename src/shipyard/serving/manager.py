@@ -123,8 +123,12 @@ class ModelManager:
         spares: Spares | None = None,
         memory_budget: int | None = None,
         max_workers: int | None = None,
+        attach: Callable[[ModelVersion, ModelServing], WorkerPool] | None = None,
     ) -> None:
         self.registry = registry
+        self.attach = attach
+        """In a front process (serving/attached.py): the pool of a version whose workers
+        another process runs. None: this manager starts its own workers."""
         self.serving_for = serving_for
         """Options for a model name: worker count, batching, queue, cache, scaling."""
         self.spares = spares
@@ -282,21 +286,10 @@ class ModelManager:
                 return
             started = time.perf_counter()
             try:
-                await self._make_room(loaded)
-                path = await asyncio.to_thread(
-                    self.registry.artifacts.materialize, loaded.record.artifact.digest
-                )
-                loaded.fetch_seconds = time.perf_counter() - started
-                if self.spares is not None:
-                    self.spares.keep(loaded.record.flavor)
-                pool = WorkerPool(
-                    VersionSpec.of(loaded.record, path),
-                    processes=loaded.serving.workers,
-                    max_batch_rows=loaded.serving.max_batch_size,
-                    max_batch_delay=loaded.serving.max_batch_delay,
-                    max_queue=loaded.serving.max_queue,
-                    spares=self.spares,
-                )
+                if self.attach is not None:
+                    pool = self.attach(loaded.record, loaded.serving)
+                else:
+                    pool = await self._start_pool(loaded, started)
                 await pool.start()
             except ShipyardError as exc:
                 loaded.state, loaded.reason = "failed", exc.message
@@ -312,6 +305,24 @@ class ModelManager:
                 self._loaded(loaded, pool)
             finally:
                 loaded.ready.set()
+
+    async def _start_pool(self, loaded: LoadedModel, started: float) -> WorkerPool:
+        """A pool of this server's own workers for a version (started by the caller)."""
+        await self._make_room(loaded)
+        path = await asyncio.to_thread(
+            self.registry.artifacts.materialize, loaded.record.artifact.digest
+        )
+        loaded.fetch_seconds = time.perf_counter() - started
+        if self.spares is not None:
+            self.spares.keep(loaded.record.flavor)
+        return WorkerPool(
+            VersionSpec.of(loaded.record, path),
+            processes=loaded.serving.workers,
+            max_batch_rows=loaded.serving.max_batch_size,
+            max_batch_delay=loaded.serving.max_batch_delay,
+            max_queue=loaded.serving.max_queue,
+            spares=self.spares,
+        )
 
     def _loaded(self, loaded: LoadedModel, pool: WorkerPool) -> None:
         """Remember the load: a worker's size for the budget, a cold start's duration."""
@@ -426,6 +437,16 @@ class ModelManager:
             and loaded.serving.scaling.min_workers == 0
         ]
         return min(idle, key=lambda m: m.pool.last_arrival if m.pool else 0.0, default=None)
+
+    async def forget(self, key: ModelKey, reason: str) -> None:
+        """Drop a version's pool even with requests in it, which fail with 503 (its workers
+        are gone: the primary closed them); the next request loads it anew."""
+        loaded = self.models.get(key)
+        if loaded is None or loaded.pool is None:
+            return
+        pool, loaded.pool, loaded.state = loaded.pool, None, "idle"
+        log.info("%s: %s", key, reason)
+        await pool.close()
 
     async def park(self, key: ModelKey, reason: str) -> bool:
         """Unload an idle version but keep it servable: its next request loads it again

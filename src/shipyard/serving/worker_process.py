@@ -4,6 +4,12 @@ A worker is spawned for one version (`worker_main`), or started ahead as a spare
 framework's libraries imported (`spare_main`) and handed its version later. Either way it
 reports how long each phase of its start took, then answers predict requests on its pipe
 until the server goes away.
+
+With several HTTP front processes (`shipyard server --http-processes N`) a worker also
+listens on a Unix socket in the server's private run folder (`WORKER_SOCKETS_ENV`): every
+front connects to it and sends batches there, so all fronts share one set of workers per
+version. The worker answers each batch on the connection it came from, taking ready
+connections in turn so that no front starves another.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
@@ -23,6 +30,8 @@ from shipyard.serving.shared_tensors import Attached, share
 from shipyard.signature import NUMPY_DTYPES, Signature
 
 log = logging.getLogger("shipyard.workers")
+WORKER_SOCKETS_ENV = "SHIPYARD_WORKER_SOCKETS"
+"""A private folder (0700) where workers listen for front processes; unset: pipe only."""
 
 
 def _warm_up(runtime: Runtime, signature: Signature | None) -> None:
@@ -94,23 +103,86 @@ def _serve(connection: Connection, spec: VersionSpec, phases: dict[str, float]) 
         _warm_up(runtime, spec.signature)
         phases["warm_up"] = time.perf_counter() - started
     except BaseException as exc:
-        connection.send(("failed", f"{type(exc).__name__}: {exc}"))
+        connection.send(("failed", f"{type(exc).__name__}: {exc}", None))
         return
-    connection.send(("ready", phases))
+    listener = _listen()
+    address = listener.getsockname() if listener is not None else None
+    connection.send(("ready", phases, address))
+    if listener is None:
+        _answer(connection, runtime)
+    else:
+        _answer_all(connection, listener, runtime)
+
+
+def _listen() -> socket.socket | None:
+    folder = os.environ.get(WORKER_SOCKETS_ENV)
+    if not folder:
+        return None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.path.join(folder, f"worker-{os.getpid()}.sock"))
+    listener.listen(64)
+    return listener
+
+
+def _answer(connection: Connection, runtime: Runtime) -> None:
+    """Answer the server's batches, one at a time, until its pipe closes."""
     while True:
         try:
-            request_id, wire, outputs = connection.recv()
+            message = connection.recv()
         except EOFError:
             return  # the server went away
-        attached = Attached(wire)
-        try:
-            result = runtime.predict(attached.tensors, outputs)
-            reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
-            del result  # may be a view of a shared input, which release() unmaps
-        except Exception as exc:
-            reply = (request_id, False, predict_failure(exc))
-        attached.release()
-        connection.send(reply)
+        connection.send(_predict(runtime, message))
+
+
+def _answer_all(parent: Connection, listener: socket.socket, runtime: Runtime) -> None:
+    """Answer batches from the server's pipe and from every front that connects, each
+    ready connection in turn; a front that goes away loses only its connection.
+
+    When the server closes its pipe (it drains this worker, or stops), the worker takes
+    no new front but answers those still connected until each lets go (a front lets go
+    of a worker the server no longer lists once its batches there are answered)."""
+    fronts: list[Connection] = []
+    watched: list[Any] = [parent, listener]
+    try:
+        while watched or fronts:
+            for ready in wait([*watched, *fronts]):
+                if ready is listener:
+                    accepted, _ = listener.accept()
+                    fronts.append(Connection(accepted.detach()))
+                    continue
+                assert isinstance(ready, Connection)
+                try:
+                    message = ready.recv()
+                except (EOFError, OSError):
+                    if ready is parent:
+                        watched = []  # draining: no new fronts, no server
+                    else:
+                        fronts.remove(ready)
+                        ready.close()
+                    continue
+                reply = _predict(runtime, message)
+                try:
+                    ready.send(reply)
+                except OSError:  # that front died mid-batch: its requests failed with it
+                    if ready is not parent:
+                        fronts.remove(ready)
+                        ready.close()
+    finally:
+        os.unlink(listener.getsockname())
+        listener.close()
+
+
+def _predict(runtime: Runtime, message: tuple[int, Any, list[str] | None]) -> tuple[int, bool, Any]:
+    request_id, wire, outputs = message
+    attached = Attached(wire)
+    try:
+        result = runtime.predict(attached.tensors, outputs)
+        reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
+        del result  # may be a view of a shared input, which release() unmaps
+    except Exception as exc:
+        reply = (request_id, False, predict_failure(exc))
+    attached.release()
+    return reply
 
 
 _MODEL_WORDS_LIMIT = 2000

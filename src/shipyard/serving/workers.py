@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,8 @@ from shipyard.serving.worker_process import worker_main
 log = logging.getLogger("shipyard.workers")
 _MAX_START_BACKOFF = 30.0
 """Longest wait, in seconds, before retrying a worker start that keeps failing."""
+_DRAIN_SECONDS = 5.0
+"""How long a stopping worker that other fronts reach may finish their batches."""
 _LATENCY_SAMPLES = 4096
 """Answers per observation interval whose latency is kept for the p95 (the first ones)."""
 
@@ -99,6 +101,8 @@ class Worker:
         self.phases: dict[str, float] = {}
         """Where this worker's start went (seconds): spawn, imports or spare_wait, load,
         warm_up, as the worker measured them."""
+        self.address: str | None = None
+        """The Unix socket where other front processes reach it (None: pipe only)."""
         self.pending: dict[int, asyncio.Future[Tensors]] = {}
         self.segments: dict[int, list[str]] = {}
         """Shared-memory segments holding each pending request's inputs."""
@@ -125,7 +129,7 @@ class Worker:
         finally:
             self.loop.remove_reader(descriptor)
         try:
-            state, detail = self.connection.recv()
+            state, detail, address = self.connection.recv()
         except (EOFError, OSError):
             self.process.join(timeout=5)
             raise ModelNotReady(
@@ -140,6 +144,7 @@ class Worker:
                 raise ModelNotReady(f"{self.spec.key} failed to load: {words}")
             raise ModelNotReady(f"{self.spec.key} failed to load ({kind}; see the server log)")
         self.phases = dict(detail)
+        self.address = address
         self.alive = True
 
     def detach(self) -> None:
@@ -195,6 +200,10 @@ class Worker:
         self.process.join(timeout=1)
         code = self.process.exitcode
         log.warning("worker for %s died (exit code %s)", self.spec.key, code)
+        self._lost()
+
+    def _lost(self) -> None:
+        """Fail what it held (the worker is gone) and tell the pool."""
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(
@@ -224,6 +233,10 @@ class Worker:
         """Stop the process (blocking: call in a thread, after detach() on the loop)."""
         self.alive = False
         self.connection.close()
+        if self.address is not None:
+            # Other fronts may still hold batches here: the worker answers them and
+            # exits once each front lets go (worker_process._answer_all).
+            self.process.join(timeout=_DRAIN_SECONDS)
         self.process.terminate()
         self.process.join(timeout=5)
         if self.process.is_alive():
@@ -251,6 +264,13 @@ class PoolStats:
         self.rows += rows
         self.batch_sizes[bisect.bisect_left(BATCH_SIZE_BOUNDS, rows)] += 1
 
+    def merge(self, other: PoolStats) -> None:
+        """Add counts kept elsewhere (another front process's batches on these workers)."""
+        self.batches += other.batches
+        self.rows += other.rows
+        self.refused += other.refused
+        self.batch_sizes = [a + b for a, b in zip(self.batch_sizes, other.batch_sizes, strict=True)]
+
 
 class WorkerPool:
     """Worker processes for one model version, fed by a bounded queue.
@@ -277,6 +297,7 @@ class WorkerPool:
         max_queue: int = DEFAULT_SERVING.max_queue,
         max_batch_delay: float = DEFAULT_SERVING.max_batch_delay,
         spares: Spares | None = None,
+        max_queue_batches: int = DEFAULT_SERVING.max_queue_batches,
     ) -> None:
         self.spec = spec
         self.size = max(1, processes)
@@ -286,6 +307,12 @@ class WorkerPool:
         it to `desired`: the unmet demand a replica autoscaler should see."""
         self.max_batch_rows = max(1, max_batch_rows)
         self.max_queue = max(1, max_queue)
+        self.max_queue_batches = max(1, max_queue_batches)
+        """Most full batches per live worker that may wait, a newcomer's own included, once
+        the queue stands: accepted requests then wait about that many batch times."""
+        self.emptied = 0.0
+        """loop.time() when the queue was last found empty (a standing queue has not been
+        empty for longer than the wait admission promises)."""
         self.max_batch_delay = max(0.0, max_batch_delay)
         self.spares = spares
         self.stats = PoolStats()
@@ -312,9 +339,19 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._start_failures = 0
         """Worker starts that failed in a row (their retries back off)."""
+        self.on_change: Callable[[WorkerPool], None] | None = None
+        """Called when the set of workers taking batches changes, or the pool closes
+        (how other front processes learn which workers to send to)."""
+        self._remote_area = 0.0
+        self._remote_p95_ms: float | None = None
+        """Load other front processes reported since the last observe()."""
         self._delayed: asyncio.TimerHandle | None = None
         self._held_since = 0.0
         """perf_counter() when a free worker began holding a short batch (0: not holding)."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def start(self) -> None:
         """Start the first workers together; return when each has loaded and warmed the
@@ -355,6 +392,7 @@ class WorkerPool:
         worker.alive = True
         worker.start_reading()
         self.workers.append(worker)
+        self._changed()
         self._dispatch()
 
     def scale_to(self, desired: int) -> None:
@@ -375,7 +413,12 @@ class WorkerPool:
             for worker in sorted(self.workers, key=lambda w: len(w.pending))[:surplus]:
                 self.workers.remove(worker)
                 self.draining.append(worker)
+            self._changed()
             self._retire_drained()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     def _retire_drained(self) -> None:
         """Stop the draining workers that hold nothing any more."""
@@ -415,6 +458,7 @@ class WorkerPool:
             return
         if dead in self.workers:
             self.workers.remove(dead)
+            self._changed()
         if self._closed:
             return
         self.stats.restarts += 1
@@ -431,33 +475,72 @@ class WorkerPool:
         self._count(now, 0)
         seconds = now - self._observed
         latencies, self._latencies = self._latencies, []
+        area = self._ongoing_area + self._remote_area
+        p95_ms = float(np.percentile(latencies, 95)) * 1000 if latencies else None
+        if self._remote_p95_ms is not None:
+            # Fronts' p95s do not combine into one; the worst is what a target must meet.
+            p95_ms = max(p95_ms or 0.0, self._remote_p95_ms)
         sample = LoadSample(
             at=now,
             seconds=seconds,
-            ongoing=self._ongoing_area / seconds if seconds > 0 else float(self.ongoing),
+            ongoing=area / seconds if seconds > 0 else float(self.ongoing),
             arrivals=self._arrivals,
-            p95_ms=float(np.percentile(latencies, 95)) * 1000 if latencies else None,
+            p95_ms=p95_ms,
             workers=len(self.workers),
         )
         self._ongoing_area, self._observed, self._arrivals = 0.0, now, 0
+        self._remote_area, self._remote_p95_ms = 0.0, None
         return sample
 
-    def _admit(self, live: int, timeout: float) -> None:
+    def add_load(self, sample: LoadSample) -> None:
+        """Count load another front process put on these workers (its own observe()), so
+        that the autoscaler and scale to zero see every front's requests."""
+        self._remote_area += sample.ongoing * sample.seconds
+        self._arrivals += sample.arrivals
+        if sample.arrivals:
+            self.last_arrival = asyncio.get_running_loop().time()
+        if sample.p95_ms is not None:
+            self._remote_p95_ms = max(self._remote_p95_ms or 0.0, sample.p95_ms)
+
+    def _admit(self, live: int, timeout: float, now: float) -> None:
         try:
-            self._check_admission(live, timeout)
+            self._check_admission(live, timeout, now)
         except Overloaded:
             self.stats.refused += 1
             raise
 
-    def _check_admission(self, live: int, timeout: float) -> None:
+    def _check_admission(self, live: int, timeout: float, now: float) -> None:
+        """Refuse (Overloaded) what would wait too long, before it queues.
+
+        A burst that finds the queue recently empty may fill it up to max_queue: it drains
+        and the load is not more than the workers can do. A queue that has not been empty
+        for longer than `max_queue_batches` batch times is standing (more arrives than the
+        workers finish): then only what fits in `max_queue_batches` batches per worker is
+        taken, so that accepted requests keep a latency near the unloaded one and the rest
+        get a fast 503 (CoDel's idea, standing queue against burst, applied on arrival)."""
         if live == 0 and not self.starting:
             raise ModelNotReady(f"{self.spec.key} has no live worker right now; retry shortly")
-        if len(self.queue) >= self.max_queue:
+        queued = len(self.queue)
+        if queued >= self.max_queue:
             raise Overloaded(
-                f"{self.spec.key} is overloaded ({len(self.queue)} requests queued); retry shortly"
+                f"{self.spec.key} is overloaded ({queued} requests queued); retry shortly"
             )
+        # Rows, not requests: a request of many rows fills a batch alone, and one that
+        # cannot join a batch (rows None) runs as one. Summed only when the count of
+        # requests alone does not refuse already (rows >= requests).
         # A worker that is starting (crash replacement) takes the queue when it is up.
-        batches_ahead = math.ceil((len(self.queue) + 1) / self.max_batch_rows / max(live, 1))
+        most, workers = self.max_batch_rows, max(live, 1)
+        rows = queued + 1
+        if queued and rows <= most * workers * self.max_queue_batches:
+            rows = 1 + sum(p.rows or most for p in self.queue)
+        batches_ahead = math.ceil(rows / most / workers)
+        # Until a batch has been timed, no queue counts as standing (the old behaviour).
+        standing = 0 < self.max_queue_batches * self.batch_seconds < now - self.emptied
+        if batches_ahead > self.max_queue_batches and queued and standing:
+            raise Overloaded(
+                f"{self.spec.key} is overloaded ({queued} requests queued, about "
+                f"{batches_ahead} batches per worker); retry shortly"
+            )
         expected = batches_ahead * self.batch_seconds
         if expected > timeout:
             raise Overloaded(
@@ -474,10 +557,12 @@ class WorkerPool:
         stated_timeout: float | None = None,
     ) -> Tensors:
         live = sum(1 for w in self.workers if w.alive)
-        self._admit(live, timeout)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Tensors] = loop.create_future()
         now = loop.time()
+        if not self.queue:
+            self.emptied = now
+        self._admit(live, timeout, now)
+        future: asyncio.Future[Tensors] = loop.create_future()
         self._count(now, 1)
         self._arrivals += 1
         self.last_arrival = now
@@ -619,6 +704,7 @@ class WorkerPool:
         self._closed = True
         if self._delayed is not None:
             self._delayed.cancel()
+        self._changed()
         workers, self.workers = [*self.workers, *self.draining], []
         self.draining = []
         loop = asyncio.get_running_loop()
