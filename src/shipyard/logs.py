@@ -22,6 +22,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # a server's fronts and workers log to one stream
             "message": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
