@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/build/iris.joblib
 EXAMPLE_DATA := examples/build/iris-example.csv
 
-.PHONY: serve test check lint typecheck install install-dev bench clean
+.PHONY: serve test check lint typecheck install install-dev bench overload clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ $(MLSERVER):
 
 bench: $(VENV)/.installed-dev $(MLSERVER)
 	$(BIN)/python benchmarks/run.py --duration 5 --concurrency 1,16,64
+
+# Overload held: `heavy` on one worker offered 4x its capacity open loop (needs wrk and hey).
+overload: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/overload.py --factor 4 --seconds 10
 
 clean:
 	rm -rf $(VENV) .shipyard examples/build .pytest_cache .mypy_cache .ruff_cache

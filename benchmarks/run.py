@@ -4,11 +4,11 @@ the transport limit and the in-process compute limit, in one run on one machine.
 Usage (from the repository root, after `make install-dev`):
     .venv/bin/python benchmarks/run.py [--duration 5] [--concurrency 1,16,64]
 
-Needs `wrk` and `hey` (Debian packages) and MLServer in its own venv (`make bench` makes it):
+Needs `wrk` (a Debian package) and MLServer in its own venv (`make bench` makes it):
     python3 -m venv benchmarks/.venv-mlserver
     benchmarks/.venv-mlserver/bin/pip install mlserver==1.7.1 mlserver-sklearn==1.7.1
-Closed-loop runs use wrk; the overload run uses hey, whose per-worker rate limit
-offers a fixed request rate whatever the server answers (open loop).
+Closed-loop runs use wrk. The overload run (open loop, hey) is benchmarks/overload.py
+(`make overload`), with its own section of BENCHMARKS.md.
 Every closed-loop row also reports CPU per request by process role (utime+stime from
 /proc around the measured run; wrk's own from its rusage) and, for Shipyard, the average
 batch its workers ran (from /metrics).
@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import joblib
 import numpy as np
-from proc_cpu import TICK_US, TreeTicks, tree_ticks
+from proc_cpu import TICK_US, TreeTicks, cpu_ticks, tree_ticks
 from proc_cpu import process_tree as process_tree  # elasticity.py imports it from here
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -77,6 +77,7 @@ class Server:
     url_path: str
     has_workers: bool
     batch_metrics: bool = False  # Shipyard's shipyard_batches/shipyard_batch_rows on /metrics
+    http_processes: int = 1  # Shipyard's --http-processes: its fronts count as front CPU
 
 
 @dataclass(frozen=True)
@@ -235,32 +236,59 @@ def batch_counters(url: str) -> tuple[float, float]:
     return totals["shipyard_batches_total"], totals["shipyard_batch_rows_total"]
 
 
-def split_us(server: Server, before: TreeTicks, after: TreeTicks) -> tuple[float, float | None]:
+def split_us(server: Server, before: TreeTicks, after: TreeTicks,
+             fronts: int = 0) -> tuple[float, float | None]:  # fmt: skip
     """CPU µs the server's front and workers used between two readings (workers: None when
-    every process serves HTTP)."""
+    every process serves HTTP). `fronts`: ticks Shipyard's extra HTTP processes used, in
+    the tree's rest until here."""
     root, rest = (after.root - before.root) * TICK_US, (after.rest - before.rest) * TICK_US
+    root, rest = root + fronts * TICK_US, rest - fronts * TICK_US
     return (root, rest) if server.has_workers else (root + rest, None)
 
 
+FRONT_STARTED = re.compile(r"front process \d+ started \(pid (\d+)\)")
+
+
+def front_pids(log: Path | None) -> list[int]:
+    """Shipyard's extra HTTP processes, as its log names them."""
+    return [int(pid) for pid in FRONT_STARTED.findall(log.read_text())] if log else []
+
+
+def fronts_ticks(pids: list[int]) -> int:
+    return sum(cpu_ticks(pids).values())
+
+
+def wait_for_fronts(server: Server, log: Path, limit: float = 60.0) -> None:
+    """Until every HTTP process of the server has started (each logs its startup)."""
+    deadline = time.monotonic() + limit
+    while server.http_processes > 1 and (
+        log.read_text().count("Application startup complete") < server.http_processes
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.label}: HTTP processes did not all start: see {log}")
+        time.sleep(0.25)  # a benchmark harness waiting for a server, not a test
+
+
 def measure(model: str, server: Server, pid: int, url: str, script: Path, concurrency: int,
-            duration: int) -> Point:  # fmt: skip
+            duration: int, log: Path | None = None) -> Point:  # fmt: skip
     """One warmed-up closed-loop wrk run, with the CPU each process role spent on it."""
     command = ["wrk", "-t1", f"-c{concurrency}", "-s", str(script), url]
     subprocess.run([*command, "-d1s"], capture_output=True, check=True)  # warm-up
     metrics = url.split("/v2/", 1)[0] + "/metrics"
     counted = batch_counters(metrics) if server.batch_metrics else None
-    before = tree_ticks(pid)
+    fronts = front_pids(log)
+    before, fronts_before = tree_ticks(pid), fronts_ticks(fronts)
     with subprocess.Popen([*command, f"-d{duration}s"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as generator:  # fmt: skip
         out = generator.stdout.read() if generator.stdout else ""
         # Reaping wrk ourselves gives its exact utime+stime (every thread) in the rusage.
         _, status, usage = os.wait4(generator.pid, 0)
         generator.returncode = os.waitstatus_to_exitcode(status)
-    after = tree_ticks(pid)
+    after, fronts_after = tree_ticks(pid), fronts_ticks(fronts)
     if generator.returncode != 0:
         raise subprocess.CalledProcessError(generator.returncode, generator.args, out)
     requests, rps, p50, p99, failed = wrk_result(out)
-    front, workers = split_us(server, before, after)
+    front, workers = split_us(server, before, after, fronts_after - fronts_before)
     batch_rows = rows = None
     if counted is not None:
         batches_then, rows_then = counted
@@ -280,16 +308,17 @@ def measure(model: str, server: Server, pid: int, url: str, script: Path, concur
 
 
 def settle(model: str, server: Server, pid: int, window: float = 1.0, quiet: float = 0.25,
-           limit: float = 20.0) -> Idle:  # fmt: skip
+           limit: float = 20.0, log: Path | None = None) -> Idle:  # fmt: skip
     """Wait until the server's processes use under `quiet` cores in all (start-up work, such
     as a spare interpreter's imports, would otherwise land in the first run), at most
     `limit` seconds; the last window's CPU is the server's idle cost."""
     deadline = time.monotonic() + limit
     while True:
-        before, started = tree_ticks(pid), time.monotonic()
+        fronts = front_pids(log)
+        before, fronts_before, started = tree_ticks(pid), fronts_ticks(fronts), time.monotonic()
         time.sleep(window)  # a harness sampling CPU, not a test
         after, elapsed = tree_ticks(pid), time.monotonic() - started
-        front, workers = split_us(server, before, after)
+        front, workers = split_us(server, before, after, fronts_ticks(fronts) - fronts_before)
         cores = (front + (workers or 0.0)) / 1e6 / elapsed
         if cores < quiet or time.monotonic() > deadline:
             return Idle(model, server.label, front / 1e6 / elapsed,
@@ -340,6 +369,11 @@ def servers(model: str, path: Path, work: Path) -> list[Server]:
                [str(PYTHON_BIN / "shipyard"), "serve", str(path), "--port", port_holder,
                 "--grpc-port", "-1"], shipyard_env, f"/v2/models/{model}/infer",
                has_workers=True, batch_metrics=True),
+        Server("Shipyard (2 HTTP processes)",
+               [str(PYTHON_BIN / "shipyard"), "serve", str(path), "--port", port_holder,
+                "--grpc-port", "-1", "--http-processes", "2"], shipyard_env,
+               f"/v2/models/{model}/infer", has_workers=True, batch_metrics=True,
+               http_processes=2),
     ]  # fmt: skip
 
 
@@ -347,7 +381,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--overload", default="heavy", help="models for the overload run")
     parser.add_argument("--servers", default="", help="only servers whose label has this text")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -368,10 +401,11 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}{server.url_path}"
             log = work / f"{model}-{re.sub(r'[^a-z0-9]+', '-', server.label.lower())}.log"
             with running(command, url, body, env, BENCH, log) as process:
-                idles.append(settle(model, server, process.pid))
+                wait_for_fronts(server, log)
+                idles.append(settle(model, server, process.pid, log=log))
                 for concurrency in levels:
                     p = measure(model, server, process.pid, url, work / "post.lua", concurrency,
-                                args.duration)  # fmt: skip
+                                args.duration, log)  # fmt: skip
                     points.append(p)
                     print(f"{model:5} {server.label:40} c={concurrency:<3} "
                           f"{p.requests_per_s:8.0f} req/s p50 {p.p50_ms:7.2f} ms "
@@ -380,16 +414,13 @@ def main() -> None:
                           f"{cell(p.workers_us_per_request, '5.0f')} generator "
                           f"{p.generator_us_per_request:4.0f} batch "
                           f"{cell(p.avg_batch_rows, '.1f')}", flush=True)  # fmt: skip
-    overloads = [overload(model, paths[model], work, body) for model in args.overload.split(",")]
-    for o in overloads:
-        print(o)
     (work / "points.json").write_text(
         json.dumps({"limits": {m: {b: asdict(v) for b, v in by.items()}
                                for m, by in limits.items()},
-                    "points": [asdict(p) for p in points], "idle": [asdict(i) for i in idles],
-                    "overload": [asdict(o) for o in overloads]}, indent=1)
+                    "points": [asdict(p) for p in points], "idle": [asdict(i) for i in idles]},
+                   indent=1)
     )  # fmt: skip
-    write_markdown(points, limits, idles, overloads, args, work)
+    write_markdown(points, limits, idles, args, work)
 
 
 def cell(value: float | None, spec: str) -> str:
@@ -410,76 +441,8 @@ def tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
-@dataclass
-class Overload:
-    model: str
-    unloaded_p99_ms: float
-    capacity_rps: float
-    offered_rps: float
-    accepted: int
-    accepted_p99_ms: float
-    refused: int
-    refused_p99_ms: float
-    refused_max_ms: float
-    other_failures: int
-    rss_before_mib: float
-    rss_peak_mib: float
-    rss_after_mib: float
-
-
-def overload(model: str, path: Path, work: Path, body: bytes, factor: int = 4,
-             seconds: int = 10) -> Overload:  # fmt: skip
-    """Offer `factor` times Shipyard's measured capacity, open loop, and see what happens."""
-    shipyard = servers(model, path, work)[-1]
-    port = free_port()
-    command = [c.replace("{port}", str(port)) for c in shipyard.command]
-    env = shipyard.env
-    url = f"http://127.0.0.1:{port}{shipyard.url_path}"
-    with running(command, url, body, env, BENCH, work / f"{model}-overload.log") as process:
-        _, _, unloaded_p99, _ = wrk(url, work / "post.lua", 1, 3)
-        capacity, _, _, _ = wrk(url, work / "post.lua", 64, 5)
-        rss_before = tree_rss_mib(process.pid)
-        hey_workers = 500  # enough that each worker's pace, not the answers, sets the rate
-        per_worker = factor * capacity / hey_workers
-        csv = work / f"{model}-overload.csv"
-        with csv.open("w") as sink:  # a file, not a pipe: hey writes it all at the end
-            hey = subprocess.Popen(
-                ["hey", "-z", f"{seconds}s", "-c", str(hey_workers), "-q", f"{per_worker:.2f}",
-                 "-m", "POST", "-T", "application/json", "-D", str(work / "body.json"),
-                 "-o", "csv", url], stdout=sink,
-            )  # fmt: skip
-            peak = rss_before
-            while hey.poll() is None:
-                peak = max(peak, tree_rss_mib(process.pid))
-                time.sleep(0.5)  # sampling memory while the load runs
-        out = csv.read_text()
-        rss_after = tree_rss_mib(process.pid)
-    accepted, refused, other = [], [], 0
-    for line in out.splitlines()[1:]:
-        fields = line.split(",")
-        if len(fields) < 8:
-            continue
-        latency_ms, status = float(fields[0]) * 1000, fields[6]
-        if status == "200":
-            accepted.append(latency_ms)
-        elif status in ("429", "503"):
-            refused.append(latency_ms)
-        else:
-            other += 1
-
-    def p99(values: list[float]) -> float:
-        return float(np.percentile(values, 99)) if values else float("nan")
-
-    return Overload(
-        model, unloaded_p99, capacity, (len(accepted) + len(refused) + other) / seconds,
-        len(accepted), p99(accepted), len(refused), p99(refused),
-        max(refused) if refused else float("nan"), other, rss_before, peak, rss_after,
-    )  # fmt: skip
-
-
 def write_markdown(points: list[Point], limits: dict[str, dict[int, Limit]], idles: list[Idle],
-                   overloads: list[Overload], args: argparse.Namespace,
-                   work: Path) -> None:  # fmt: skip
+                   args: argparse.Namespace, work: Path) -> None:  # fmt: skip
     lines = [
         "# Benchmarks",
         "",
@@ -487,7 +450,7 @@ def write_markdown(points: list[Point], limits: dict[str, dict[int, Limit]], idl
         f"--duration {args.duration} --concurrency {args.concurrency}"
         f"{' --servers ' + args.servers if args.servers else ''}` on "
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores shared by the load generator "
-        "(wrk, 1 thread; hey for the overload run) and the servers. One-row V2 JSON requests; "
+        "(wrk, 1 thread) and the servers. One-row V2 JSON requests; "
         "`light` is a logistic regression on 20 features, `heavy` a 20-tree random forest "
         "(~1 ms per one-row predict). Shipyard runs a fixed pool: "
         f"`SHIPYARD_WORKERS_PER_MODEL={SHIPYARD_WORKERS}` (one worker per core, the default "
@@ -538,18 +501,6 @@ def write_markdown(points: list[Point], limits: dict[str, dict[int, Limit]], idl
         note = "" if i.settled else " (never settled under 0.25 cores in 20 s)"
         lines.append(f"| {i.server}{note} | {i.model} | {i.front_cores:.3f} | "
                      f"{cell(i.workers_cores, '.3f')} |")  # fmt: skip
-    lines += ["", "## Overload (Shipyard, open loop with hey at 4x its measured capacity)", "",
-              "| model | unloaded p99 ms | capacity req/s | offered req/s | accepted | "
-              "accepted p99 ms | refused | refused p99 ms | refused max ms | other failures | "
-              "RSS before / peak / after MiB |",
-              "| --- " + "| ---: " * 10 + "|"]  # fmt: skip
-    for o in overloads:
-        lines.append(
-            f"| {o.model} | {o.unloaded_p99_ms:.2f} | {o.capacity_rps:,.0f} | "
-            f"{o.offered_rps:,.0f} | {o.accepted:,} | {o.accepted_p99_ms:.2f} | {o.refused:,} | "
-            f"{o.refused_p99_ms:.2f} | {o.refused_max_ms:.2f} | {o.other_failures} | "
-            f"{o.rss_before_mib:.0f} / {o.rss_peak_mib:.0f} / {o.rss_after_mib:.0f} |"
-        )
     lines += ["", f"Raw numbers: `benchmarks/results/{work.name}/points.json` (not committed)."]
     target = BENCH / "BENCHMARKS.md"
     # Hand-written reading of the numbers lives below the marker and survives a rerun.

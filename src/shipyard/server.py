@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -84,6 +84,17 @@ class Services:
     """The request observer's own metrics (a front sends them to the primary)."""
 
 
+@dataclass(frozen=True)
+class FrontOptions:
+    """What a front process is built from (it crosses into the spawned process)."""
+
+    settings: Settings
+    default_model: ModelRef | None = None
+    """What its `/invocations` scores."""
+    trust_settings: Settings | None = None
+    """Open the registry whose keys guard the server (None: the one `settings` open)."""
+
+
 @dataclass
 class Fronts:
     """The primary's side of `--http-processes N`: the socket it bound, its private
@@ -92,10 +103,10 @@ class Fronts:
     count: int
     listener: socket.socket
     run_dir: str
+    options: FrontOptions
     metrics: FrontMetrics | None = None
     hub: PrimarySide | None = None
     processes: FrontProcesses | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def primary_socket(self) -> str:
@@ -321,7 +332,7 @@ async def _supervise_fronts(services: Services, fronts: Fronts) -> None:
         fronts.count - 1,
         fronts.listener,
         front_main,
-        (services.settings, fronts.primary_socket),
+        (fronts.options, fronts.primary_socket),
         started,
         exited,
     )
@@ -335,27 +346,30 @@ def front_main(
     index: int,
     listener: socket.socket,
     connection: Connection,
-    settings: Settings,
+    options: FrontOptions,
     primary_socket: str,
 ) -> None:
     """Entry point of a front process: serve HTTP on the primary's socket until stopped."""
+    settings = options.settings
     die_with_parent()
     # Ctrl-C reaches the primary's process group; the primary stops its fronts itself
     # (SIGTERM: they finish what they hold), and must not see them quit and restart them.
     os.setpgid(0, 0)
     configure_logging(json_lines=settings.log_format == "json")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request
-    app = build_front(settings, Channel(connection), primary_socket, index)
+    app = build_front(options, Channel(connection), primary_socket)
     host, port = listener.getsockname()[:2]
     config = _uvicorn_config(app, settings, host=host, port=port)
     uvicorn.Server(config).run(sockets=[listener])
 
 
-def build_front(settings: Settings, channel: Channel, primary_socket: str, index: int) -> ASGIApp:
+def build_front(options: FrontOptions, channel: Channel, primary_socket: str) -> ASGIApp:
     """A front process's application: inference on its own fast path over the primary's
     workers, everything else passed to the primary."""
+    settings = options.settings
     front = FrontSide(channel, settings.scaling_tick)
-    services = build_services(settings, front=front)
+    trust = Registry.open(options.trust_settings) if options.trust_settings else None
+    services = build_services(settings, None, options.default_model, trust, front=front)
     proxy = PrimaryProxy(primary_socket, tls=settings.tls_cert is not None)
     door = FrontDoor(
         PassingGate(proxy, services.gatekeeper),
@@ -407,6 +421,8 @@ async def _front_running(
         await proxy.close()
         channel.close()
         services.control.registry.close()
+        if services.control.trust is not services.control.registry:
+            services.control.trust.close()
 
 
 async def _send_metrics(channel: Channel, registry: CollectorRegistry | None) -> None:
@@ -544,10 +560,29 @@ def serve(
 ) -> None:
     """`shipyard server`: the control plane and every registered model (loaded on demand)."""
     log.info("registry %s", settings.redacted_database_url)
+    serve_app(settings, host=host, port=port, grpc_port=grpc_port, insecure=insecure)
+
+
+def serve_app(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    grpc_port: int | None,
+    insecure: bool = False,
+    registry: Registry | None = None,
+    default_model: ModelRef | None = None,
+    trust_settings: Settings | None = None,
+) -> None:
+    """Serve over one HTTP process, or `settings.http_processes` of them on one port.
+
+    `trust_settings` open the registry whose keys guard the server (default: the one
+    `settings` open); each front process opens its own connections from them."""
     grpc_address = (host, grpc_port) if grpc_port is not None else None
+    trust = Registry.open(trust_settings) if trust_settings is not None else None
     count = settings.http_process_count
     if count <= 1:
-        app = build_app(settings, grpc_address=grpc_address)
+        app = build_app(settings, registry, default_model, grpc_address, trust)
         run(app, settings, host=host, port=port, insecure=insecure)
         return
     configure_logging(json_lines=settings.log_format == "json")
@@ -555,8 +590,9 @@ def serve(
     # Set before any worker or spare starts: each listens there for the fronts.
     os.environ[WORKER_SOCKETS_ENV] = run_dir
     listener = _bind(host, port)
-    fronts = Fronts(count, listener, run_dir)
-    inner = build_app(settings, grpc_address=grpc_address, fronts=fronts)
+    options = FrontOptions(settings, default_model, trust_settings)
+    fronts = Fronts(count, listener, run_dir, options)
+    inner = build_app(settings, registry, default_model, grpc_address, trust, fronts=fronts)
     check_exposure(inner, host, insecure)
     private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     private.bind(fronts.primary_socket)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 
+import numpy as np
 import pytest
 
 from shipyard.config import ModelServing
@@ -90,6 +91,60 @@ def test_a_fronts_load_counts_on_the_primary(slow_spec: VersionSpec) -> None:  #
             assert sample.arrivals == 3
             assert sample.p95_ms is not None and sample.p95_ms >= 400  # 0.4 s per predict
             await attached.close()
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+COUNTING = '''
+import time
+
+import numpy as np
+
+
+class Counting:
+    """Doubles its input after a pause, and says how many rows the call it ran in had."""
+
+    def load(self):
+        pass
+
+    def predict(self, inputs):
+        (values,) = inputs.values()
+        time.sleep(0.3)
+        return {"double": values * 2, "rows_in_call": np.full(len(values), len(values))}
+'''
+
+
+@pytest.mark.usefixtures("listening")
+def test_batches_that_wait_together_run_as_one_predict(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    folder = tmp_path_factory.mktemp("counting")
+    (folder / "counting.py").write_text(COUNTING)
+    spec = VersionSpec(
+        model="slow", version=1, flavor="python", path=str(folder),
+        details={"module": "counting.py", "class": "Counting"},
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        pool = WorkerPool(spec, processes=1, max_batch_rows=8)
+        await pool.start()
+        try:
+            first, _ = await _front_over(pool)
+            second, _ = await _front_over(pool)
+            busy = asyncio.ensure_future(pool.predict({"x": np.array([[1.0]])}, None, 30))
+            while not pool.workers[0].pending:
+                await asyncio.sleep(0)  # the worker is busy with the primary's batch
+            one = asyncio.ensure_future(first.predict({"x": np.array([[2.0], [3.0]])}, None, 30))
+            two = asyncio.ensure_future(second.predict({"x": np.array([[4.0]])}, None, 30))
+            answers = await asyncio.gather(busy, one, two)
+            # Each front's own rows back, doubled...
+            assert [a["double"].ravel().tolist() for a in answers] == [[2.0], [4.0, 6.0], [8.0]]
+            # ...from one predict of the two fronts' batches (2 + 1 rows) that waited together.
+            assert [a["rows_in_call"].tolist() for a in answers] == [[1], [3, 3], [3]]
+            await first.close()
+            await second.close()
         finally:
             await pool.close()
 

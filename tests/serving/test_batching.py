@@ -245,3 +245,18 @@ def test_share_sends_handles_for_large_arrays_and_take_frees_them() -> None:
     np.testing.assert_array_equal(back["big"], big)
     with pytest.raises(FileNotFoundError):
         take(wire)  # unlinked: a second reader finds nothing
+
+
+def test_requests_arriving_together_while_a_worker_runs_leave_as_one_batch(
+    recorder_spec: VersionSpec,
+) -> None:
+    async def scenario(pool: WorkerPool) -> list[dict[str, np.ndarray]]:
+        # The first finds both workers idle and goes at once; the next three arrive in the
+        # same loop turn while it runs and go to the other worker together, not one alone
+        # and two after it.
+        values = [1000.0, 1.0, 2.0, 3.0]
+        return await asyncio.gather(*(pool.predict({"v": np.array([v])}, None, 30) for v in values))
+
+    results = asyncio.run(_with_pool(recorder_spec, scenario, processes=2))
+    assert [int(r["batch_rows"][0]) for r in results] == [1, 3, 3, 3]
+    assert [float(r["double"][0]) for r in results] == [2000.0, 2.0, 4.0, 6.0]

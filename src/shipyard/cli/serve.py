@@ -23,6 +23,11 @@ def serve(
         None, min=0, help="Wait up to this long for a fuller batch [default: 0, adaptive only]."
     ),
     cache: bool = typer.Option(False, help="Cache answers (same inputs, same version)."),
+    http_processes: str | None = typer.Option(
+        None,
+        help="HTTP processes sharing the port and the model workers: a number, or auto "
+        "(a quarter of the cores). Default: SHIPYARD_HTTP_PROCESSES, else 1.",
+    ),
     tls_cert: Path | None = typer.Option(None, help="PEM certificate chain: serve over TLS."),
     tls_key: Path | None = typer.Option(None, help="PEM private key for --tls-cert."),
     insecure: bool = typer.Option(
@@ -40,13 +45,13 @@ def serve(
     """
     import tempfile
 
-    from shipyard.cli.server import tls_options
+    from shipyard.cli.server import settings_from, tls_options
     from shipyard.config import Settings
     from shipyard.logs import configure_logging
     from shipyard.registry.records import RegistrationOptions
     from shipyard.registry.refs import ModelRef, parse_ref
     from shipyard.registry.service import Registry
-    from shipyard.server import build_app, run
+    from shipyard.server import serve_app
 
     configure_logging(json_lines=Settings().log_format == "json")
     given = {
@@ -54,15 +59,16 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_batch_delay_ms": max_batch_delay_ms,
         "cache": cache or None,
+        "http_processes": http_processes,
     }
     options: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     options.update(tls_options(tls_cert, tls_key))
-    settings = Settings(**options)
+    settings = settings_from(options)
     path = Path(model)
-    trust = None
+    trust_settings = None
     if path.exists():
         if Registry.exists(settings):
-            trust = Registry.open(settings)
+            trust_settings = settings
         # A throwaway registry, whatever SHIPYARD_DATABASE_URL/ARTIFACT_ROOT say.
         scratch = Path(tempfile.mkdtemp(prefix="shipyard-serve-"))
         settings = Settings(
@@ -78,6 +84,13 @@ def serve(
     else:
         ref = parse_ref(model)
         registry = Registry.open(settings)
-    grpc_address = (host, grpc_port) if grpc_port >= 0 else None
-    app = build_app(settings, registry, default_model=ref, grpc_address=grpc_address, trust=trust)
-    run(app, settings, host=host, port=port, insecure=insecure)
+    serve_app(
+        settings,
+        host=host,
+        port=port,
+        grpc_port=grpc_port if grpc_port >= 0 else None,
+        insecure=insecure,
+        registry=registry,
+        default_model=ref,
+        trust_settings=trust_settings,
+    )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from shipyard.config import Settings
 
 
 def server(
@@ -25,18 +28,27 @@ def server(
     ),
 ) -> None:
     """Start the Shipyard server: control plane and every registered model."""
-    from shipyard.config import Settings
     from shipyard.server import serve
 
     options = tls_options(tls_cert, tls_key)
     if http_processes is not None:
         options["http_processes"] = http_processes
-    try:
-        settings = Settings(**options)
-    except ValidationError as exc:
-        raise typer.BadParameter(exc.errors()[0]["msg"]) from None
+    settings = settings_from(options)
     grpc = None if grpc_port < 0 else grpc_port
     serve(settings, host=host, port=port, grpc_port=grpc, insecure=insecure)
+
+
+def settings_from(options: dict[str, Any]) -> Settings:
+    """Settings from the environment and these command-line options; a bad value is the
+    command line's error, said in one line."""
+    from shipyard.config import Settings
+
+    try:
+        return Settings(**options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise typer.BadParameter(f"{where}: {error['msg']}") from None
 
 
 def tls_options(cert: Path | None, key: Path | None) -> dict[str, Any]:

@@ -131,6 +131,7 @@ class AttachedPool(WorkerPool):
             max_batch_rows=serving.max_batch_size,
             max_batch_delay=serving.max_batch_delay,
             max_queue=serving.max_queue,
+            max_queue_batches=serving.max_queue_batches,
         )
         self.front = front
         self.key = ModelKey(spec.model, spec.version)

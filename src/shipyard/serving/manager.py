@@ -321,6 +321,7 @@ class ModelManager:
             max_batch_rows=loaded.serving.max_batch_size,
             max_batch_delay=loaded.serving.max_batch_delay,
             max_queue=loaded.serving.max_queue,
+            max_queue_batches=loaded.serving.max_queue_batches,
             spares=self.spares,
         )
 

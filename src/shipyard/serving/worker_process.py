@@ -135,16 +135,26 @@ def _answer(connection: Connection, runtime: Runtime) -> None:
 
 
 def _answer_all(parent: Connection, listener: socket.socket, runtime: Runtime) -> None:
-    """Answer batches from the server's pipe and from every front that connects, each
-    ready connection in turn; a front that goes away loses only its connection.
+    """Answer batches from the server's pipe and from every front that connects; a front
+    that goes away loses only its connection.
 
-    When the server closes its pipe (it drains this worker, or stops), the worker takes
-    no new front but answers those still connected until each lets go (a front lets go
-    of a worker the server no longer lists once its batches there are answered)."""
+    Batches that arrive together from several fronts run as one predict where they can
+    (`_predict_together`): each front batches only its own requests, and one predict of
+    their sum costs less than one each. When the server closes its pipe (it drains this
+    worker, or stops), the worker takes no new front but answers those still connected
+    until each lets go (a front lets go of a worker the server no longer lists once its
+    batches there are answered)."""
     fronts: list[Connection] = []
     watched: list[Any] = [parent, listener]
+
+    def drop(connection: Connection) -> None:
+        if connection in fronts:
+            fronts.remove(connection)
+            connection.close()
+
     try:
         while watched or fronts:
+            received: list[tuple[Connection, Message]] = []
             for ready in wait([*watched, *fronts]):
                 if ready is listener:
                     accepted, _ = listener.accept()
@@ -152,37 +162,90 @@ def _answer_all(parent: Connection, listener: socket.socket, runtime: Runtime) -
                     continue
                 assert isinstance(ready, Connection)
                 try:
-                    message = ready.recv()
+                    received.append((ready, ready.recv()))
                 except (EOFError, OSError):
                     if ready is parent:
                         watched = []  # draining: no new fronts, no server
-                    else:
-                        fronts.remove(ready)
-                        ready.close()
-                    continue
-                reply = _predict(runtime, message)
+                    drop(ready)
+            for connection, reply in _predict_together(runtime, received):
                 try:
-                    ready.send(reply)
+                    connection.send(reply)
                 except OSError:  # that front died mid-batch: its requests failed with it
-                    if ready is not parent:
-                        fronts.remove(ready)
-                        ready.close()
+                    drop(connection)
     finally:
         os.unlink(listener.getsockname())
         listener.close()
 
 
-def _predict(runtime: Runtime, message: tuple[int, Any, list[str] | None]) -> tuple[int, bool, Any]:
+Message = tuple[int, Any, list[str] | None]
+Reply = tuple[int, bool, Any]
+
+
+def _predict(runtime: Runtime, message: Message) -> Reply:
     request_id, wire, outputs = message
     attached = Attached(wire)
     try:
         result = runtime.predict(attached.tensors, outputs)
-        reply: tuple[int, bool, Any] = (request_id, True, share(result)[0])
+        reply: Reply = (request_id, True, share(result)[0])
         del result  # may be a view of a shared input, which release() unmaps
     except Exception as exc:
         reply = (request_id, False, predict_failure(exc))
     attached.release()
     return reply
+
+
+def _predict_together(
+    runtime: Runtime, received: list[tuple[Connection, Message]]
+) -> list[tuple[Connection, Reply]]:
+    """One predict for batches of the same shape (inputs' names, dtypes and trailing
+    dimensions, and the outputs asked for), split back by rows; alone, any that cannot
+    join, or all of them when the joint predict fails (one front's bad input must not
+    fail another's batch) or gives an output that is not one row per input row."""
+    groups: dict[object, list[tuple[Connection, Message]]] = {}
+    for connection, message in received:
+        groups.setdefault(_joinable(message), []).append((connection, message))
+    replies = []
+    for key, group in groups.items():
+        joint = _joint(runtime, group) if key is not None and len(group) > 1 else None
+        if joint is None:
+            replies += [(connection, _predict(runtime, message)) for connection, message in group]
+        else:
+            replies += joint
+    return replies
+
+
+def _joinable(message: Message) -> object:
+    """What batches must share to run as one predict, or None (shared memory, scalars)."""
+    _, wire, outputs = message
+    if not wire or not all(isinstance(a, np.ndarray) and a.ndim for a in wire.values()):
+        return None
+    if len({a.shape[0] for a in wire.values()}) != 1:
+        return None
+    shapes = tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in wire.items()))
+    return (tuple(outputs) if outputs else None, shapes)
+
+
+def _joint(
+    runtime: Runtime, group: list[tuple[Connection, Message]]
+) -> list[tuple[Connection, Reply]] | None:
+    wires = [message[1] for _, message in group]
+    rows = [next(iter(wire.values())).shape[0] for wire in wires]
+    inputs = {name: np.concatenate([wire[name] for wire in wires]) for name in wires[0]}
+    try:
+        result = runtime.predict(inputs, group[0][1][2])
+    except Exception:
+        return None
+    total = sum(rows)
+    if not all(
+        isinstance(a, np.ndarray) and a.ndim and a.shape[0] == total for a in result.values()
+    ):
+        return None
+    edges = np.cumsum(rows)[:-1]
+    parts = {name: np.split(array, edges) for name, array in result.items()}
+    return [
+        (connection, (message[0], True, share({n: parts[n][i] for n in parts})[0]))
+        for i, (connection, message) in enumerate(group)
+    ]
 
 
 _MODEL_WORDS_LIMIT = 2000
