@@ -11,12 +11,11 @@ import logging
 import os
 import random
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shipyard.config import DEFAULT_TRACE_SAMPLE
-from shipyard.monitoring.access_log import ACCESS, AccessLog
+from shipyard.monitoring.access_log import ACCESS, AccessLog, access_fields
 from shipyard.monitoring.tracing import RequestTracer
 from shipyard.serving.types import RequestContext
 
@@ -83,7 +82,7 @@ class RequestObserver:
             registry=registry,
         ).set_function(lambda: self.in_flight)
         # Label lookups take a lock in prometheus-client; children are cached here.
-        self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self._stage_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
 
     def start(
@@ -115,24 +114,31 @@ class RequestObserver:
         deployment = context.deployment or ""
         model = context.model or ""
         version = context.version or ""
-        key = (deployment, model, version, str(context.status))
+        key = (deployment, model, version, context.status)
         children = self._children.get(key)
         if children is None:
-            children = (
-                self._requests.labels(*key),
+            children = self._children[key] = (
+                self._requests.labels(deployment, model, version, str(context.status)),
                 self._latency.labels(deployment, model, version),
             )
-            self._children[key] = children
         children[0].inc()
         children[1].observe(elapsed)
         if context.dispatched:
-            self._observe_stages(context, model, version)
+            stages = self._stage_children.get((model, version))
+            if stages is None:
+                queue, batch_wait, predict = (
+                    self._stages.labels(model, version, s) for s in STAGES
+                )
+                stages = self._stage_children[(model, version)] = (queue, batch_wait, predict)
+            stages[0].observe(context.dispatched - context.queued - context.batch_wait)
+            stages[1].observe(context.batch_wait)
+            if context.predicted:
+                stages[2].observe(context.predicted - context.dispatched)
         if self.access_log and ACCESS.isEnabledFor(logging.INFO):
-            fields = access_fields(context, elapsed)
             if self.batched is not None:
-                self.batched.write(fields)
+                self.batched.write_request(context)
             else:
-                ACCESS.info("request", extra={"fields": fields})
+                ACCESS.info("request", extra={"fields": access_fields(context, elapsed)})
         if self.tracer is not None and self._traced(context):
             self.tracer.record(context)
 
@@ -146,41 +152,8 @@ class RequestObserver:
             return True
         return random.random() < self.trace_sample
 
-    def _observe_stages(self, context: RequestContext, model: str, version: str) -> None:
-        stages = self._stage_children.get((model, version))
-        if stages is None:
-            queue, batch_wait, predict = (self._stages.labels(model, version, s) for s in STAGES)
-            stages = (queue, batch_wait, predict)
-            self._stage_children[(model, version)] = stages
-        stages[0].observe(context.dispatched - context.queued - context.batch_wait)
-        stages[1].observe(context.batch_wait)
-        if context.predicted:
-            stages[2].observe(context.predicted - context.dispatched)
-
     def close(self) -> None:
         if self.batched is not None:
             self.batched.close()
         if self.tracer is not None:
             self.tracer.shutdown()
-
-
-def access_fields(context: RequestContext, elapsed: float) -> dict[str, Any]:
-    """The access log fields of one inference request."""
-    fields: dict[str, Any] = {
-        "request_id": context.request_id,
-        "route": context.route,
-        "transport": context.transport,
-        "deployment": context.deployment,
-        "model": context.model,
-        "version": context.version,
-        "status": context.status,
-        "latency_ms": round(elapsed * 1000.0, 3),
-        "rows": context.rows,
-    }
-    if context.cached:
-        fields["cached"] = True
-    if context.cold_start:
-        fields["cold_start_ms"] = round(context.cold_start * 1000.0, 3)
-    if context.error is not None:
-        fields["error"] = context.error
-    return fields

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from shipyard import __version__
 from shipyard.errors import (
     Conflict,
@@ -284,7 +286,7 @@ class DataPlane:
         request: InferRequest,
     ) -> InferResponse:
         outputs = [
-            Tensor(out_name, datatype_from_numpy(array.dtype), array)
+            Tensor(out_name, _datatype(array.dtype), array)
             for out_name, array in result.items()
             if wanted is None or out_name in wanted
         ]
@@ -310,3 +312,15 @@ class DataPlane:
                     f"unknown output {unknown[0]!r}; the model gives {', '.join(sorted(known))}"
                 )
         return names
+
+
+_DATATYPES: dict[np.dtype[Any], str] = {}
+
+
+def _datatype(dtype: np.dtype[Any]) -> str:
+    """datatype_from_numpy, remembered per dtype: ~2 µs a call otherwise, per output."""
+    try:
+        return _DATATYPES[dtype]
+    except KeyError:
+        datatype = _DATATYPES[dtype] = datatype_from_numpy(dtype)
+        return datatype

@@ -22,8 +22,8 @@ def _fits_shape(expected: list[int], actual: tuple[int, ...]) -> bool:
 def _conform_one(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
     where = f"input {spec.name!r}"
     array = tensor.data
-    target = NUMPY_DTYPES[spec.datatype]
     if tensor.datatype != spec.datatype:
+        target = NUMPY_DTYPES[spec.datatype]
         # Only casts that lose nothing: INT32 -> FP64 yes, FP64 -> INT8 no.
         if (
             spec.datatype == "BYTES"
@@ -52,6 +52,10 @@ def conform(inputs: list[Tensor], signature: Signature | None) -> Tensors:
             raise InvalidInput(f"input {tensor.name!r} is empty: send at least one row")
     if signature is None or not signature.inputs:
         return {tensor.name: tensor.data for tensor in inputs}
+    specs = signature.inputs
+    if len(inputs) == 1 and len(specs) == 1 and inputs[0].name == specs[0].name:
+        # One input, named as the signature names it: nothing extra, missing or disagreeing.
+        return {specs[0].name: _conform_one(specs[0], inputs[0])}
     given = {tensor.name: tensor for tensor in inputs}
     expected = {spec.name: spec for spec in signature.inputs}
     extra = [name for name in given if name not in expected]

@@ -77,6 +77,11 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
         parsed = np.asarray(data) if datatype != "BYTES" else np.asarray(data, dtype=object)
     except ValueError as exc:  # ragged nesting
         raise InvalidInput(f"{where}: 'data' is not a regular array ({_short(exc)})") from None
+    target = NUMPY_DTYPES[datatype]
+    if parsed.dtype == target and datatype != "BYTES" and parsed.size == math.prod(shape):
+        # The common case (floats for FP64, integers for INT64, booleans for BOOL): no
+        # cast, so no range to check, and orjson refuses inf and NaN. ~2 µs less per input.
+        return parsed.reshape(shape)
     kind = parsed.dtype.kind
     allowed = _KINDS_FOR.get(
         datatype, _INT_KINDS if datatype.startswith(("INT", "UINT")) else _FLOAT_KINDS
@@ -94,7 +99,6 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
             f"{where}: 'data' has {parsed.size} elements but shape {list(shape)} "
             f"needs {math.prod(shape)}"
         )
-    target = NUMPY_DTYPES[datatype]
     # numpy's astype wraps integers and overflows floats to inf silently: check ranges.
     if parsed.size and target.kind in "iu" and parsed.dtype.kind in "iu":
         info = np.iinfo(target)
