@@ -407,6 +407,12 @@ class Settings(BaseSettings):
         le=3600,
         description="Longest pause in seconds between chunks of a request body (408 after).",
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Comma-separated addresses of load balancers whose X-Forwarded-For and "
+        "X-Forwarded-Proto name the client (`*`: any). Empty: those headers are ignored, "
+        "so no caller can claim another's address.",
+    )
     http_processes: int | Literal["auto"] = Field(
         default=1,
         description="HTTP front processes sharing one port and one set of model workers per "

@@ -544,6 +544,10 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, *, host: str, port: int) -
         # beyond which uvicorn answers 503 once a request's headers are in.
         http=guarded_protocol(settings.header_timeout),
         limit_concurrency=settings.max_connections,
+        # Forwarded headers only from a load balancer named as such (uvicorn would trust
+        # 127.0.0.1 by default, so any local process could claim any address).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 

@@ -35,8 +35,16 @@ class Pending:
     """Run alone: set when a batch it was in failed, to find which request broke it."""
     context: RequestContext | None = None
     """Where the pool stamps queue and predict times, when the caller keeps a timeline."""
+    stated_timeout: float = 0.0
+    """The deadline the caller set, in seconds, for the 504 that names it."""
 
     def __post_init__(self) -> None:
+        if len(self.inputs) == 1:  # the common case, without the set and the sort
+            ((name, array),) = self.inputs.items()
+            if array.ndim and array.shape[0] > 0:
+                self.rows = array.shape[0]
+                self.key = (self.outputs, ((name, array.dtype.str, array.shape[1:]),))
+            return
         counts = {a.shape[0] if a.ndim else -1 for a in self.inputs.values()}
         if len(counts) == 1 and (rows := counts.pop()) > 0:
             self.rows = rows
