@@ -7,6 +7,7 @@ call it on a pool that starts no worker, with the time given.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -89,3 +90,24 @@ def test_a_request_that_cannot_join_a_batch_counts_as_a_whole_one(rows: int | No
     assert admitted(made)
     made.queue.append(pending(8))
     assert admitted(made) is (rows == 3)
+
+
+def test_a_full_standing_queue_refuses_before_a_body_is_read() -> None:
+    """The early check (before decoding) refuses exactly when a one-row request would be."""
+
+    async def scenario() -> None:
+        now = asyncio.get_running_loop().time()
+        live_worker = SimpleNamespace(alive=True)
+        full = pool([1, 1], emptied=now - 1.0)  # two queued: a newcomer is the third batch
+        full.workers.append(live_worker)  # type: ignore[arg-type]
+        with pytest.raises(Overloaded):
+            full.refuse_if_full()
+        assert full.stats.refused == 1  # counted like any refusal
+        room = pool([1], emptied=now - 1.0)  # one queued: a one-row newcomer still fits
+        room.workers.append(live_worker)  # type: ignore[arg-type]
+        room.refuse_if_full()
+        burst = pool([1] * 200, emptied=now)  # a burst onto a queue empty just now
+        burst.workers.append(live_worker)  # type: ignore[arg-type]
+        burst.refuse_if_full()
+
+    asyncio.run(scenario())

@@ -193,6 +193,7 @@ class DataPlane:
         if routed is None:
             if context is not None:
                 context.model, context.version = record.model, str(record.version)
+            self.manager.refuse_if_full(record)  # before the body is read and decoded
             request = await decode(record)
             loaded, inputs, result, cached, wanted = await self._predict(
                 record, request, context, deployed=hints.may_deploy

@@ -59,6 +59,9 @@ from shipyard.serving.workers import WorkerPool
 
 log = logging.getLogger("shipyard.models")
 RESOLVE_TTL_SECONDS = 1.0
+CHANGES_MAX_AGE = RESOLVE_TTL_SECONDS / 2
+"""How old a read of the registry's change sequence may be when a stale name is checked:
+one query per this interval for every name together, and a change seen within ~1 s."""
 WORKER_SIZE_GUESS = 256 * 1024**2
 """Resident bytes expected of a worker of a framework this server has not loaded yet."""
 RECENT_DECISIONS = 10
@@ -103,6 +106,15 @@ class History:
     """Set by a deployer (`shipyard models scale`); outlives unloads."""
 
 
+@dataclass
+class _Resolved:
+    """What a name addressed when last read, and the registry's change sequence then."""
+
+    checked_at: float
+    sequence: int
+    record: ModelVersion
+
+
 def key_of(record: ModelVersion) -> ModelKey:
     return ModelKey(record.model, record.version)
 
@@ -141,18 +153,25 @@ class ModelManager:
         self.history: dict[ModelKey, History] = {}
         self._placed: set[ModelKey] = set()
         """Versions loaded on purpose (`load`: start-up, a deployer, a deployment's arms)."""
-        self._resolved: dict[tuple[str, str | None], tuple[float, ModelVersion]] = {}
+        self._resolved: dict[tuple[str, str | None], _Resolved] = {}
         self._refreshing: dict[tuple[str, str | None], asyncio.Future[ModelVersion]] = {}
         self._load_lock = asyncio.Lock()
 
-    def _resolve_now(self, name: str, version: str | None) -> ModelVersion:
+    def _resolve_now(
+        self, name: str, version: str | None, seen: int | None
+    ) -> tuple[int, ModelVersion | None]:
+        """The registry's change sequence, and what the name addresses (None: nothing
+        changed since `seen`, so the answer resolved then still holds)."""
+        sequence = self.registry.changes.current(CHANGES_MAX_AGE)  # read first: see changes.py
+        if sequence == seen:
+            return sequence, None
         check_model_name(name)
         if version is None:
-            return self.registry.models.serving_version(ModelRef(name))
+            return sequence, self.registry.models.serving_version(ModelRef(name))
         parsed = parse_version_or_alias(version)
         if isinstance(parsed, int):
-            return self.registry.models.get_version(ModelRef(name, version=parsed))
-        return self.registry.models.get_version(ModelRef(name, alias=parsed))
+            return sequence, self.registry.models.get_version(ModelRef(name, version=parsed))
+        return sequence, self.registry.models.get_version(ModelRef(name, alias=parsed))
 
     async def resolve(self, name: str, version: str | None = None) -> ModelVersion:
         """The version a name addresses, kept off the hot path.
@@ -160,32 +179,44 @@ class ModelManager:
         A fresh answer comes from memory. A stale one (older than the TTL) is
         still returned at once while a single background query refreshes it, so
         no request waits on the database after the first, and a burst of
-        requests never sends a burst of queries.
+        requests never sends a burst of queries. The refresh reads the name again
+        only if the registry's change sequence moved since the answer was read: in
+        the steady state, one single-row query a half second serves every name.
         """
         key = (name, version)
         cached = self._resolved.get(key)
         if cached is None:
             return await self._refresh(key)
-        if time.monotonic() - cached[0] >= RESOLVE_TTL_SECONDS and key not in self._refreshing:
-            task = asyncio.get_running_loop().create_task(self._refresh(key))
-            task.add_done_callback(_ignore_refresh_errors)
-        return cached[1]
+        now = time.monotonic()
+        if now - cached.checked_at >= RESOLVE_TTL_SECONDS and key not in self._refreshing:
+            if self.registry.changes.cached(CHANGES_MAX_AGE) == cached.sequence:
+                cached.checked_at = now  # nothing changed: no thread, no query
+            else:
+                task = asyncio.get_running_loop().create_task(self._refresh(key, cached))
+                task.add_done_callback(_ignore_refresh_errors)
+        return cached.record
 
-    async def _refresh(self, key: tuple[str, str | None]) -> ModelVersion:
+    async def _refresh(
+        self, key: tuple[str, str | None], cached: _Resolved | None = None
+    ) -> ModelVersion:
         running = self._refreshing.get(key)
         if running is not None:
             return await asyncio.shield(running)
         future: asyncio.Future[ModelVersion] = asyncio.get_running_loop().create_future()
         self._refreshing[key] = future
+        seen = cached.sequence if cached is not None else None
         try:
-            record = await asyncio.to_thread(self._resolve_now, *key)
+            sequence, record = await asyncio.to_thread(self._resolve_now, *key, seen)
         except BaseException as exc:
             self._resolved.pop(key, None)  # a vanished model or alias stops resolving
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else must
             raise
         else:
-            self._resolved[key] = (time.monotonic(), record)
+            if record is None:
+                assert cached is not None  # unchanged since `seen`, which came from it
+                record = cached.record
+            self._resolved[key] = _Resolved(time.monotonic(), sequence, record)
             future.set_result(record)
             return record
         finally:
@@ -206,6 +237,14 @@ class ModelManager:
         """Loaded and warm, or scaled to zero (its next request loads it: it serves)."""
         loaded = self.models.get(key_of(record))
         return loaded is not None and loaded.state in ("ready", "idle")
+
+    def refuse_if_full(self, record: ModelVersion) -> None:
+        """Overloaded now if the version's queue would refuse any request (see
+        WorkerPool.refuse_if_full); not for a cached version, whose answers may need no
+        worker."""
+        loaded = self.models.get(key_of(record))
+        if loaded is not None and loaded.pool is not None and not loaded.serving.cache:
+            loaded.pool.refuse_if_full()
 
     async def get_ready(
         self,

@@ -555,6 +555,15 @@ class WorkerPool:
                 f"(about {expected:.2f} s of work is queued); retry shortly"
             )
 
+    def refuse_if_full(self) -> None:
+        """Raise Overloaded now if even a one-row request would be refused: the caller
+        asks before reading and decoding a body, so a refusal under overload costs little
+        (every request has a row at least, so none that this refuses would be taken)."""
+        live = sum(1 for w in self.workers if w.alive)
+        if not live or not self.queue:
+            return  # no worker (the full check says why), or nothing waits
+        self._admit(live, math.inf, asyncio.get_running_loop().time())
+
     async def predict(
         self,
         inputs: Tensors,
