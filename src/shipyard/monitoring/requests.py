@@ -11,8 +11,18 @@ import logging
 import os
 import random
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from shipyard.config import DEFAULT_TRACE_SAMPLE
 from shipyard.monitoring.access_log import ACCESS, AccessLog, access_fields
@@ -26,6 +36,80 @@ LATENCY_BUCKETS = (
     0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 STAGES = ("queue", "batch_wait", "predict")
+_BOUNDS = (*map(floatToGoString, LATENCY_BUCKETS), "+Inf")
+"""The latency histograms' `le` labels, spelled as prometheus-client spells them."""
+
+
+class _Histogram:
+    """One labelled histogram series: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound falls in that bound's bucket (le).
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        running, cumulative = 0, []
+        for bound, count in zip(_BOUNDS, list(self.counts), strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        return cumulative
+
+
+class RequestMetrics(Collector):
+    """Request counts and latencies as plain ints and floats, exposed at scrape time.
+
+    Updated on the event loop only (one thread), so the request path takes no lock;
+    prometheus-client's Counter and Histogram took one per update (~8 µs a request).
+    The families are the ones those metrics exposed: same names, labels, buckets, help.
+    """
+
+    def __init__(self, observer: RequestObserver) -> None:
+        self.observer = observer
+        """Its `in_flight` count is read at scrape time."""
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        self.latency: dict[tuple[str, str, str], _Histogram] = {}
+        self.stages: dict[tuple[str, str], tuple[_Histogram, _Histogram, _Histogram]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["deployment", "model", "version"]
+        requests = CounterMetricFamily(
+            "shipyard_requests",
+            "Inference requests answered, by status code.",
+            labels=[*labels, "status"],
+        )
+        for (deployment, model, version, status), count in list(self.requests.items()):
+            requests.add_metric([deployment, model, version, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "shipyard_request_duration_seconds",
+            "Inference request latency, arrival to answer sent.",
+            labels=labels,
+        )
+        for key, series in list(self.latency.items()):
+            latency.add_metric(list(key), series.buckets(), series.total)
+        yield latency
+        stages = HistogramMetricFamily(
+            "shipyard_stage_duration_seconds",
+            "Time in each stage: queue (waiting for a worker), batch_wait (held for a "
+            "fuller batch), predict (the worker's round trip).",
+            labels=["model", "version", "stage"],
+        )
+        for (model, version), by_stage in list(self.stages.items()):
+            for stage, series in zip(STAGES, by_stage, strict=True):
+                stages.add_metric([model, version, stage], series.buckets(), series.total)
+        yield stages
+        yield GaugeMetricFamily(
+            "shipyard_inflight_requests",
+            "Inference requests received and not yet answered.",
+            value=self.observer.in_flight,
+        )
 
 
 def _usable_request_id(value: str | None) -> bool:
@@ -54,36 +138,8 @@ class RequestObserver:
         # a terminal, and keep one logging call per request.
         self.batched = AccessLog() if access_log and json_lines else None
         self.in_flight = 0
-        labels = ("deployment", "model", "version")
-        self._requests = Counter(
-            "shipyard_requests",
-            "Inference requests answered, by status code.",
-            (*labels, "status"),
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "shipyard_request_duration_seconds",
-            "Inference request latency, arrival to answer sent.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._stages = Histogram(
-            "shipyard_stage_duration_seconds",
-            "Time in each stage: queue (waiting for a worker), batch_wait (held for a "
-            "fuller batch), predict (the worker's round trip).",
-            ("model", "version", "stage"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        Gauge(
-            "shipyard_inflight_requests",
-            "Inference requests received and not yet answered.",
-            registry=registry,
-        ).set_function(lambda: self.in_flight)
-        # Label lookups take a lock in prometheus-client; children are cached here.
-        self._children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
-        self._stage_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
+        self.metrics = RequestMetrics(self)
+        registry.register(self.metrics)
 
     def start(
         self,
@@ -114,22 +170,19 @@ class RequestObserver:
         deployment = context.deployment or ""
         model = context.model or ""
         version = context.version or ""
+        metrics = self.metrics
         key = (deployment, model, version, context.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self._requests.labels(deployment, model, version, str(context.status)),
-                self._latency.labels(deployment, model, version),
-            )
-        children[0].inc()
-        children[1].observe(elapsed)
+        metrics.requests[key] = metrics.requests.get(key, 0) + 1
+        series = metrics.latency.get(key[:3])
+        if series is None:
+            series = metrics.latency[key[:3]] = _Histogram()
+        series.observe(elapsed)
         if context.dispatched:
-            stages = self._stage_children.get((model, version))
+            stages = metrics.stages.get((model, version))
             if stages is None:
-                queue, batch_wait, predict = (
-                    self._stages.labels(model, version, s) for s in STAGES
-                )
-                stages = self._stage_children[(model, version)] = (queue, batch_wait, predict)
+                stages = metrics.stages[(model, version)] = (
+                    _Histogram(), _Histogram(), _Histogram()
+                )  # fmt: skip
             stages[0].observe(context.dispatched - context.queued - context.batch_wait)
             stages[1].observe(context.batch_wait)
             if context.predicted:

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from shipyard.registry import records
+from shipyard.registry.changes import bump
 from shipyard.registry.tables import AuditRow
 
 
@@ -78,6 +79,7 @@ def record_event(
             after=after,
         )
     )
+    bump(session)
 
 
 class AuditLog:

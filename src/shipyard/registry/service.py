@@ -13,6 +13,7 @@ from shipyard.artifacts import ArtifactStore
 from shipyard.config import Settings
 from shipyard.registry import records
 from shipyard.registry.audit import AuditLog
+from shipyard.registry.changes import ChangeCounter
 from shipyard.registry.db import create_engine, migrate, session_factory
 from shipyard.registry.deployments import DeploymentRepository
 from shipyard.registry.importing import register_model
@@ -42,6 +43,8 @@ class Registry:
     deployments: DeploymentRepository
     rollouts: RolloutRepository
     leases: LeaseRepository
+    changes: ChangeCounter
+    """Whether anything changed: what servers poll instead of re-reading each name."""
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
@@ -58,6 +61,7 @@ class Registry:
             deployments=DeploymentRepository(sessions),
             rollouts=RolloutRepository(sessions),
             leases=LeaseRepository(sessions),
+            changes=ChangeCounter(sessions),
         )
 
     @staticmethod

@@ -209,6 +209,16 @@ class RolloutRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ChangeRow(Base):
+    """The registry's change counter: one row, bumped by every audited change in the
+    change's own transaction, so a server learns whether anything changed with one read."""
+
+    __tablename__ = "registry_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    sequence: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 class LeaseRow(Base):
     """Who runs a singleton job (the rollout controller) among replicas, and until when."""
 

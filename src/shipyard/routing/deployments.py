@@ -1,7 +1,9 @@
 """Deployment routing: which version answers a request to a deployment.
 
 Each deployment's live revision is read from the registry at most once a
-second (off the hot path, like model names in manager.py). A new revision
+second (off the hot path, like model names in manager.py), and only when the
+registry's change sequence moved since the last read (registry/changes.py), so a
+name that is no deployment costs no query per second. A new revision
 goes live only once every version it routes to is loaded and warmed: until
 then the previous revision keeps answering, so applying a change under load
 fails no request (blue-green by construction). The choice of arm itself is
@@ -37,6 +39,8 @@ from shipyard.serving.types import (
 
 log = logging.getLogger("shipyard.routing")
 REFRESH_SECONDS = 1.0
+CHANGES_MAX_AGE = REFRESH_SECONDS / 2
+"""How old a read of the registry's change sequence may be when a stale entry is checked."""
 COMPARE_FRACTION = 0.25
 """Share of a minority arm's requests also sent to the main arm to measure agreement."""
 
@@ -136,10 +140,19 @@ class LiveRevision:
 class _Entry:
     checked_at: float
     revision: DeploymentRevision | None
+    sequence: int | None = None
+    """The registry's change sequence read just before `revision` (None: not yet read)."""
     live: LiveRevision | None = None
     switching_to: int | None = None
     first: asyncio.Future[None] | None = None
     """Set while the first request loads the deployment; the others wait on it."""
+
+    @property
+    def settled(self) -> bool:
+        """Serving what the registry said (or, for no deployment, nothing): while the
+        registry is unchanged there is nothing to read again, nor a switch to retry."""
+        wanted = self.revision.revision if self.revision is not None else None
+        return (self.live.revision if self.live is not None else None) == wanted
 
 
 class DeploymentRouter:
@@ -170,15 +183,28 @@ class DeploymentRouter:
             return await self._first_look(name)
         if entry.first is not None and not entry.first.done():
             await asyncio.shield(entry.first)  # another request is loading it: wait, don't 404
-        if time.monotonic() - entry.checked_at >= REFRESH_SECONDS and name not in self._refreshing:
-            self._spawn(self._refresh(name, entry))
+        now = time.monotonic()
+        if now - entry.checked_at >= REFRESH_SECONDS and name not in self._refreshing:
+            sequence = self.registry.changes.cached(CHANGES_MAX_AGE)
+            if entry.settled and sequence is not None and sequence == entry.sequence:
+                entry.checked_at = now  # nothing changed: no thread, no query
+            else:
+                self._spawn(self._refresh(name, entry))
         return entry.live
+
+    def _look(self, name: str, entry: _Entry) -> tuple[int, DeploymentRevision | None]:
+        """The change sequence, then the live revision (the entry's own if the sequence
+        has not moved since it was read and the entry is settled). Blocking."""
+        sequence = self.registry.changes.current(CHANGES_MAX_AGE)
+        if entry.settled and sequence == entry.sequence:
+            return sequence, entry.revision
+        return sequence, self.registry.deployments.find(name)
 
     async def _first_look(self, name: str) -> LiveRevision | None:
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = self.entries[name] = _Entry(time.monotonic(), None, first=first)
         try:
-            entry.revision = await asyncio.to_thread(self.registry.deployments.find, name)
+            entry.sequence, entry.revision = await asyncio.to_thread(self._look, name, entry)
             if entry.revision is not None:
                 entry.live = await self._activate(entry.revision, entry)
         except BaseException as exc:
@@ -197,9 +223,9 @@ class DeploymentRouter:
     async def _refresh(self, name: str, entry: _Entry) -> None:
         self._refreshing.add(name)
         try:
-            revision = await asyncio.to_thread(self.registry.deployments.find, name)
+            sequence, revision = await asyncio.to_thread(self._look, name, entry)
             entry.checked_at = time.monotonic()
-            entry.revision = revision
+            entry.sequence, entry.revision = sequence, revision
             if revision is None:
                 entry.live = None
                 return

@@ -164,6 +164,9 @@ class RolloutController:
         self.tick_seconds = tick_seconds
         self.lease_seconds = lease_seconds
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._idle_at: int | None = None
+        """The registry's change sequence when no rollout was running: until it moves,
+        none can have started, and a tick reads one row instead of the rollouts."""
 
     async def run(self) -> None:
         while True:
@@ -174,7 +177,7 @@ class RolloutController:
                 log.exception("rollout controller tick failed")
 
     async def tick(self) -> None:
-        running = await asyncio.to_thread(self.registry.rollouts.running)
+        running = await asyncio.to_thread(self._running)
         if not running:
             return  # nothing to drive: no lease write (a write per tick costs an fsync)
         holds = await asyncio.to_thread(
@@ -186,6 +189,16 @@ class RolloutController:
         with acting_as(Actor("rollout-controller", "system", self.holder)):
             for rollout in running:
                 await self._advance(rollout)
+
+    def _running(self) -> list[records.Rollout]:
+        """Running rollouts; none, without reading them, while the registry is unchanged
+        since a read found none (starting or resuming one is an audited change)."""
+        sequence = self.registry.changes.current(self.tick_seconds / 2)
+        if sequence == self._idle_at:
+            return []
+        running = self.registry.rollouts.running()
+        self._idle_at = None if running else sequence
+        return running
 
     async def _advance(self, rollout: records.Rollout) -> None:
         name = rollout.deployment
