@@ -32,6 +32,7 @@ from shipyard.monitoring.metrics import DataPlaneCollector
 from shipyard.monitoring.prediction_log import PredictionLog
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.monitoring.tracing import RequestTracer
+from shipyard.registry.changes import ChangeCounter
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
@@ -271,7 +272,7 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     gc.freeze()
     loop = asyncio.get_running_loop()
     tasks = [
-        loop.create_task(_watch_keys(services.gatekeeper)),
+        loop.create_task(_watch_keys(services.gatekeeper, services.control.trust.changes)),
         loop.create_task(services.controller.run()),
         loop.create_task(DriftScheduler(control.monitoring.drift).run()),
         loop.create_task(Autoscaler(services.manager, settings.scaling_tick).run()),
@@ -406,7 +407,7 @@ async def _front_running(
     gc.freeze()
     tasks = [
         loop.create_task(front.run()),
-        loop.create_task(_watch_keys(services.gatekeeper)),
+        loop.create_task(_watch_keys(services.gatekeeper, services.control.trust.changes)),
         loop.create_task(_send_metrics(channel, services.request_metrics)),
     ]
     try:
@@ -461,14 +462,23 @@ class WithLifespan:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-async def _watch_keys(gate: Gatekeeper) -> None:
-    """Re-read the key table, record keys' last use and write the counts of refused
-    logins, never on the request path."""
-    flushed = time.monotonic()
+_KEYS_FULL_REFRESH_SECONDS = 30.0
+"""How often the key table is re-read even if nothing changed (expiries pass with time)."""
+
+
+async def _watch_keys(gate: Gatekeeper, changes: ChangeCounter) -> None:
+    """Re-read the key table when the trust registry changed (keys are created and revoked
+    with an audit event, which moves its change counter), record keys' last use and write
+    the counts of refused logins, never on the request path."""
+    flushed = refreshed = time.monotonic()
+    seen: int | None = None
     while True:
         await asyncio.sleep(REFRESH_SECONDS)  # a refresh cadence, not a sync point
         try:
-            await asyncio.to_thread(gate.keys.refresh)
+            sequence = await asyncio.to_thread(changes.current)
+            if sequence != seen or time.monotonic() - refreshed >= _KEYS_FULL_REFRESH_SECONDS:
+                await asyncio.to_thread(gate.keys.refresh)
+                seen, refreshed = sequence, time.monotonic()
             await asyncio.to_thread(gate.flush)
             if time.monotonic() - flushed >= 5:
                 flushed = time.monotonic()
