@@ -245,7 +245,7 @@ def markdown(r: Result, args: argparse.Namespace, work: Path) -> list[str]:
         f"{os.cpu_count()} cores shared by hey and the server. The server runs "
         "`shipyard serve heavy.joblib` with `SHIPYARD_WORKERS_PER_MODEL=1 "
         "SHIPYARD_MAX_BATCH_SIZE=1` and every other setting at its default (admission: "
-        "`SHIPYARD_MAX_QUEUE_BATCHES=2`); the script's docstring says why.",
+        "`SHIPYARD_MAX_QUEUE_BATCHES=6`); the script's docstring says why.",
         "",
         "| unloaded p99 ms (wrk c=1) | p99 ms at half capacity, same hey connections | "
         "capacity req/s (wrk c=2, 2xx) | offered req/s | goodput req/s | accepted p99 ms | "

@@ -125,7 +125,7 @@ class ModelServing:
     max_batch_delay: float = 0.0
     """Seconds an idle worker may wait for a fuller batch (0: never wait)."""
     max_queue: int = 256
-    max_queue_batches: int = 2
+    max_queue_batches: int = 6
     """Full batches per live worker that may wait, a newcomer's own included; beyond,
     refused at once (503): accepted requests wait about this many batch times."""
     cache: bool = False

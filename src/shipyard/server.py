@@ -317,7 +317,7 @@ async def _supervise_fronts(services: Services, fronts: Fronts) -> None:
         loaded = manager.models.get(key)
         return loaded.pool if loaded is not None else None
 
-    hub = fronts.hub = PrimarySide(ready_pool, find_pool)
+    hub = fronts.hub = PrimarySide(ready_pool, find_pool, sharing=fronts.count)
     metrics = fronts.metrics
 
     def started(index: int, channel: Channel) -> None:
@@ -368,7 +368,7 @@ def build_front(options: FrontOptions, channel: Channel, primary_socket: str) ->
     """A front process's application: inference on its own fast path over the primary's
     workers, everything else passed to the primary."""
     settings = options.settings
-    front = FrontSide(channel, settings.scaling_tick)
+    front = FrontSide(channel, settings.scaling_tick, sharing=settings.http_process_count)
     trust = Registry.open(options.trust_settings) if options.trust_settings else None
     services = build_services(settings, None, options.default_model, trust, front=front)
     proxy = PrimaryProxy(primary_socket, tls=settings.tls_cert is not None)

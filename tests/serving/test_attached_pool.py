@@ -30,7 +30,7 @@ async def _front_over(
     hub = PrimarySide(ready_pool, lambda key: pool if key == ModelKey("slow", 1) else None)
     hub.add(Channel(ours))
     channel = Channel(theirs)
-    front = FrontSide(channel, report_seconds)
+    front = FrontSide(channel, report_seconds, sharing=1)
     channel.start()
     attached = AttachedPool(pool.spec, ModelServing(max_batch_size=1), front)
     await attached.start()

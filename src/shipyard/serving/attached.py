@@ -208,9 +208,11 @@ class FrontSide:
     """A front process's end: asks the primary for workers, follows its changes, and
     reports the load its requests put on them."""
 
-    def __init__(self, channel: Channel, report_seconds: float) -> None:
+    def __init__(self, channel: Channel, report_seconds: float, sharing: int) -> None:
         self.channel = channel
         self.report_seconds = report_seconds
+        self.sharing = sharing
+        """HTTP processes (fronts and the primary) sending to the same workers."""
         self.pools: dict[ModelKey, AttachedPool] = {}
         self.on_gone: Callable[[ModelKey], None] | None = None
         """Called when the primary closed a version's pool (unloaded, scaled to zero)."""
@@ -223,7 +225,9 @@ class FrontSide:
     def pool_for(self, record: ModelVersion, serving: ModelServing) -> AttachedPool:
         """The pool factory a front's model manager uses instead of starting workers."""
         spec = VersionSpec.of(record, "")  # the primary's workers hold the artifact
-        return AttachedPool(spec, serving, self)
+        pool = AttachedPool(spec, serving, self)
+        pool.sharing = self.sharing
+        return pool
 
     async def attach(self, pool: AttachedPool) -> list[str]:
         ticket = next(self._tickets)
@@ -294,7 +298,10 @@ class PrimarySide:
         self,
         get_pool: Callable[[str, int], Any],
         find_pool: Callable[[ModelKey], WorkerPool | None],
+        sharing: int = 1,
     ) -> None:
+        self.sharing = sharing
+        """HTTP processes sending to each pool's workers, the primary included."""
         self.get_pool = get_pool
         """Coroutine function: the ready pool of (model, version), loading it if needed."""
         self.find_pool = find_pool
@@ -332,6 +339,7 @@ class PrimarySide:
             channel.send("attached", ticket, None, ("ModelNotReady", type(exc).__name__))
             return
         pool.on_change = self._announce
+        pool.sharing = self.sharing
         self._subscribers[ModelKey(model, version)].add(channel)
         channel.send("attached", ticket, _addresses(pool), None)
 

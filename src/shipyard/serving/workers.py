@@ -344,6 +344,8 @@ class WorkerPool:
         self._waiting: set[Pending] = set()
         """Requests queued or in a batch, whose deadlines `_sweep` watches."""
         self._sweeper: asyncio.TimerHandle | None = None
+        self.sharing = 1
+        """HTTP processes sending batches to these workers (`--http-processes`)."""
         self.on_change: Callable[[WorkerPool], None] | None = None
         """Called when the set of workers taking batches changes, or the pool closes
         (how other front processes learn which workers to send to)."""
@@ -628,13 +630,16 @@ class WorkerPool:
         )
 
     def _dispatch(self) -> None:
-        """Give every idle worker the next batch from the queue."""
+        """Give every idle worker the next batch from the queue (with `sharing` HTTP
+        processes, at most this process's share of the workers at a time)."""
         loop = asyncio.get_running_loop()
         for worker in self.workers:
             if not self.queue:
                 return
             if not worker.alive or worker.pending:
                 continue
+            if self.sharing > 1 and not self._may_send_another():
+                return
             now = loop.time()
             while self.queue and (self.queue[0].future.done() or self.queue[0].deadline < now):
                 self.queue.popleft()  # its caller has stopped waiting
@@ -657,6 +662,14 @@ class WorkerPool:
         self._dispatch_due = False
         if not self._closed:
             self._dispatch()
+
+    def _may_send_another(self) -> bool:
+        """With several HTTP processes, each keeps at most its share of the workers busy:
+        a process that sent to every free worker would split its queue into as many small
+        batches, and the processes together would run twice the predicts for the rows
+        (a worker merges only batches that wait for it together)."""
+        busy = sum(1 for w in self.workers if w.pending)
+        return busy < max(1, len(self.workers) // self.sharing)
 
     def _stamp_dispatch(self, batch: list[Pending], rows: int) -> None:
         stamp = time.perf_counter()

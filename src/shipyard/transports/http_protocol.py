@@ -6,12 +6,17 @@ headers one byte at a time, is kept for ever; httptools (llhttp) collects header
 no size bound (`h11_max_incomplete_event_size` is for the h11 parser only); and after
 answering a request whose body has not all arrived (413, 401, 408), uvicorn goes on
 reading and dropping that body for as long as the client sends it.
+
+It also sends each response's head and body in one write where it can: uvicorn writes
+the head at `http.response.start` and the body at `http.response.body`, two send()
+system calls per answer, which a profile of one-row requests put at ~28% of the front
+process's CPU (`CorkedTransport`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -19,6 +24,41 @@ from shipyard.errors import HeadersTooLarge, RequestTimeout, ShipyardError, http
 
 MAX_HEADER_BYTES = 64 * 1024
 """Request line and headers of one request (nginx allows 32 KiB, h11 16 KiB)."""
+
+
+class CorkedTransport:
+    """A transport that holds a response head until the next write (its body, as a rule)
+    or the end of the event loop's turn, whichever comes first, and then writes both at
+    once. Holding one write and flushing before any other keeps every byte in order."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + bytes(data))
+        elif data[:5] == b"HTTP/":  # a response head: its body follows, usually at once
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -35,7 +75,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     """Reading the rest of a body that was answered before it was all in."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        corked = cast(asyncio.Transport, CorkedTransport(transport, self.loop))
+        super().connection_made(corked)
         self._expect_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
