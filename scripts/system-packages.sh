@@ -12,6 +12,12 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
     missing+=(redis-server)
 fi
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    missing+=(haproxy)  # the load balancer in front of the replicas in tests/fleet
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+    missing+=(prometheus)  # promtool: checks and unit-tests deploy/prometheus/alerts.yml
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -407,6 +407,11 @@ class Settings(BaseSettings):
         le=3600,
         description="Longest pause in seconds between chunks of a request body (408 after).",
     )
+    advertise_url: str | None = Field(
+        default=None,
+        description="Where other replicas and operators reach this server (GET /api/cluster); "
+        "default: the scheme, host and port it listens on.",
+    )
     forwarded_allow_ips: str = Field(
         default="",
         description="Comma-separated addresses of load balancers whose X-Forwarded-For and "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -20,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from shipyard import __version__
 from shipyard.api.app import create_app
 from shipyard.api.state import ControlPlane
 from shipyard.config import Settings
@@ -36,9 +39,11 @@ from shipyard.registry.changes import ChangeCounter
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
+from shipyard.routing.fleet_gates import report_arms
 from shipyard.routing.rollouts import RolloutController
 from shipyard.runtimes.lifetime import die_with_parent
 from shipyard.scaling.autoscaler import Autoscaler
+from shipyard.scaling.membership import Member, heartbeat
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.tokens import TokenVerifier
@@ -83,6 +88,8 @@ class Services:
     fronts: Fronts | None = None
     request_metrics: CollectorRegistry | None = None
     """The request observer's own metrics (a front sends them to the primary)."""
+    address: str | None = None
+    """Where this server is reached, for the fleet's membership (None: not listening)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,7 @@ def build_app(
     grpc_address: tuple[str, int] | None = None,
     trust: Registry | None = None,
     fronts: Fronts | None = None,
+    address: str | None = None,
 ) -> FrontDoor:
     """The full application: control plane and data plane over one registry.
 
@@ -228,6 +236,7 @@ def build_app(
     REST on the same event loop.
     """
     services = build_services(settings, registry, default_model, trust, fronts=fronts)
+    services.address = address
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -270,8 +279,12 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     # during traffic stay short.
     gc.collect()
     gc.freeze()
+    await _load_deployments(services)
     loop = asyncio.get_running_loop()
+    fleet = control.registry.fleet
+    replica = services.controller.holder  # its reports are the controller's own window
     tasks = [
+        loop.create_task(report_arms(services.router, fleet, replica)),
         loop.create_task(_watch_keys(services.gatekeeper, services.control.trust.changes)),
         loop.create_task(services.controller.run()),
         loop.create_task(DriftScheduler(control.monitoring.drift).run()),
@@ -279,6 +292,10 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     ]
     if services.fronts is not None:
         tasks.append(loop.create_task(_supervise_fronts(services, services.fronts)))
+    if services.address is not None:
+        me = Member(replica, services.address, __version__, datetime.now(UTC))
+        load = functools.partial(_heartbeat_load, services.manager)
+        tasks.append(loop.create_task(heartbeat(fleet, me, load)))
     try:
         yield
     finally:
@@ -405,7 +422,9 @@ async def _front_running(
     services.predictions.start()
     gc.collect()
     gc.freeze()
+    replica = f"{socket.gethostname()}:{os.getpid()}:front"
     tasks = [
+        loop.create_task(report_arms(services.router, services.control.registry.fleet, replica)),
         loop.create_task(front.run()),
         loop.create_task(_watch_keys(services.gatekeeper, services.control.trust.changes)),
         loop.create_task(_send_metrics(channel, services.request_metrics)),
@@ -464,6 +483,29 @@ class WithLifespan:
 
 _KEYS_FULL_REFRESH_SECONDS = 30.0
 """How often the key table is re-read even if nothing changed (expiries pass with time)."""
+
+
+async def _load_deployments(services: Services) -> None:
+    """Load every live deployment's versions before the server takes traffic: a replica
+    that says it is ready serves what it is asked to serve without a cold start, and an
+    on-demand load later never makes it unready (DataPlane.server_ready)."""
+    revisions = await asyncio.to_thread(services.control.registry.deployments.list)
+    for revision in revisions:
+        try:
+            await services.router.route(revision.deployment)
+        except Exception:
+            log.exception("loading deployment %s at start failed", revision.deployment)
+
+
+def _heartbeat_load(manager: ModelManager) -> dict[str, Any]:
+    """What a heartbeat says of this replica's load."""
+    snapshots = manager.snapshot()
+    pools = [s.pool for s in snapshots if s.pool is not None]
+    return {
+        "versions": sum(1 for s in snapshots if s.state == "ready"),
+        "workers": sum(p.workers for p in pools),
+        "queued": sum(p.queued for p in pools),
+    }
 
 
 async def _watch_keys(gate: Gatekeeper, changes: ChangeCounter) -> None:
@@ -562,11 +604,14 @@ def _uvicorn_config(app: ASGIApp, settings: Settings, *, host: str, port: int) -
 
 
 def run(
-    app: FrontDoor, settings: Settings, *, host: str, port: int, insecure: bool = False
+    app: FrontDoor, settings: Settings, *, listener: socket.socket, insecure: bool = False
 ) -> None:
+    """Serve `app` on the socket `serve_app` bound."""
     configure_logging(json_lines=settings.log_format == "json")
+    host, port = listener.getsockname()[:2]
     check_exposure(app, host, insecure)
-    uvicorn.Server(_uvicorn_config(app, settings, host=host, port=port)).run()
+    config = _uvicorn_config(app, settings, host=host, port=port)
+    _AnnouncingServer(config).run(sockets=[listener])
 
 
 def serve(
@@ -595,18 +640,21 @@ def serve_app(
     grpc_address = (host, grpc_port) if grpc_port is not None else None
     trust = Registry.open(trust_settings) if trust_settings is not None else None
     count = settings.http_process_count
+    listener = _bind(host, port)
+    address = _advertised(settings, listener)
     if count <= 1:
-        app = build_app(settings, registry, default_model, grpc_address, trust)
-        run(app, settings, host=host, port=port, insecure=insecure)
+        app = build_app(settings, registry, default_model, grpc_address, trust, address=address)
+        run(app, settings, listener=listener, insecure=insecure)
         return
     configure_logging(json_lines=settings.log_format == "json")
     run_dir = tempfile.mkdtemp(prefix="shipyard-")  # 0700: this user's processes only
     # Set before any worker or spare starts: each listens there for the fronts.
     os.environ[WORKER_SOCKETS_ENV] = run_dir
-    listener = _bind(host, port)
     options = FrontOptions(settings, default_model, trust_settings)
     fronts = Fronts(count, listener, run_dir, options)
-    inner = build_app(settings, registry, default_model, grpc_address, trust, fronts=fronts)
+    inner = build_app(
+        settings, registry, default_model, grpc_address, trust, fronts=fronts, address=address
+    )
     check_exposure(inner, host, insecure)
     private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     private.bind(fronts.primary_socket)
@@ -620,6 +668,18 @@ def serve_app(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _advertised(settings: Settings, listener: socket.socket) -> str:
+    """Where other replicas and operators reach this one: SHIPYARD_ADVERTISE_URL, else the
+    address bound (this host's name when bound to every interface)."""
+    if settings.advertise_url:
+        return settings.advertise_url
+    host, port = listener.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    scheme = "https" if settings.tls_cert is not None else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 class _AnnouncingServer(uvicorn.Server):
     """uvicorn says where it listens only for sockets it bound itself; the primary binds
     its own (to hand them down), so it says it here, in uvicorn's words."""
@@ -631,12 +691,19 @@ class _AnnouncingServer(uvicorn.Server):
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """The one listening socket every front accepts on (never SO_REUSEPORT: no other
+    """The one listening socket, bound here so that the server knows its port before it
+    starts (port 0 picks one) and every front accepts on it (never SO_REUSEPORT: no other
     process may bind the port beside us)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if host == "localhost":
+        host = "127.0.0.1"
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT
-    listener.bind((host, port))
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     listener.listen(2048)
     listener.set_inheritable(True)
     return listener

@@ -82,7 +82,7 @@ def test_scaling_a_version_moves_its_workers(served: Served) -> None:
             "model", "version", "state", "min_workers", "max_workers", "workers",
             "memory_bytes", "cold_starts", "recent_decisions",
         }  # fmt: skip
-        # min_workers >= 1 loads it before the answer.
+        # doubler-api's version loaded with the server, before it said it was ready.
         assert [document[k] for k in ("model", "version", "state")] == ["doubler", 1, "ready"]
         assert (document["min_workers"], document["max_workers"]) == (2, 2)
         assert set(document["workers"]) == {"desired", "ready", "starting", "draining"}
@@ -104,8 +104,11 @@ def test_scaling_a_version_moves_its_workers(served: Served) -> None:
         (serving,) = [d for d in status["serving"] if d["version"] == 1]
         assert serving["workers"] == {"desired": 2, "ready": 2, "starting": 0, "draining": 0}
         assert serving["memory_bytes"] > 0
-        # Loaded for min_workers 2, it started with two: no decision to move it.
-        assert serving["recent_decisions"] == []
+        # Loaded at start with one worker, the new bounds moved it at once: a decision by hand.
+        moves = [
+            (d["from"], d["to"], d["direction"], d["reason"]) for d in serving["recent_decisions"]
+        ]
+        assert moves == [(1, 2, "up", "manual")]
 
         events = http.get("/api/audit", headers=served.headers("admin")).json()
         scale_events = [e for e in events if e["action"] == "version.scale"]

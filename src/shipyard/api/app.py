@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from shipyard import __version__
+from shipyard.api.cluster import router as cluster_router
 from shipyard.api.deployments import router as deployments_router
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.models import router as models_router
@@ -37,4 +38,5 @@ def create_app(
     app.include_router(security_router)
     app.include_router(monitoring_router)
     app.include_router(scaling_router)
+    app.include_router(cluster_router)
     return app

@@ -8,7 +8,9 @@ import typer
 
 from shipyard.cli import (
     batch,
+    build,
     deployments,
+    k8s,
     models,
     monitor,
     predict,
@@ -34,9 +36,12 @@ app.command("audit")(security.audit)
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(batch.app, name="batch")
 app.add_typer(stream.app, name="stream")
+app.add_typer(k8s.app, name="k8s")
 app.command("feedback")(monitor.feedback)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)
+app.command("build")(build.build)
+app.command("serve-image")(build.serve_image)
 app.command("predict")(predict.predict)
 
 

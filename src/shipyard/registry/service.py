@@ -16,6 +16,7 @@ from shipyard.registry.audit import AuditLog
 from shipyard.registry.changes import ChangeCounter
 from shipyard.registry.db import create_engine, migrate, session_factory
 from shipyard.registry.deployments import DeploymentRepository
+from shipyard.registry.fleet import FleetRepository
 from shipyard.registry.importing import register_model
 from shipyard.registry.leases import LeaseRepository
 from shipyard.registry.repository import ModelRepository
@@ -43,6 +44,7 @@ class Registry:
     deployments: DeploymentRepository
     rollouts: RolloutRepository
     leases: LeaseRepository
+    fleet: FleetRepository
     changes: ChangeCounter
     """Whether anything changed: what servers poll instead of re-reading each name."""
 
@@ -61,6 +63,7 @@ class Registry:
             deployments=DeploymentRepository(sessions),
             rollouts=RolloutRepository(sessions),
             leases=LeaseRepository(sessions),
+            fleet=FleetRepository(sessions),
             changes=ChangeCounter(sessions),
         )
 

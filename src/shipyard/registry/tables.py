@@ -229,6 +229,19 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime]
 
 
+class ReplicaRow(Base):
+    """One `shipyard server` of a fleet: where it answers and when it last said so."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    address: Mapped[str] = mapped_column(sa.String(300))
+    version: Mapped[str] = mapped_column(sa.String(50))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    load: Mapped[dict[str, Any]]
+
+
 # Row ids of the monitoring tables can pass 2**31 on a busy endpoint; SQLite only
 # autoincrements an INTEGER primary key, so BIGINT there would lose autoincrement.
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -328,3 +341,22 @@ class BatchJobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     """Written with every progress update: a running job whose stamp is old has died."""
     finished_at: Mapped[datetime | None]
+
+
+class ArmReportRow(Base):
+    """What one replica's traffic to one arm of a deployment did over about a second:
+    the controller adds every replica's reports up for a rollout step's gates."""
+
+    __tablename__ = "arm_reports"
+    __table_args__ = (sa.Index("ix_arm_reports_arm_at", "deployment", "version", "at"),)
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    replica: Mapped[str] = mapped_column(sa.String(200))
+    deployment: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[str] = mapped_column(sa.String(50))
+    at: Mapped[datetime]
+    requests: Mapped[int]
+    errors: Mapped[int]
+    samples: Mapped[dict[str, Any]]
+    """latencies and predictions (a sample of each, with the counts they stand for), and
+    the agreement counters of copies sent to the main arm."""

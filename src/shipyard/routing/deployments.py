@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.config import DEFAULT_DIRECT_SAMPLE
+from shipyard.registry.fleet import ArmReport
 from shipyard.registry.manifest import DeploymentManifest
 from shipyard.registry.records import DeploymentRevision, ModelVersion
 from shipyard.registry.service import Registry
@@ -60,11 +61,18 @@ class CopyStats:
     seconds: float = 0.0
 
 
+REPORT_SAMPLES = 500
+"""Latencies (and predictions) one replica reports per arm per interval; beyond, the
+first ones stand for the rest (their count is reported with them)."""
+
+
 class ArmWindows:
-    """What each arm of each deployment did since its rollout step began (gates read it)."""
+    """What each arm of each deployment did since its rollout step began (gates read it),
+    and since the last report to the fleet (`drain`)."""
 
     def __init__(self) -> None:
         self.windows: dict[tuple[str, str], ArmWindow] = {}
+        self.unreported: dict[tuple[str, str], ArmReport] = {}
 
     def record(
         self, deployment: str, version: str, seconds: float, outputs: Tensors | None
@@ -73,6 +81,36 @@ class ArmWindows:
         if window is None:
             window = self.windows[(deployment, version)] = ArmWindow()
         window.record(seconds, outputs)
+        report = self.unreported.get((deployment, version))
+        if report is None:
+            report = self.unreported[(deployment, version)] = ArmReport(deployment, version)
+        report.requests += 1
+        if outputs is None:
+            report.errors += 1
+            return
+        report.latency_count += 1
+        if len(report.latencies) < REPORT_SAMPLES:
+            report.latencies.append(seconds)
+        values = _prediction_values(outputs)
+        report.prediction_count += len(values)
+        room = REPORT_SAMPLES - len(report.predictions)
+        if room > 0:
+            report.predictions.extend(values[:room])
+
+    def drain(self) -> list[ArmReport]:
+        """What happened since the last drain, per arm (agreement counts included)."""
+        reports, self.unreported = self.unreported, {}
+        for key, window in self.windows.items():
+            copies = window.agreement
+            sent, agreed, failed = window.reported_copies
+            if (copies.sent, copies.agreed, copies.failed) == (sent, agreed, failed):
+                continue
+            report = reports.get(key) or reports.setdefault(key, ArmReport(*key))
+            report.copies_sent = copies.sent - sent
+            report.copies_agreed = copies.agreed - agreed
+            report.copies_failed = copies.failed - failed
+            window.reported_copies = (copies.sent, copies.agreed, copies.failed)
+        return list(reports.values())
 
     def reset(self, deployment: str) -> None:
         for key in [k for k in self.windows if k[0] == deployment]:
@@ -351,6 +389,8 @@ class ArmWindow:
     predictions: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
     agreement: CopyStats = field(default_factory=CopyStats)
     """This arm's requests also answered by the deployment's main arm."""
+    reported_copies: tuple[int, int, int] = (0, 0, 0)
+    """`agreement` (sent, agreed, failed) as last reported to the fleet."""
 
     def record(self, seconds: float, outputs: dict[str, np.ndarray] | None) -> None:
         self.requests += 1
@@ -358,6 +398,23 @@ class ArmWindow:
             self.errors += 1
             return
         self.latencies.append(seconds)
-        first = next(iter(outputs.values()), None)
-        if first is not None and first.dtype.kind in "biuf" and first.size:
-            self.predictions.extend(first.reshape(-1)[:64].astype(float).tolist())
+        self.predictions.extend(_prediction_values(outputs))
+
+    def add(self, report: ArmReport) -> None:
+        """Count another replica's report into this window (a fleet-wide view)."""
+        self.requests += report.requests
+        self.errors += report.errors
+        self.latencies.extend(report.latencies)
+        self.predictions.extend(report.predictions)
+        self.agreement.sent += report.copies_sent
+        self.agreement.agreed += report.copies_agreed
+        self.agreement.failed += report.copies_failed
+
+
+def _prediction_values(outputs: dict[str, np.ndarray]) -> list[float]:
+    """The first output's first 64 values: what the prediction-drift gate compares."""
+    first = next(iter(outputs.values()), None)
+    if first is not None and first.dtype.kind in "biuf" and first.size:
+        values: list[float] = first.reshape(-1)[:64].astype(float).tolist()
+        return values
+    return []

@@ -33,6 +33,7 @@ from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.arms import main_index
 from shipyard.routing.deployments import ArmWindow, DeploymentRouter
+from shipyard.routing.fleet_gates import fleet_window
 
 log = logging.getLogger("shipyard.rollouts")
 LEASE = "rollout-controller"
@@ -220,10 +221,11 @@ class RolloutController:
             await self._set(rollout, "rollout.step", step_started_at=datetime.now(UTC))
             return
         baked = (datetime.now(UTC) - rollout.step_started_at).total_seconds()
-        candidate = self.router.window(name, str(rollout.candidate_version))
+        since = rollout.step_started_at
+        candidate = await self._window(name, str(rollout.candidate_version), since)
         if baked < rollout.bake_seconds or candidate.requests < rollout.min_requests:
             return
-        stable = self.router.window(name, str(rollout.stable_version))
+        stable = await self._window(name, str(rollout.stable_version), since)
         failure = evaluate(rollout.gates, candidate, stable)
         if failure is None:
             failure = await asyncio.to_thread(self._input_drift, rollout, baked)
@@ -245,6 +247,14 @@ class RolloutController:
             await self._notify(done)
             return
         await self._set(rollout, "rollout.step", step_index=following, step_started_at=None)
+
+    async def _window(self, deployment: str, version: str, since: datetime) -> ArmWindow:
+        """The arm's traffic since the step began over the whole fleet: this replica's
+        own window and every other replica's reports (routing/fleet_gates.py)."""
+        others = await asyncio.to_thread(
+            self.registry.fleet.reports, deployment, version, since, self.holder
+        )
+        return fleet_window(self.router.window(deployment, version), others)
 
     def _input_drift(self, rollout: records.Rollout, baked: float) -> str | None:
         """The input-drift gate: the candidate's logged inputs over this step against

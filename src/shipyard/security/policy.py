@@ -59,6 +59,7 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("POST", "/v2/repository/models/{name}/load"): P.DEPLOY,
     ("POST", "/v2/repository/models/{name}/unload"): P.DEPLOY,
     ("GET", "/metrics"): P.READ,
+    ("GET", "/api/cluster"): P.READ,
     # registry
     ("GET", "/api/models"): P.READ,
     ("GET", "/api/models/{name}"): P.READ,
