@@ -50,10 +50,13 @@ def running_server(
     cwd: Path | None = None,
     timeout: float = 60,
     host: str = "127.0.0.1",
+    port: int = 0,
 ) -> Iterator[RunningServer]:
-    """Run `shipyard server --host HOST --port 0` with `env` added to the environment."""
+    """Run `shipyard server --host HOST --port PORT` with `env` added to the environment.
+
+    `port` 0 (the default) lets the server pick; a fixed one restarts a replica in place."""
     with running_shipyard(
-        env, "server", *extra_args, cwd=cwd, timeout=timeout, host=host
+        env, "server", *extra_args, cwd=cwd, timeout=timeout, host=host, port=port
     ) as server:
         yield server
 
@@ -66,8 +69,9 @@ def running_shipyard(
     cwd: Path | None = None,
     timeout: float = 60,
     host: str = "127.0.0.1",
+    port: int = 0,
 ) -> Iterator[RunningServer]:
-    """Run `shipyard COMMAND ARGS --host HOST --port 0` until it reports its URL."""
+    """Run `shipyard COMMAND ARGS --host HOST --port PORT` until it reports its URL."""
     process = subprocess.Popen(
         [
             *shipyard_command(),
@@ -76,7 +80,7 @@ def running_shipyard(
             "--host",
             host,
             "--port",
-            "0",
+            str(port),
             "--grpc-port",
             "0",
         ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import gc
 import logging
 import os
@@ -555,7 +556,14 @@ def _tls_pair(settings: Settings) -> tuple[bytes, bytes] | None:
     return settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
 
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
@@ -567,7 +575,7 @@ def check_exposure(door: FrontDoor, host: str, insecure: bool) -> None:
     if not door.gate.open:
         log.info("authentication on: API keys required, until the server stops")
         return
-    if host in LOOPBACK:
+    if _is_loopback(host):
         log.warning(
             "running open: no API keys exist, so anyone on this machine may call every "
             "endpoint until one does (create one with `shipyard keys create --role admin`)"
