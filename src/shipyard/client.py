@@ -9,6 +9,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 from contextlib import ExitStack
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -262,6 +263,11 @@ class Client:
     def get_deployment(self, name: str) -> records.DeploymentRevision:
         return self._get(f"/api/deployments/{name}", records.DeploymentRevision)
 
+    def cluster(self) -> dict[str, Any]:
+        """The replicas sharing the server's registry (`GET /api/cluster`)."""
+        result: dict[str, Any] = self._call("GET", "/api/cluster").json()
+        return result
+
     def deployment_status(self, name: str) -> dict[str, Any]:
         """The live revision's fields plus `serving`: a version serving document for each
         version of its model the server has loaded."""
@@ -454,6 +460,20 @@ class LocalClient:
 
     def get_deployment(self, name: str) -> records.DeploymentRevision:
         return self.registry.deployments.get(name)
+
+    def cluster(self) -> dict[str, Any]:
+        """As Client's, read from the registry's membership table."""
+        from shipyard.scaling.membership import MEMBERSHIP_WINDOW_SECONDS
+
+        members = self.registry.fleet.members(MEMBERSHIP_WINDOW_SECONDS)
+        return {
+            "window_seconds": MEMBERSHIP_WINDOW_SECONDS,
+            "replicas": [
+                {**asdict(m), "started_at": m.started_at.isoformat(),
+                 "heartbeat_at": m.heartbeat_at.isoformat()}
+                for m in members
+            ],
+        }  # fmt: skip
 
     def deployment_status(self, name: str) -> dict[str, Any]:
         """As Client's; nothing is loaded without a server, so `serving` is empty."""

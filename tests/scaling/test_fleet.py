@@ -3,7 +3,10 @@ reports the rollout controller adds up, so its gates judge the whole fleet's req
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from shipyard.routing.deployments import ArmWindow, ArmWindows
 from shipyard.routing.fleet_gates import fleet_window
 from tests import fixtures
 from tests.polling import eventually
-from tests.server import running_server
+from tests.server import running_server, shipyard_command
 
 
 def test_an_arm_reports_what_happened_since_its_last_report() -> None:
@@ -143,6 +146,13 @@ def test_replicas_list_each_other_and_one_that_stops_leaves(home: Path) -> None:
         both = eventually(lambda: members(2), "both replicas in the membership")
         assert {r["address"] for r in both} == {first.url, second.url}
         assert all(r["load"]["versions"] == 1 for r in both)  # svc-api loaded at start
+        listed = subprocess.run(
+            [*shipyard_command(), "cluster", "--json"],
+            env={**os.environ, "SHIPYARD_URL": second.url},
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        shown = json.loads(listed.stdout)["replicas"]
+        assert {r["address"] for r in shown if r["live"]} == {first.url, second.url}
         second.process.send_signal(signal.SIGINT)  # a graceful stop: it leaves at once
         second.process.wait(timeout=30)
         (left,) = eventually(lambda: members(1), "the stopped replica to leave")

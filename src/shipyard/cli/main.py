@@ -9,6 +9,7 @@ import typer
 from shipyard.cli import (
     batch,
     build,
+    cluster,
     deployments,
     k8s,
     models,
@@ -38,6 +39,7 @@ app.add_typer(batch.app, name="batch")
 app.add_typer(stream.app, name="stream")
 app.add_typer(k8s.app, name="k8s")
 app.command("feedback")(monitor.feedback)
+app.command("cluster")(cluster.cluster)
 app.command("server")(server.server)
 app.command("serve")(serve.serve)
 app.command("build")(build.build)
