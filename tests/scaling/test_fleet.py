@@ -13,12 +13,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from shipyard.config import Settings
 from shipyard.registry.fleet import ArmReport
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
+from shipyard.registry.tables import LeaseRow
 from shipyard.routing.deployments import ArmWindow, ArmWindows
 from shipyard.routing.fleet_gates import fleet_window
 from tests import fixtures
@@ -157,3 +159,52 @@ def test_replicas_list_each_other_and_one_that_stops_leaves(home: Path) -> None:
         second.process.wait(timeout=30)
         (left,) = eventually(lambda: members(1), "the stopped replica to leave")
         assert left["address"] == first.url
+
+
+def test_the_controller_lease_fails_over_mid_rollout(home: Path) -> None:
+    """kill -9 the replica driving a rollout: another takes the lease once it expires and
+    carries the rollout on from its stored step."""
+    env = {"SHIPYARD_HOME": str(home), "SHIPYARD_ROLLOUT_TICK": "0.1"}
+    with (
+        running_server(env) as first,
+        running_server(env) as second,
+        httpx.Client(base_url=first.url, timeout=30) as http,
+    ):
+        rollout = {"to": 2, "steps": [50, 100], "bake_seconds": 0.2, "min_requests": 20}
+        assert http.post("/api/deployments/svc-api/rollout", json=rollout).status_code == 201
+        eventually(
+            lambda: http.get("/api/deployments/svc-api/rollout").json()["step_started_at"],
+            "the first step to start",
+        )
+        registry = Registry.open(Settings(home=home))
+        try:
+            with registry.sessions() as session:
+                holder = session.scalar(
+                    sa.select(LeaseRow.holder).where(LeaseRow.name == "rollout-controller")
+                )
+            assert holder is not None
+            driving, other = (
+                (first, second) if f":{first.process.pid}:" in holder else (second, first)
+            )
+            assert f":{driving.process.pid}:" in holder
+            driving.process.kill()  # kill -9: no lease released, no last report
+            driving.process.wait(timeout=30)
+            # Nobody sends traffic in this test: a replica elsewhere saw a healthy candidate.
+            registry.fleet.report("elsewhere", [
+                ArmReport("svc-api", "2", requests=30, errors=0),
+                ArmReport("svc-api", "1", requests=30, errors=0),
+            ])  # fmt: skip
+        finally:
+            registry.close()
+        http.close()  # its server is one of the two, maybe the dead one
+        with httpx.Client(base_url=other.url, timeout=30) as survivor:
+
+            def finished() -> dict | None:  # type: ignore[type-arg]
+                status = survivor.get("/api/deployments/svc-api/rollout").json()
+                return status if status["state"] not in ("running", "paused") else None
+
+            done = eventually(finished, "the surviving replica to finish the rollout", timeout=60)
+            audit = survivor.get("/api/audit", params={"limit": 1000}).json()
+        assert done["state"] == "promoted", done
+        (promotion,) = [e for e in audit if e["action"] == "rollout.promote"]
+        assert f":{other.process.pid}:" in promotion["source"]  # the lease holder it names
