@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import gc
+import ipaddress
 import logging
 import os
 import shutil
