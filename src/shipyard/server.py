@@ -44,7 +44,7 @@ from shipyard.routing.fleet_gates import report_arms
 from shipyard.routing.rollouts import RolloutController
 from shipyard.runtimes.lifetime import die_with_parent
 from shipyard.scaling.autoscaler import Autoscaler
-from shipyard.scaling.membership import Member, heartbeat
+from shipyard.scaling.membership import Member, heartbeat, rate_share, watch_fleet
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.tokens import TokenVerifier
@@ -293,6 +293,8 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     ]
     if services.fronts is not None:
         tasks.append(loop.create_task(_supervise_fronts(services, services.fronts)))
+    processes = settings.http_process_count
+    tasks.append(loop.create_task(watch_fleet(fleet, _rate_share(services.gatekeeper, processes))))
     if services.address is not None:
         me = Member(replica, services.address, __version__, datetime.now(UTC))
         load = functools.partial(_heartbeat_load, services.manager)
@@ -424,7 +426,10 @@ async def _front_running(
     gc.collect()
     gc.freeze()
     replica = f"{socket.gethostname()}:{os.getpid()}:front"
+    fleet = services.control.registry.fleet
+    processes = services.settings.http_process_count
     tasks = [
+        loop.create_task(watch_fleet(fleet, _rate_share(services.gatekeeper, processes))),
         loop.create_task(report_arms(services.router, services.control.registry.fleet, replica)),
         loop.create_task(front.run()),
         loop.create_task(_watch_keys(services.gatekeeper, services.control.trust.changes)),
@@ -496,6 +501,15 @@ async def _load_deployments(services: Services) -> None:
             await services.router.route(revision.deployment)
         except Exception:
             log.exception("loading deployment %s at start failed", revision.deployment)
+
+
+def _rate_share(gate: Gatekeeper, processes: int) -> Callable[[int], None]:
+    """Keep the gate's share of each key's rate current with the fleet's size."""
+
+    def set_share(live_replicas: int) -> None:
+        gate.share = rate_share(live_replicas, processes)
+
+    return set_share
 
 
 def _heartbeat_load(manager: ModelManager) -> dict[str, Any]:

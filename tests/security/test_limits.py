@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
+from shipyard.errors import RateLimited
 from shipyard.registry.audit import EventTally
 from shipyard.registry.service import Registry
+from shipyard.scaling.membership import rate_share
+from shipyard.security.gate import Gatekeeper
+from shipyard.security.keys import KeyStore, Principal
 from shipyard.security.limits import Buckets, TokenBucket, client_host
 
 
@@ -48,3 +54,21 @@ def test_refused_logins_are_written_as_one_counted_event_per_group(registry: Reg
         ("auth.failed", "(others)", "(others)", "anonymous", 1),
     ]
     assert tally.flush(everything=True) == 0  # written once
+
+
+def test_each_process_holds_its_share_of_a_keys_rate(registry: Registry) -> None:
+    # Shares by hand: three live replicas of two HTTP processes each enforce a sixth.
+    assert rate_share(live_replicas=3, http_processes=2) == 1 / 6
+    assert rate_share(live_replicas=0, http_processes=1) == 1.0  # no heartbeat yet: all
+    gate = Gatekeeper(KeyStore(registry.sessions), registry.audit)
+    try:
+        caller = Principal("ci", "predictor", key_id="k1", rate_per_second=8.0)
+        gate.share = rate_share(live_replicas=2, http_processes=1)
+        # A bucket of half the key's second: 4 requests at once, the 5th refused (the
+        # next token is 1/4 s away, far longer than these calls take).
+        for _ in range(4):
+            gate._limit(caller)
+        with pytest.raises(RateLimited, match="rate of 8 requests/s"):
+            gate._limit(caller)
+    finally:
+        gate.close()

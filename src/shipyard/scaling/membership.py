@@ -33,6 +33,29 @@ class Member:
     started_at: datetime
 
 
+def rate_share(live_replicas: int, http_processes: int) -> float:
+    """One process's share of a key's rate limit, so that the fleet holds the rate.
+
+    Error bound: over any interval the fleet admits at most the key's rate plus one burst
+    per process (each process's bucket holds max(1, its share of a second's rate)), while
+    membership is current; for up to one heartbeat after a replica joins, the others still
+    use the larger share (at most N/(N-1) of the rate); after one dies, the rest use the
+    smaller share until it ages out (stricter, never looser). A client whose requests the
+    balancer spreads unevenly can be held below its rate by the replica it favours."""
+    return 1.0 / (max(1, live_replicas) * max(1, http_processes))
+
+
+async def watch_fleet(fleet: FleetRepository, on_size: Callable[[int], None]) -> None:
+    """Tell `on_size` how many replicas are live, every heartbeat, until cancelled."""
+    while True:
+        try:
+            members = await asyncio.to_thread(fleet.members, MEMBERSHIP_WINDOW_SECONDS)
+            on_size(sum(1 for m in members if m.live))
+        except Exception:
+            log.exception("reading the cluster's membership failed")
+        await asyncio.sleep(HEARTBEAT_SECONDS)  # a membership cadence, not a sync point
+
+
 async def heartbeat(fleet: FleetRepository, me: Member, load: Callable[[], dict[str, Any]]) -> None:
     """Beat until cancelled, then leave the membership."""
     try:

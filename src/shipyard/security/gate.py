@@ -104,6 +104,9 @@ class Gatekeeper:
         self.failures = EventTally(audit, failure_window)
         """Refused logins, written by `flush` (a background task's job)."""
         self._open = tokens is None and not keys.any_active()
+        self.share = 1.0
+        """This process's share of each key's rate: 1 / (live replicas * HTTP processes),
+        kept current by the composition (scaling/membership.py `rate_share`)."""
         self._limits = Buckets()
         self._throttles = Buckets()
         self._slots = threading.BoundedSemaphore(_VERIFIERS + _WAITING)
@@ -200,8 +203,9 @@ class Gatekeeper:
         rate = principal.rate_per_second or self.default_rate
         if rate is None:
             return
-        # A key by its id, a JWT caller by its subject (its name is `jwt:<sub>`).
-        bucket = self._limits.get(principal.key_id or principal.name, rate)
+        # A key by its id, a JWT caller by its subject (its name is `jwt:<sub>`). Each
+        # process enforces its share, so that the fleet together holds the key's rate.
+        bucket = self._limits.get(principal.key_id or principal.name, rate * self.share)
         wait = bucket.take()
         if wait:
             whose = "this key's" if principal.key_id else "this caller's"
