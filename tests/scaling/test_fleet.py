@@ -208,3 +208,31 @@ def test_the_controller_lease_fails_over_mid_rollout(home: Path) -> None:
         assert done["state"] == "promoted", done
         (promotion,) = [e for e in audit if e["action"] == "rollout.promote"]
         assert f":{other.process.pid}:" in promotion["source"]  # the lease holder it names
+
+
+def test_a_revision_applied_through_one_replica_is_served_by_the_other(home: Path) -> None:
+    env = {"SHIPYARD_HOME": str(home)}
+    row = fixtures.training_data(rows=1, seed=3)[0]
+    body = {
+        "inputs": [{"name": "input-0", "shape": [1, row.shape[1]], "datatype": "FP64",
+                    "data": row.tolist()}]
+    }  # fmt: skip
+    with (
+        running_server(env) as first,
+        running_server(env) as second,
+        httpx.Client(timeout=30) as http,
+    ):
+        answered = http.post(f"{second.url}/v2/models/svc-api/infer", json=body)
+        assert answered.json()["model_version"] == "1"
+        manifest = "name: svc-api\nmodel: svc\nroutes: [{version: 2}]\n"
+        applied = http.post(
+            f"{first.url}/api/deployments", content=manifest,
+            headers={"content-type": "application/yaml"},
+        )  # fmt: skip
+        assert applied.status_code in (200, 201), applied.text
+
+        def serves_two() -> bool | None:
+            answer = http.post(f"{second.url}/v2/models/svc-api/infer", json=body).json()
+            return True if answer["model_version"] == "2" else None
+
+        eventually(serves_two, "the other replica to serve revision 2 (version 2)")
