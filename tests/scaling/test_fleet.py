@@ -106,17 +106,22 @@ def home(tmp_path: Path) -> Path:
     return home
 
 
+def _start_rollout(http: httpx.Client) -> None:
+    """A rollout of svc-api to version 2, once its first step has started."""
+    rollout = {"to": 2, "steps": [50, 100], "bake_seconds": 0.2, "min_requests": 20}
+    assert http.post("/api/deployments/svc-api/rollout", json=rollout).status_code == 201
+    eventually(
+        lambda: http.get("/api/deployments/svc-api/rollout").json()["step_started_at"],
+        "the first step to start",
+    )
+
+
 def test_a_rollout_rolls_back_on_errors_only_other_replicas_saw(home: Path) -> None:
     """The controller's replica gets no traffic at all; another replica's reports (written
     here through the fleet table, as any replica writes them) show the candidate failing."""
     env = {"SHIPYARD_HOME": str(home), "SHIPYARD_ROLLOUT_TICK": "0.1"}
     with running_server(env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        rollout = {"to": 2, "steps": [50, 100], "bake_seconds": 0.2, "min_requests": 20}
-        assert http.post("/api/deployments/svc-api/rollout", json=rollout).status_code == 201
-        eventually(
-            lambda: http.get("/api/deployments/svc-api/rollout").json()["step_started_at"],
-            "the first step to start",
-        )
+        _start_rollout(http)
         registry = Registry.open(Settings(home=home))
         try:
             registry.fleet.report("elsewhere", [
@@ -170,12 +175,7 @@ def test_the_controller_lease_fails_over_mid_rollout(home: Path) -> None:
         running_server(env) as second,
         httpx.Client(base_url=first.url, timeout=30) as http,
     ):
-        rollout = {"to": 2, "steps": [50, 100], "bake_seconds": 0.2, "min_requests": 20}
-        assert http.post("/api/deployments/svc-api/rollout", json=rollout).status_code == 201
-        eventually(
-            lambda: http.get("/api/deployments/svc-api/rollout").json()["step_started_at"],
-            "the first step to start",
-        )
+        _start_rollout(http)
         registry = Registry.open(Settings(home=home))
         try:
             with registry.sessions() as session:
