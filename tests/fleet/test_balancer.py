@@ -63,10 +63,11 @@ class Fleet:
     root: Path
 
     def spec(self, name: str, host: str = "127.0.0.1", port: int = 0) -> ReplicaSpec:
-        # The zones' other loopback addresses (127.0.0.2, 127.0.0.3) are loopback too:
-        # the server runs open there without --insecure.
+        # The server trusts only 127.0.0.1 as loopback (docs/security.md) and refuses to
+        # run open on the zones' other loopback addresses (127.0.0.2, .3) unless told to.
+        args = ("--insecure",) if host != "127.0.0.1" else ()
         home = str(self.root / name)
-        return ReplicaSpec({**self.env, "SHIPYARD_HOME": home}, host, port, ())
+        return ReplicaSpec({**self.env, "SHIPYARD_HOME": home}, host, port, args)
 
 
 @pytest.fixture
