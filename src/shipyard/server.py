@@ -106,15 +106,13 @@ class FrontOptions:
 @dataclass
 class Fronts:
     """The primary's side of `--http-processes N`: the socket it bound, its private
-    folder (workers' and its own Unix sockets), the front processes and their metrics."""
+    folder (workers' and its own Unix sockets), and the fronts' request metrics."""
 
     count: int
     listener: socket.socket
     run_dir: str
     options: FrontOptions
     metrics: FrontMetrics | None = None
-    hub: PrimarySide | None = None
-    processes: FrontProcesses | None = None
 
     @property
     def primary_socket(self) -> str:
@@ -336,7 +334,7 @@ async def _supervise_fronts(services: Services, fronts: Fronts) -> None:
         loaded = manager.models.get(key)
         return loaded.pool if loaded is not None else None
 
-    hub = fronts.hub = PrimarySide(ready_pool, find_pool, sharing=fronts.count)
+    hub = PrimarySide(ready_pool, find_pool, sharing=fronts.count)
     metrics = fronts.metrics
 
     def started(index: int, channel: Channel) -> None:
@@ -348,7 +346,7 @@ async def _supervise_fronts(services: Services, fronts: Fronts) -> None:
         if metrics is not None:
             metrics.retire(index)
 
-    fronts.processes = FrontProcesses(
+    processes = FrontProcesses(
         fronts.count - 1,
         fronts.listener,
         front_main,
@@ -357,7 +355,7 @@ async def _supervise_fronts(services: Services, fronts: Fronts) -> None:
         exited,
     )
     try:
-        await fronts.processes.run()
+        await processes.run()
     finally:
         hub.close()
 

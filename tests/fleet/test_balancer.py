@@ -19,13 +19,12 @@ from shipyard.config import Settings
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
 from tests import fixtures
-from tests.conftest import IN_CI, _fresh_postgres_database
+from tests.conftest import _fresh_postgres_database
 from tests.fleet.balancer import (
     Balancer,
     Member,
     ReplicaSpec,
     address,
-    haproxy_binary,
     kill_replica,
     running_haproxy,
     start_replicas,
@@ -37,15 +36,6 @@ CLIENTS = 4  # each holds at most one request at a time
 MODEL = "model"
 PATH = f"/v2/models/{MODEL}/infer"
 OUTPUTS = [{"name": "predict"}, {"name": "predict_proba"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _haproxy() -> None:
-    if haproxy_binary() is None:
-        message = "HAProxy not found (Debian package: haproxy)"
-        if IN_CI:
-            pytest.fail(message + ": CI must run the load-balancer tests")
-        pytest.skip(message)
 
 
 @dataclass(frozen=True)

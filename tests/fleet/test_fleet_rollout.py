@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from shipyard.config import Settings
@@ -20,12 +19,11 @@ from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
 from shipyard.registry.tables import ArmReportRow, LeaseRow
-from tests.conftest import IN_CI, _fresh_postgres_database
+from tests.conftest import _fresh_postgres_database
 from tests.fleet.balancer import (
     Member,
     ReplicaSpec,
     address,
-    haproxy_binary,
     running_haproxy,
     start_replicas,
 )
@@ -55,15 +53,6 @@ ROLLOUT = {"to": 2, "steps": [50, 100], "bake_seconds": 0.5, "min_requests": MIN
 CLIENTS = 4
 NAMES = ["r0", "r1", "r2"]
 ROWS = ([[1.0, 2.0, 3.0]], [[-1.0, -2.0, -3.0]])  # every other request negative
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _haproxy() -> None:
-    if haproxy_binary() is None:
-        message = "HAProxy not found (Debian package: haproxy)"
-        if IN_CI:
-            pytest.fail(message + ": CI must run the load-balancer tests")
-        pytest.skip(message)
 
 
 def _body(row: list[list[float]]) -> dict:

@@ -74,7 +74,8 @@ def _hash_stream(stream: BinaryIO, sink: BinaryIO | None = None) -> Blob:
     return Blob(digest.hexdigest(), size)
 
 
-def _hash_file(path: Path) -> Blob:
+def hash_file(path: Path) -> Blob:
+    """A file's sha256 and size, as the store names its blobs."""
     with path.open("rb") as stream:
         return _hash_stream(stream)
 
@@ -109,7 +110,7 @@ class ArtifactStore:
                 self._fs.rm(temporary)
 
     def put_file(self, path: Path) -> Blob:
-        blob = _hash_file(path)
+        blob = hash_file(path)
         self._upload(blob.sha256, lambda key: self._fs.put_file(str(path), key))
         return blob
 
@@ -219,7 +220,7 @@ class ArtifactStore:
     def _cache_intact(folder: Path, manifest: Manifest) -> bool:
         for entry in manifest.files:
             cached = folder / entry.path
-            if not cached.is_file() or _hash_file(cached).sha256 != entry.sha256:
+            if not cached.is_file() or hash_file(cached).sha256 != entry.sha256:
                 return False
         return True
 

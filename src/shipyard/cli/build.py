@@ -104,14 +104,6 @@ def _manifest_model() -> type[ImageManifest]:
     return ImageManifest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _bare_digest(digest: str) -> str:
     return digest.removeprefix("sha256:").lower()
 
@@ -119,6 +111,8 @@ def _bare_digest(digest: str) -> str:
 def verify_context(folder: Path, digest: str) -> ImageManifest:
     """The manifest of the build context in `folder`, once its files are proved to be
     the artifact `digest`; IntegrityError saying what differs otherwise."""
+    from shipyard.artifacts.store import hash_file
+
     expected = _bare_digest(digest)
     where = folder / MANIFEST_NAME
     try:
@@ -148,7 +142,7 @@ def verify_context(folder: Path, digest: str) -> ImageManifest:
             raise IntegrityError(f"artifact file {file.path!r} is missing; refusing to start")
         if path.is_symlink() or not path.is_file():
             raise IntegrityError(f"artifact file {file.path!r} is not a regular file")
-        actual = _sha256(path)
+        actual = hash_file(path).sha256
         if actual != file.sha256:
             raise IntegrityError(
                 f"artifact file {file.path!r} is corrupted or tampered with: it hashes to "

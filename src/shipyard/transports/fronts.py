@@ -47,9 +47,6 @@ class FrontProcesses:
         self.on_exit = on_exit
         self.running: dict[int, BaseProcess] = {}
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.running.values() if p.pid is not None]
-
     def _start(self, index: int) -> BaseProcess:
         ours, theirs = SPAWN.Pipe()
         process = SPAWN.Process(
