@@ -303,15 +303,22 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
             task.cancel()
         if services.fronts is not None:
             await asyncio.gather(*tasks, return_exceptions=True)  # fronts stop first
-        await asyncio.to_thread(services.predictions.close)
-        services.observer.close()
-        await asyncio.to_thread(services.gatekeeper.close)
         if grpc_server is not None:
             await grpc_server.stop(grace=2)
-        await services.manager.close()
-        control.registry.close()
-        if control.trust is not control.registry:
-            control.trust.close()
+        await _close(services)
+
+
+async def _close(services: Services) -> None:
+    """Write what is buffered (prediction log, access lines, key use), stop the workers,
+    close the registries: the end of a server's or a front's life."""
+    await asyncio.to_thread(services.predictions.close)
+    services.observer.close()
+    await asyncio.to_thread(services.gatekeeper.close)
+    await services.manager.close()
+    control = services.control
+    control.registry.close()
+    if control.trust is not control.registry:
+        control.trust.close()
 
 
 # --- several HTTP processes (--http-processes N) ------------------------------------
@@ -437,15 +444,9 @@ async def _front_running(
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.to_thread(services.predictions.close)
-        services.observer.close()
-        await asyncio.to_thread(services.gatekeeper.close)
-        await manager.close()
+        await _close(services)
         await proxy.close()
         channel.close()
-        services.control.registry.close()
-        if services.control.trust is not services.control.registry:
-            services.control.trust.close()
 
 
 async def _send_metrics(channel: Channel, registry: CollectorRegistry | None) -> None:
