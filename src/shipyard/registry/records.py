@@ -196,6 +196,8 @@ class Rollout(BaseModel):
     min_requests: int
     gates: RolloutGates
     webhook: str | None = None
+    alias: str | None = None
+    """The alias the deployment routed by when the rollout started; promotion moves it."""
     state: RolloutState
     reason: str = ""
     created_by: str
@@ -206,3 +208,75 @@ class Rollout(BaseModel):
     def weight(self) -> int:
         """The candidate's share of traffic (percent) at the current step."""
         return self.steps[min(self.step_index, len(self.steps) - 1)]
+
+
+class Evaluation(BaseModel):
+    """A stored evaluation (kind "evaluation") or replay (kind "replay") of a version."""
+
+    id: int
+    model: str
+    version: int
+    kind: str
+    against: int | None = None
+    deployment: str | None = None
+    state: str = Field(description="running, succeeded or failed.")
+    request: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str = ""
+    created_by: str = ""
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class PromotionState(StrEnum):
+    """Where a promotion stands; the values are what the database and the API hold."""
+
+    EVALUATING = "evaluating"
+    FAILED = "failed"
+    """A gate failed (or the evaluation could not run): nothing moved."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED = "rejected"
+    ROLLING_OUT = "rolling_out"
+    """Rollouts were started; the alias moves when they complete."""
+    BAKING = "baking"
+    """Promoted; guardrails watch it (until baking_until, or always when that is None)."""
+    PROMOTED = "promoted"
+    """Promoted, and the baking period passed without a guardrail crossing."""
+    ROLLED_BACK = "rolled_back"
+    """A guardrail moved the alias back (or a rollout it started rolled back)."""
+
+
+class Promotion(BaseModel):
+    id: int
+    model: str
+    version: int
+    policy: str
+    policy_revision: int
+    alias: str
+    previous_version: int | None = None
+    state: PromotionState
+    gates: list[dict[str, Any]] = Field(default_factory=list)
+    evaluation_id: int | None = None
+    replay_id: int | None = None
+    rollouts: list[dict[str, Any]] = Field(default_factory=list)
+    reason: str = ""
+    requested_by: str = ""
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    promoted_at: datetime | None = None
+    baking_until: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.get("passed") for gate in self.gates)
+
+
+class PolicyRevision(BaseModel):
+    name: str
+    revision: int
+    document: dict[str, Any]
+    digest: str
+    created_by: str = ""
+    created_at: datetime

@@ -23,7 +23,7 @@ def _record(row: RolloutRow) -> records.Rollout:
         candidate_version=row.candidate_version, steps=list(row.steps), step_index=row.step_index,
         step_started_at=row.step_started_at, bake_seconds=row.bake_seconds,
         min_requests=row.min_requests, gates=RolloutGates.model_validate(row.gates),
-        webhook=row.webhook, state=RolloutState(row.state), reason=row.reason,
+        webhook=row.webhook, alias=row.alias, state=RolloutState(row.state), reason=row.reason,
         created_by=row.created_by, created_at=row.created_at, updated_at=row.updated_at,
     )  # fmt: skip
 

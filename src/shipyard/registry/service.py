@@ -19,6 +19,11 @@ from shipyard.registry.deployments import DeploymentRepository
 from shipyard.registry.fleet import FleetRepository
 from shipyard.registry.importing import register_model
 from shipyard.registry.leases import LeaseRepository
+from shipyard.registry.promotions import (
+    EvaluationRepository,
+    PolicyRepository,
+    PromotionRepository,
+)
 from shipyard.registry.repository import ModelRepository
 from shipyard.registry.rollouts import RolloutRepository
 
@@ -47,6 +52,9 @@ class Registry:
     fleet: FleetRepository
     changes: ChangeCounter
     """Whether anything changed: what servers poll instead of re-reading each name."""
+    evaluations: EvaluationRepository
+    policies: PolicyRepository
+    promotions: PromotionRepository
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
@@ -65,6 +73,9 @@ class Registry:
             leases=LeaseRepository(sessions),
             fleet=FleetRepository(sessions),
             changes=ChangeCounter(sessions),
+            evaluations=EvaluationRepository(sessions),
+            policies=PolicyRepository(sessions),
+            promotions=PromotionRepository(sessions),
         )
 
     @staticmethod

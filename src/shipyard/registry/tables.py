@@ -202,6 +202,9 @@ class RolloutRow(Base):
     min_requests: Mapped[int] = mapped_column(default=100)
     gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
     webhook: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    alias: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    """The alias the deployment's main route named when the rollout started: a promoted
+    rollout moves it to the candidate and routes by it again."""
     state: Mapped[str] = mapped_column(sa.String(20), default="running")
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     created_by: Mapped[str] = mapped_column(sa.String(200), default="")
@@ -360,3 +363,78 @@ class ArmReportRow(Base):
     samples: Mapped[dict[str, Any]]
     """latencies and predictions (a sample of each, with the counts they stand for), and
     the agreement counters of copies sent to the main arm."""
+
+
+class EvaluationRow(Base):
+    """One evaluation of a version against a champion on given data, or one replay of a
+    deployment's logged traffic; the result and its HTML report are kept with it."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (sa.Index("ix_evaluations_model_version", "model", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int]
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    """"evaluation" or "replay"."""
+    against: Mapped[int | None] = mapped_column(default=None)
+    """The champion's version number (evaluations with one)."""
+    deployment: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    """The deployment whose logged traffic a replay re-sent."""
+    state: Mapped[str] = mapped_column(sa.String(20))
+    """running, succeeded or failed."""
+    request: Mapped[dict[str, Any]]
+    result: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=None)
+    report: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    """The self-contained HTML report."""
+    error: Mapped[str] = mapped_column(sa.Text, default="")
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PolicyRow(Base):
+    """One revision of a named promotion policy (the YAML file, parsed and checked)."""
+
+    __tablename__ = "promotion_policies"
+    __table_args__ = (sa.UniqueConstraint("name", "revision", name="uq_promotion_policies"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), index=True)
+    revision: Mapped[int]
+    document: Mapped[dict[str, Any]]
+    digest: Mapped[str] = mapped_column(sa.String(64))
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PromotionRow(Base):
+    """One request to promote a version under a policy: its gates, its approval, what
+    it did, and what the guardrails did after."""
+
+    __tablename__ = "promotions"
+    __table_args__ = (sa.Index("ix_promotions_model_version", "model", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int]
+    policy: Mapped[str] = mapped_column(sa.String(200))
+    policy_revision: Mapped[int]
+    alias: Mapped[str] = mapped_column(sa.String(100))
+    previous_version: Mapped[int | None] = mapped_column(default=None)
+    """What the alias pointed at before promotion: where a guardrail moves it back."""
+    state: Mapped[str] = mapped_column(sa.String(30))
+    gates: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    evaluation_id: Mapped[int | None] = mapped_column(default=None)
+    replay_id: Mapped[int | None] = mapped_column(default=None)
+    rollouts: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    """Rollouts promotion started: [{deployment, rollout}]."""
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    requested_by: Mapped[str] = mapped_column(sa.String(200), default="")
+    decided_by: Mapped[str | None] = mapped_column(sa.String(200), default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    promoted_at: Mapped[datetime | None] = mapped_column(default=None)
+    baking_until: Mapped[datetime | None] = mapped_column(default=None)
+    """Guardrails watch until then; None while baking means always."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
