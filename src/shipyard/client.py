@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from shipyard.errors import Conflict, InvalidInput, NotFound, ShipyardError
+from shipyard.errors import Conflict, Forbidden, InvalidInput, NotFound, ShipyardError
 from shipyard.registry import records
 from shipyard.registry.lineage import detect_code_commit, source_uri
 from shipyard.registry.refs import ModelRef, parse_ref
@@ -27,12 +27,14 @@ from shipyard.signature import datatype_from_numpy
 if TYPE_CHECKING:
     from shipyard.config import Settings
     from shipyard.monitoring.service import MonitoringService
+    from shipyard.promotion.service import PromotionService
     from shipyard.registry.service import Registry
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
 _ERRORS_BY_STATUS: dict[int, type[ShipyardError]] = {
     400: InvalidInput,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     422: InvalidInput,
@@ -293,6 +295,94 @@ class Client:
         answer = self._call("POST", f"/api/deployments/{name}/rollout/{action}")
         return records.Rollout.model_validate(answer.json())
 
+    # ---- evaluation and promotion ------------------------------------------
+
+    def _wait(self, path: str, record: type[RecordT], busy: str, wait: bool) -> RecordT:
+        """Poll a background job's record until its state leaves `busy`."""
+        import time
+
+        found = self._get(path, record)
+        while wait and found.state == busy:  # type: ignore[attr-defined]
+            time.sleep(0.5)  # a remote job's cadence: there is nothing to wait on but polls
+            found = self._get(path, record)
+        return found
+
+    def evaluate(
+        self, ref: str | ModelRef, data: str | Path, label: str, against: str | None = None,
+        slice_by: str | None = None, max_rows: int | None = None, wait: bool = True,
+    ) -> records.Evaluation:  # fmt: skip
+        """Upload a holdout and evaluate a version on the server (against an alias or a
+        version; default production)."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        fields = {"label": label, "against": against, "slice_by": slice_by,
+                  "max_rows": None if max_rows is None else str(max_rows)}  # fmt: skip
+        path = Path(data)
+        with path.open("rb") as upload:
+            answer = self._call(
+                "POST", f"/api/models/{ref.name}/versions/{_version_segment(ref)}/evaluations",
+                files={"data": (path.name, upload)},
+                data={k: v for k, v in fields.items() if v is not None}, timeout=None,
+            )  # fmt: skip
+        started = records.Evaluation.model_validate(answer.json())
+        return self._wait(f"/api/evaluations/{started.id}", records.Evaluation, "running", wait)
+
+    def replay(
+        self, deployment: str, to: str, window: str | None = "24h", limit: int | None = None,
+        wait: bool = True,
+    ) -> records.Evaluation:  # fmt: skip
+        body = {"to": to, "window": window, "limit": limit}
+        answer = self._call("POST", f"/api/deployments/{deployment}/replay", json=body)
+        started = records.Evaluation.model_validate(answer.json())
+        return self._wait(f"/api/evaluations/{started.id}", records.Evaluation, "running", wait)
+
+    def evaluation(self, evaluation_id: int) -> records.Evaluation:
+        return self._get(f"/api/evaluations/{evaluation_id}", records.Evaluation)
+
+    def evaluations(self, ref: str | ModelRef) -> list[records.Evaluation]:
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        path = f"/api/models/{ref.name}/versions/{_version_segment(ref)}/evaluations"
+        return [records.Evaluation.model_validate(e) for e in self._call("GET", path).json()]
+
+    def evaluation_report(self, evaluation_id: int) -> str:
+        return self._call("GET", f"/api/evaluations/{evaluation_id}/report").text
+
+    def apply_policy(self, text: str) -> records.PolicyRevision:
+        answer = self._call("POST", "/api/policies", data={"policy": text})
+        return records.PolicyRevision.model_validate(answer.json())
+
+    def policies(self) -> list[records.PolicyRevision]:
+        return [records.PolicyRevision.model_validate(p)
+                for p in self._call("GET", "/api/policies").json()]  # fmt: skip
+
+    def promote(
+        self, ref: str, policy_text: str, data: str | Path | None = None,
+        label: str | None = None, slice_by: str | None = None, wait: bool = True,
+    ) -> records.Promotion:  # fmt: skip
+        fields = {"candidate": ref, "policy": policy_text, "label": label, "slice_by": slice_by}
+        with ExitStack() as opened:
+            files = None
+            if data is not None:
+                path = Path(data)
+                files = {"data": (path.name, opened.enter_context(path.open("rb")))}
+            given = {k: v for k, v in fields.items() if v is not None}
+            answer = self._call("POST", "/api/promotions", files=files, data=given, timeout=None)
+        started = records.Promotion.model_validate(answer.json())
+        return self._wait(f"/api/promotions/{started.id}", records.Promotion, "evaluating", wait)
+
+    def promotion(self, promotion_id: int) -> records.Promotion:
+        return self._get(f"/api/promotions/{promotion_id}", records.Promotion)
+
+    def promotions(self, model: str | None = None) -> list[records.Promotion]:
+        params = {"model": model} if model else {}
+        answer = self._call("GET", "/api/promotions", params=params)
+        return [records.Promotion.model_validate(p) for p in answer.json()]
+
+    def decide(self, promotion_id: int, approve: bool, reason: str = "") -> records.Promotion:
+        verb = "approve" if approve else "reject"
+        answer = self._call("POST", f"/api/promotions/{promotion_id}/{verb}",
+                            json={"reason": reason})  # fmt: skip
+        return records.Promotion.model_validate(answer.json())
+
     # ---- monitoring --------------------------------------------------------
 
     def send_feedback(self, items: list[dict[str, Any]]) -> dict[str, int]:
@@ -399,7 +489,8 @@ class LocalClient:
         from shipyard.registry.audit import Actor, set_default_actor
         from shipyard.registry.service import Registry, default_user
 
-        set_default_actor(Actor(default_user(settings), source="cli"))
+        # The local user owns the database file: everything a role could allow, it may do.
+        set_default_actor(Actor(default_user(settings), "admin", source="cli"))
         return cls(Registry.open(settings))
 
     def __enter__(self) -> LocalClient:
@@ -497,6 +588,75 @@ class LocalClient:
         from shipyard.routing.rollouts import RolloutService
 
         return RolloutService(self.registry).act(name, action)
+
+    # ---- evaluation and promotion ------------------------------------------
+
+    @cached_property
+    def _promotion(self) -> PromotionService:
+        from shipyard.promotion.service import PromotionService
+
+        return PromotionService(self.registry, self._monitoring.store)
+
+    def evaluate(
+        self, ref: str | ModelRef, data: str | Path, label: str, against: str | None = None,
+        slice_by: str | None = None, max_rows: int | None = None, wait: bool = True,
+    ) -> records.Evaluation:  # fmt: skip
+        from shipyard.promotion.service import EvaluationOrder
+
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        order = EvaluationOrder(str(data), label, slice_by, max_rows)
+        return self._promotion.evaluate(ref, order, against or "production")
+
+    def replay(
+        self, deployment: str, to: str, window: str | None = "24h", limit: int | None = None,
+        wait: bool = True,
+    ) -> records.Evaluation:  # fmt: skip
+        return self._promotion.replay(deployment, parse_ref(to), window, limit)
+
+    def evaluation(self, evaluation_id: int) -> records.Evaluation:
+        return self.registry.evaluations.get(evaluation_id)
+
+    def evaluations(self, ref: str | ModelRef) -> list[records.Evaluation]:
+        found = self.get_version(ref)
+        return self.registry.evaluations.recent(found.model, found.version)
+
+    def evaluation_report(self, evaluation_id: int) -> str:
+        return self.registry.evaluations.report(evaluation_id)
+
+    def apply_policy(self, text: str) -> records.PolicyRevision:
+        from shipyard.promotion.policy import parse_policy
+
+        policy = parse_policy(text)
+        return self.registry.policies.apply(policy.name, policy.document())
+
+    def policies(self) -> list[records.PolicyRevision]:
+        return self.registry.policies.latest_all()
+
+    def promote(
+        self, ref: str, policy_text: str, data: str | Path | None = None,
+        label: str | None = None, slice_by: str | None = None, wait: bool = True,
+    ) -> records.Promotion:  # fmt: skip
+        from shipyard.promotion.policy import parse_policy
+        from shipyard.promotion.service import EvaluationOrder
+
+        policy = parse_policy(policy_text)
+        order = None
+        if data is not None:
+            label = label or (policy.data.label if policy.data else None)
+            if label is None:
+                raise InvalidInput("--label: name the column that holds the true values")
+            slice_by = slice_by or (policy.data.slice_by if policy.data else None)
+            order = EvaluationOrder(str(data), label, slice_by)
+        return self._promotion.promote(parse_ref(ref), policy, order)
+
+    def promotion(self, promotion_id: int) -> records.Promotion:
+        return self.registry.promotions.get(promotion_id)
+
+    def promotions(self, model: str | None = None) -> list[records.Promotion]:
+        return self.registry.promotions.recent(model)
+
+    def decide(self, promotion_id: int, approve: bool, reason: str = "") -> records.Promotion:
+        return self._promotion.decide(promotion_id, approve, reason)
 
     # ---- monitoring --------------------------------------------------------
 

@@ -14,6 +14,7 @@ from shipyard.api.deployments import router as deployments_router
 from shipyard.api.errors import install_error_handlers
 from shipyard.api.models import router as models_router
 from shipyard.api.monitoring import router as monitoring_router
+from shipyard.api.promotion import router as promotion_router
 from shipyard.api.scaling import router as scaling_router
 from shipyard.api.security import router as security_router
 from shipyard.api.state import ControlPlane
@@ -39,4 +40,5 @@ def create_app(
     app.include_router(monitoring_router)
     app.include_router(scaling_router)
     app.include_router(cluster_router)
+    app.include_router(promotion_router)
     return app

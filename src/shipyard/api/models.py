@@ -38,7 +38,7 @@ def _registry(request: Request) -> Registry:
     return control_plane(request).registry
 
 
-def _version_ref(name: str, version: str) -> ModelRef:
+def version_ref(name: str, version: str) -> ModelRef:
     parsed = parse_version_or_alias(version)
     if isinstance(parsed, int):
         return ModelRef(check_model_name(name), version=parsed)
@@ -128,8 +128,11 @@ def register_version(
     with tempfile.TemporaryDirectory(prefix="shipyard-upload-") as scratch:
         unpack = control_plane(request).unpack
         model_path = _receive_artifact(artifact, Path(scratch), folder, unpack)
-        example_path = _receive_file(example, Path(scratch) / "example") if example else None
-        return _registry(request).register(model_path, parsed, example_path)
+        example_path = receive_file(example, Path(scratch) / "example") if example else None
+        registered = _registry(request).register(model_path, parsed, example_path)
+    for alias in registered.aliases:
+        control_plane(request).jobs.on_alias(registered.model, alias, registered.version)
+    return registered
 
 
 def _safe_name(upload: UploadFile, fallback: str) -> str:
@@ -137,7 +140,7 @@ def _safe_name(upload: UploadFile, fallback: str) -> str:
     return name if name not in ("", ".", "..") else fallback
 
 
-def _receive_file(upload: UploadFile, folder: Path) -> Path:
+def receive_file(upload: UploadFile, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / _safe_name(upload, "upload")
     with target.open("wb") as out:
@@ -148,7 +151,7 @@ def _receive_file(upload: UploadFile, folder: Path) -> Path:
 def _receive_artifact(
     upload: UploadFile, scratch: Path, folder: bool, limits: UnpackLimits
 ) -> Path:
-    received = _receive_file(upload, scratch / "upload")
+    received = receive_file(upload, scratch / "upload")
     if not folder:
         return received
     unpacked = scratch / "model"
@@ -195,29 +198,31 @@ class _UnpackBudget:
 @router.get("/models/{name}/versions/{version}")
 def get_version(request: Request, name: str, version: str) -> records.ModelVersion:
     """A version by number, or by alias (`latest` is the newest live version)."""
-    return _registry(request).models.get_version(_version_ref(name, version))
+    return _registry(request).models.get_version(version_ref(name, version))
 
 
 @router.post("/models/{name}/versions/{version}/archive")
 def archive_version(request: Request, name: str, version: str) -> records.ModelVersion:
-    return _registry(request).models.archive_version(_version_ref(name, version))
+    return _registry(request).models.archive_version(version_ref(name, version))
 
 
 @router.put("/models/{name}/versions/{version}/tags/{key}")
 def set_version_tag(
     request: Request, name: str, version: str, key: str, body: TagValue
 ) -> records.ModelVersion:
-    return _registry(request).models.set_version_tag(_version_ref(name, version), key, body.value)
+    return _registry(request).models.set_version_tag(version_ref(name, version), key, body.value)
 
 
 @router.delete("/models/{name}/versions/{version}/tags/{key}")
 def delete_version_tag(request: Request, name: str, version: str, key: str) -> records.ModelVersion:
-    return _registry(request).models.delete_version_tag(_version_ref(name, version), key)
+    return _registry(request).models.delete_version_tag(version_ref(name, version), key)
 
 
 @router.put("/models/{name}/aliases/{alias}")
 def set_alias(request: Request, name: str, alias: str, body: AliasTarget) -> records.Alias:
-    return _registry(request).models.set_alias(name, alias, body.version)
+    moved = _registry(request).models.set_alias(name, alias, body.version)
+    control_plane(request).jobs.on_alias(moved.model, moved.alias, moved.version)
+    return moved
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=204)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from shipyard.config import DEFAULT_UNPACK, UnpackLimits
 from shipyard.monitoring.cost import CostMeter
 from shipyard.monitoring.service import MonitoringService
+from shipyard.promotion.jobs import PromotionJobs
+from shipyard.promotion.service import PromotionService
 from shipyard.registry.service import Registry
 from shipyard.security.keys import KeyStore
 from shipyard.serving.manager import ModelManager
@@ -29,6 +31,16 @@ class ControlPlane:
     serving: ModelManager | None = None
     """The data plane's loaded versions (scaling, serving state); None in a control plane
     built without one."""
+
+    _jobs: PromotionJobs | None = field(default=None, repr=False)
+
+    @property
+    def jobs(self) -> PromotionJobs:
+        """Evaluations, replays and promotions run in the background (made on first use)."""
+        if self._jobs is None:
+            service = PromotionService(self.registry, self.monitoring.store)
+            self._jobs = PromotionJobs(service)
+        return self._jobs
 
     @classmethod
     def over(cls, registry: Registry, trust: Registry | None = None) -> ControlPlane:

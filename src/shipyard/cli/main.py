@@ -15,6 +15,7 @@ from shipyard.cli import (
     models,
     monitor,
     predict,
+    promotion,
     security,
     serve,
     server,
@@ -45,6 +46,14 @@ app.command("serve")(serve.serve)
 app.command("build")(build.build)
 app.command("serve-image")(build.serve_image)
 app.command("predict")(predict.predict)
+app.command("evaluate")(promotion.evaluate)
+app.command("replay")(promotion.replay)
+app.command("promote")(promotion.promote)
+app.command("approve")(promotion.approve)
+app.command("reject")(promotion.reject)
+app.add_typer(promotion.evaluations_app, name="evaluations")
+app.add_typer(promotion.policies_app, name="policies")
+app.add_typer(promotion.promotions_app, name="promotions")
 
 
 def main() -> None:
@@ -52,7 +61,10 @@ def main() -> None:
     from shipyard.errors import ShipyardError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click hands back a typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ShipyardError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(1)

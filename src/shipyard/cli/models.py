@@ -166,7 +166,18 @@ def show(
     with connect() as client:
         if not parsed.is_model:
             version = client.get_version(parsed)
-            _print_json(version) if as_json else _show_version(version)
+            evaluations = client.evaluations(parsed)
+            if as_json:
+                # The version's own fields, plus its evaluations (newest first).
+                document = version.model_dump(mode="json")
+                document["evaluations"] = [e.model_dump(mode="json") for e in evaluations]
+                _print_json(document)
+                return
+            _show_version(version)
+            if evaluations:
+                from shipyard.cli.promotion import show_evaluations
+
+                show_evaluations(evaluations)
             return
         model = client.get_model(parsed.name)
         versions = client.list_versions(parsed.name, include_archived=True, limit=1000).versions

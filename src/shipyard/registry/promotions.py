@@ -104,7 +104,7 @@ class EvaluationRepository:
                     state=FAILED,
                     error="interrupted: the server running it stopped",
                     finished_at=utcnow(),
-                )  # fmt: skip
+                )
             )
             return int(getattr(result, "rowcount", 0) or 0)
 

@@ -95,6 +95,20 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/deployments/{name}/drift"): P.READ,
     ("GET", "/api/drift/{report_id}/report"): P.READ,
     ("GET", "/api/monitoring/cost"): P.READ,
+    # evaluation and promotion (a policy may narrow who approves further)
+    ("POST", "/api/models/{name}/versions/{version}/evaluations"): P.DEPLOY,
+    ("GET", "/api/models/{name}/versions/{version}/evaluations"): P.READ,
+    ("GET", "/api/evaluations/{evaluation_id}"): P.READ,
+    ("GET", "/api/evaluations/{evaluation_id}/report"): P.READ,
+    ("POST", "/api/deployments/{name}/replay"): P.DEPLOY,  # re-sends logged inputs
+    ("GET", "/api/policies"): P.READ,
+    ("POST", "/api/policies"): P.DEPLOY,
+    ("GET", "/api/policies/{name}"): P.READ,
+    ("POST", "/api/promotions"): P.DEPLOY,
+    ("GET", "/api/promotions"): P.READ,
+    ("GET", "/api/promotions/{promotion_id}"): P.READ,
+    ("POST", "/api/promotions/{promotion_id}/approve"): P.DEPLOY,
+    ("POST", "/api/promotions/{promotion_id}/reject"): P.DEPLOY,
     # keys and audit
     ("GET", "/api/keys"): P.ADMIN,
     ("POST", "/api/keys"): P.ADMIN,
