@@ -35,6 +35,7 @@ from shipyard.monitoring.metrics import DataPlaneCollector
 from shipyard.monitoring.prediction_log import PredictionLog
 from shipyard.monitoring.requests import RequestObserver
 from shipyard.monitoring.tracing import RequestTracer
+from shipyard.promotion.guardrails import PromotionGuard
 from shipyard.registry.changes import ChangeCounter
 from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
@@ -281,10 +282,14 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     loop = asyncio.get_running_loop()
     fleet = control.registry.fleet
     replica = services.controller.holder  # its reports are the controller's own window
+    # Evaluations a dead server left "running" never finish: say so before new ones start.
+    await asyncio.to_thread(control.registry.evaluations.interrupted)
+    guard = PromotionGuard(control.registry, control.monitoring.store, settings.rollout_tick)
     tasks = [
         loop.create_task(report_arms(services.router, fleet, replica)),
         loop.create_task(_watch_keys(services.gatekeeper, services.control.trust.changes)),
         loop.create_task(services.controller.run()),
+        loop.create_task(guard.run()),
         loop.create_task(DriftScheduler(control.monitoring.drift).run()),
         loop.create_task(Autoscaler(services.manager, settings.scaling_tick).run()),
     ]

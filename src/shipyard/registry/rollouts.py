@@ -42,6 +42,7 @@ class RolloutRepository:
         min_requests: int,
         gates: dict[str, float] | None = None,
         webhook: str | None = None,
+        alias: str | None = None,
     ) -> records.Rollout:
         if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
             raise InvalidInput("steps must rise strictly, each between 1 and 100")
@@ -65,12 +66,19 @@ class RolloutRepository:
                 deployment=deployment, stable_version=stable, candidate_version=candidate,
                 steps=steps, bake_seconds=bake_seconds, min_requests=min_requests,
                 gates=RolloutGates.model_validate(gates or {}).model_dump(), webhook=webhook,
-                created_by=current_actor().name,
+                alias=alias, created_by=current_actor().name,
             )  # fmt: skip
             session.add(row)
             session.flush()
             after = {"stable": stable, "candidate": candidate, "steps": steps}
             record_event(session, "rollout.start", f"{deployment}#{row.id}", after=after)
+            return _record(row)
+
+    def get(self, rollout_id: int) -> records.Rollout:
+        with self._sessions() as session:
+            row = session.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout {rollout_id}")
             return _record(row)
 
     def active(self, deployment: str) -> records.Rollout | None:

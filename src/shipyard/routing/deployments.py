@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from shipyard.config import DEFAULT_DIRECT_SAMPLE
+from shipyard.errors import NotFound
 from shipyard.registry.fleet import ArmReport
-from shipyard.registry.manifest import DeploymentManifest
+from shipyard.registry.manifest import DeploymentManifest, Target
 from shipyard.registry.records import DeploymentRevision, ModelVersion
+from shipyard.registry.refs import ModelRef
 from shipyard.registry.service import Registry
 from shipyard.routing.arms import Arm, choose, main_index, sticky_key, sticky_point
 from shipyard.runtimes.base import Tensors
@@ -268,13 +270,46 @@ class DeploymentRouter:
                 entry.live = None
                 return
             current = entry.live.revision if entry.live else None
-            if revision.revision != current and revision.revision != entry.switching_to:
+            moved = revision.revision == current and await self._aliases_moved(entry)
+            if (revision.revision != current or moved) and revision.revision != entry.switching_to:
                 entry.switching_to = revision.revision
                 self._spawn(self._switch(revision, entry))
         except Exception:
             log.exception("refreshing deployment %s failed", name)
         finally:
             self._refreshing.discard(name)
+
+    async def _aliases_moved(self, entry: _Entry) -> bool:
+        """Whether an alias the live revision routes (or shadows) by now names another
+        version: the deployment follows it as it would a new revision (a promotion or a
+        guardrail moves an alias, not the manifest). Only asked when the registry changed."""
+        live = entry.live
+        if live is None or not _aliased(live.manifest):
+            return False
+        now = await asyncio.to_thread(self._alias_versions, live.manifest)
+        routes = [route for route in live.manifest.routes if route.weight > 0]
+        pairs: list[tuple[Target, int]] = [
+            (route, record.version) for route, record in zip(routes, live.records, strict=True)
+        ]
+        shadow = live.manifest.shadow
+        if shadow is not None and live.shadow_record is not None:
+            pairs.append((shadow, live.shadow_record.version))
+        # An alias deleted meanwhile is no move: the deployment keeps what it serves.
+        return any(t.alias in now and now[t.alias] != version for t, version in pairs)
+
+    def _alias_versions(self, manifest: DeploymentManifest) -> dict[str, int]:
+        """What each alias of the manifest names now, read from the registry (not the
+        manager's resolution cache, which may answer a second late). Blocking."""
+        targets = [*manifest.routes, *([manifest.shadow] if manifest.shadow else [])]
+        aliases = {t.alias for t in targets if t.alias is not None}
+        versions = {}
+        for alias in sorted(aliases):
+            try:
+                ref = ModelRef(manifest.model, alias=alias)
+                versions[alias] = self.registry.models.get_version(ref).version
+            except NotFound:
+                continue  # resolving it says so, where it matters
+        return versions
 
     async def _switch(self, revision: DeploymentRevision, entry: _Entry) -> None:
         try:
@@ -292,16 +327,24 @@ class DeploymentRouter:
         """Resolve the revision's routes to versions and load every one before it serves."""
         manifest = revision.manifest
         self.manager.override_serving(manifest.model, manifest.serving_options)
+        # Aliases resolve fresh: a revision applied right after an alias moved (a
+        # promoted rollout routes by its alias again) must serve the version it names now.
+        pinned = await asyncio.to_thread(self._alias_versions, manifest)
+
+        def target(route: Target) -> str:
+            version = pinned.get(route.alias) if route.alias is not None else None
+            return str(version) if version is not None else route.target
+
         arms, records = [], []
         for route in manifest.routes:
             if route.weight <= 0:
                 continue
-            record = await self.manager.resolve(manifest.model, route.target)
+            record = await self.manager.resolve(manifest.model, target(route))
             arms.append(Arm(str(record.version), route.weight))
             records.append(record)
         shadow_record = None
         if manifest.shadow is not None:
-            shadow_record = await self.manager.resolve(manifest.model, manifest.shadow.target)
+            shadow_record = await self.manager.resolve(manifest.model, target(manifest.shadow))
         shadowed = [shadow_record] if shadow_record is not None else []
         for version in dict.fromkeys(str(r.version) for r in [*records, *shadowed]):
             await self.manager.load(manifest.model, version)
@@ -361,6 +404,11 @@ async def _copy(
     finally:
         stats.seconds += time.perf_counter() - started
     stats.agreed += _agree(live_outputs, outputs)
+
+
+def _aliased(manifest: DeploymentManifest) -> bool:
+    targets = [*manifest.routes, *([manifest.shadow] if manifest.shadow else [])]
+    return any(t.alias is not None for t in targets)
 
 
 def _agree(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> bool:

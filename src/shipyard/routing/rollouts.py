@@ -80,6 +80,7 @@ class RolloutService:
             min_requests=min_requests or policy.min_requests,
             gates={**policy.gates, **(gates or {})},
             webhook=webhook or policy.webhook,
+            alias=main.alias,  # promotion moves it: the deployment keeps routing by it
         )
 
     def route(self, rollout: records.Rollout, candidate_weight: int, reason: str) -> int:
@@ -93,6 +94,21 @@ class RolloutService:
         updated = manifest.model_copy(update={"routes": routes})
         return self.registry.deployments.apply(updated, reason=reason).revision
 
+    def conclude(self, rollout: records.Rollout, promoted: bool, reason: str) -> int:
+        """All traffic to the candidate (promoted) or back to stable; returns the live
+        revision. A deployment that routed by an alias routes by it again: promotion moves
+        the alias to the candidate first, so every other user of the alias follows, and
+        a later alias move (a guardrail's, a promotion's) still reaches this deployment."""
+        if rollout.alias is None:
+            return self.route(rollout, 100 if promoted else 0, reason)
+        manifest = self._manifest(rollout.deployment)
+        if promoted:
+            self.registry.models.set_alias(manifest.model, rollout.alias,
+                                           rollout.candidate_version)  # fmt: skip
+        routes = [Route(alias=rollout.alias, weight=100)]
+        updated = manifest.model_copy(update={"routes": routes})
+        return self.registry.deployments.apply(updated, reason=reason).revision
+
     def act(self, deployment: str, action: str) -> records.Rollout:
         rollout = self.registry.rollouts.active(deployment)
         if rollout is None:
@@ -103,12 +119,12 @@ class RolloutService:
         if action == "resume":
             return rollouts.update(rollout.id, "rollout.resume", state=RolloutState.RUNNING)
         if action == "promote":
-            self.route(rollout, 100, f"rollout {rollout.id} promoted")
+            self.conclude(rollout, True, f"rollout {rollout.id} promoted")
             return rollouts.update(rollout.id, "rollout.promote", "promoted by hand",
                                    state=RolloutState.PROMOTED,
                                    step_index=len(rollout.steps) - 1)  # fmt: skip
         if action == "abort":
-            self.route(rollout, 0, f"rollout {rollout.id} aborted")
+            self.conclude(rollout, False, f"rollout {rollout.id} aborted")
             return rollouts.update(rollout.id, "rollout.abort", "aborted by hand",
                                    state=RolloutState.ABORTED)  # fmt: skip
         raise InvalidInput(f"unknown rollout action {action!r}: promote, pause, resume or abort")
@@ -230,7 +246,7 @@ class RolloutController:
         if failure is None:
             failure = await asyncio.to_thread(self._input_drift, rollout, baked)
         if failure is not None:
-            await asyncio.to_thread(self.service.route, rollout, 0,
+            await asyncio.to_thread(self.service.conclude, rollout, False,
                                     f"rollout {rollout.id} rolled back")  # fmt: skip
             done = await self._set(rollout, "rollout.rollback", failure,
                                    state=RolloutState.ROLLED_BACK)  # fmt: skip
@@ -239,7 +255,7 @@ class RolloutController:
             return
         following = rollout.step_index + 1
         if following >= len(rollout.steps) or rollout.steps[following] == 100:
-            await asyncio.to_thread(self.service.route, rollout, 100,
+            await asyncio.to_thread(self.service.conclude, rollout, True,
                                     f"rollout {rollout.id} promoted")  # fmt: skip
             done = await self._set(rollout, "rollout.promote", "every gate passed",
                                    state=RolloutState.PROMOTED,
