@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -283,7 +283,9 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     fleet = control.registry.fleet
     replica = services.controller.holder  # its reports are the controller's own window
     # Evaluations a dead server left "running" never finish: say so before new ones start.
-    await asyncio.to_thread(control.registry.evaluations.interrupted)
+    # One runs at most three worker processes (candidate, champion, replay) in turn.
+    longest = timedelta(seconds=3 * settings.isolation_limits.seconds + 60)
+    await asyncio.to_thread(control.registry.evaluations.interrupted, longest)
     guard = PromotionGuard(control.registry, control.monitoring.store, settings.rollout_tick)
     tasks = [
         loop.create_task(report_arms(services.router, fleet, replica)),

@@ -70,11 +70,27 @@ def promote(
     _need_file(policy, "--policy")
     if data is not None:
         _need_file(data, "--data")
+    else:
+        data = policy_data(policy)
     with connect() as client:
         promotion = client.promote(ref, policy.read_text(), data, label, slice_by)
     _print_promotion(promotion, as_json)
     if promotion.state.value == "failed":
         raise typer.Exit(FAILED_GATES_EXIT)
+
+
+def policy_data(policy: Path) -> Path | None:
+    """The policy's own data file, found beside the policy (or from here), so that the
+    CLI uploads it to a server; None for a URI the evaluating process reads itself."""
+    from shipyard.promotion.policy import parse_policy
+
+    parsed = parse_policy(policy.read_text(), str(policy))
+    if parsed.data is None or "://" in parsed.data.path:
+        return None
+    for candidate in (policy.parent / parsed.data.path, Path(parsed.data.path)):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def approve(

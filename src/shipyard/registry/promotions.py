@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+import os
+import socket
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,6 +60,26 @@ def _policy(row: PolicyRow) -> records.PolicyRevision:
     )  # fmt: skip
 
 
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(runner: str, since: datetime) -> bool:
+    """Whether `runner` (host:pid) may still be running what it started at `since`; a
+    process on another host is given the benefit of the doubt."""
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    import psutil
+
+    try:
+        process = psutil.Process(int(pid))
+        # A process younger than the run reuses a dead runner's pid.
+        return process.create_time() <= since.timestamp() and process.is_running()
+    except psutil.Error:
+        return False
+
+
 def document_digest(document: dict[str, Any]) -> str:
     """sha256 of the document's canonical JSON: the same policy, the same digest."""
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
@@ -76,6 +98,7 @@ class EvaluationRepository:
             row = EvaluationRow(
                 model=model, version=version, kind=kind, against=against, deployment=deployment,
                 state=RUNNING, request=request, created_by=current_actor().name, error="",
+                runner=this_process(),
             )  # fmt: skip
             session.add(row)
             session.flush()
@@ -92,21 +115,22 @@ class EvaluationRepository:
             row.finished_at = utcnow()
             return _evaluation(row)
 
-    def interrupted(self) -> int:
-        """Mark evaluations left running by a process that died; how many there were.
-        Called when a server starts: no other process of this home runs them then
-        (several replicas: each only marks those older than `stale`)."""
+    def interrupted(self, stale_after: timedelta) -> int:
+        """Mark failed the evaluations whose process died (same host, pid gone or reused)
+        or that ran longer than `stale_after` (another host's, that never finished); how
+        many. A server calls it when it starts."""
+        now = utcnow()
         with self._sessions() as session, session.begin():
-            result = session.execute(
-                sa.update(EvaluationRow)
-                .where(EvaluationRow.state == RUNNING)
-                .values(
-                    state=FAILED,
-                    error="interrupted: the server running it stopped",
-                    finished_at=utcnow(),
-                )
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
+            rows = session.scalars(sa.select(EvaluationRow).where(EvaluationRow.state == RUNNING))
+            dead = [
+                row
+                for row in rows
+                if not _alive(row.runner, row.created_at) or now - row.created_at > stale_after
+            ]
+            for row in dead:
+                row.state, row.finished_at = FAILED, now
+                row.error = f"interrupted: the process running it ({row.runner}) stopped"
+            return len(dead)
 
     def get(self, evaluation_id: int) -> records.Evaluation:
         with self._sessions() as session:

@@ -388,6 +388,8 @@ class EvaluationRow(Base):
     report: Mapped[str | None] = mapped_column(sa.Text, default=None)
     """The self-contained HTML report."""
     error: Mapped[str] = mapped_column(sa.Text, default="")
+    runner: Mapped[str] = mapped_column(sa.String(200), default="")
+    """host:pid of the process running it: a server that starts marks its dead runs."""
     created_by: Mapped[str] = mapped_column(sa.String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("report", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("runner", sa.String(200), nullable=False),
         sa.Column("created_by", sa.String(200), nullable=False),
         sa.Column("created_at", _WHEN, nullable=False),
         sa.Column("finished_at", _WHEN, nullable=True),
