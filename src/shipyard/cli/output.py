@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -29,7 +30,8 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        # Escaped: cells are data ("metrics.f1[plan=pro]"), never rich markup.
+        table.add_row(*("" if cell is None else escape(str(cell)) for cell in row))
     console.print(table)
 
 
@@ -38,5 +40,5 @@ def print_fields(title: str, fields: Sequence[tuple[str, Any]]) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in fields:
-        table.add_row(key, "" if value is None else str(value))
+        table.add_row(key, "" if value is None else escape(str(value)))
     console.print(table)

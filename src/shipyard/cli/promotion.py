@@ -42,6 +42,7 @@ def evaluate(
     if html is not None and report is not None:
         report.write_text(html)
     _print_evaluation(found, as_json)
+    _exit_if_failed(found)
 
 
 def replay(
@@ -55,6 +56,13 @@ def replay(
     with connect() as client:
         found = client.replay(deployment, to, window, limit)
     _print_evaluation(found, as_json)
+    _exit_if_failed(found)
+
+
+def _exit_if_failed(found: records.Evaluation) -> None:
+    """A server runs it in the background: a failure arrives as a state, not an error."""
+    if found.state == "failed":
+        raise typer.Exit(1)
 
 
 def promote(

@@ -17,6 +17,7 @@ import numpy as np
 
 from shipyard.errors import InvalidInput
 from shipyard.monitoring.quality import _binary_auc
+from shipyard.monitoring.quality import _finite_floats as _floats
 
 Metrics = dict[str, float | None]
 
@@ -204,13 +205,3 @@ def _class_columns(y_true: np.ndarray, classes: Sequence[Any]) -> np.ndarray | N
 def _plain(values: Sequence[Any] | np.ndarray) -> list[Any]:
     """Python scalars, so numpy 1 and Python 1 (and 1.0) find each other in a dict."""
     return [v.item() if isinstance(v, np.generic) else v for v in values]
-
-
-def _floats(values: Any, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=float)
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"{what} must be numbers: {e}") from e
-    if not np.isfinite(array).all():
-        raise InvalidInput(f"{what} must be finite")
-    return array

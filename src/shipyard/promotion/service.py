@@ -12,6 +12,7 @@ runs the second half as a background job, the local CLI in its own process.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -101,10 +102,10 @@ class PromotionService:
         """Score, store the result and its report; the result (or the failure, raised).
         With a policy, its gates (without replay) go into the result and the report."""
         from shipyard.promotion.evaluation import EvaluationRequest, evaluate
-        from shipyard.promotion.report import render_html
 
         models = self.registry.models
-        try:
+
+        def produce() -> tuple[dict[str, Any], str]:
             candidate = models.get_version(ModelRef(started.model, version=started.version))
             champion = None
             if started.against is not None:
@@ -117,16 +118,9 @@ class PromotionService:
                 unreplayed = policy.model_copy(update={"replay": None})
                 result["gates"] = check_gates(unreplayed, result, None)
                 result["policy"] = policy.name
-            title = f"{candidate.model}:{candidate.version} evaluation"
-            self.registry.evaluations.finish(started.id, result, render_html(result, title))
-            return result
-        except ShipyardError as exc:
-            self.registry.evaluations.finish(started.id, None, None, error=exc.message)
-            raise
-        except Exception as exc:
-            log.exception("evaluation %d failed", started.id)
-            self.registry.evaluations.finish(started.id, None, None, error=repr(exc))
-            raise InvalidInput(f"evaluation {started.id} failed: {exc!r}") from exc
+            return result, f"{candidate.model}:{candidate.version} evaluation"
+
+        return self._stored(started, produce)
 
     def evaluate(
         self, ref: ModelRef, order: EvaluationOrder, against: str | int | None
@@ -151,9 +145,8 @@ class PromotionService:
     def run_replay(self, started: records.Evaluation) -> dict[str, Any]:
         from shipyard.durations import duration_seconds
         from shipyard.promotion.replay import replay
-        from shipyard.promotion.report import render_html
 
-        try:
+        def produce() -> tuple[dict[str, Any], str]:
             candidate = self.registry.models.get_version(
                 ModelRef(started.model, version=started.version)
             )
@@ -161,16 +154,28 @@ class PromotionService:
             seconds = duration_seconds(window, "window") if window else None
             result = replay(self.registry, self.store, str(started.deployment), candidate,
                             seconds, started.request.get("limit"), self.limits)  # fmt: skip
-            title = f"{candidate.model}:{candidate.version} replay of {started.deployment}"
-            self.registry.evaluations.finish(started.id, result, render_html(result, title))
-            return result
+            return result, f"{candidate.model}:{candidate.version} replay of {started.deployment}"
+
+        return self._stored(started, produce)
+
+    def _stored(
+        self, started: records.Evaluation, produce: Callable[[], tuple[dict[str, Any], str]]
+    ) -> dict[str, Any]:
+        """Run an evaluation or replay and store its result and report, or its failure
+        (raised again: a 4xx says what was wrong with the data or the model)."""
+        from shipyard.promotion.report import render_html
+
+        try:
+            result, title = produce()
         except ShipyardError as exc:
             self.registry.evaluations.finish(started.id, None, None, error=exc.message)
             raise
         except Exception as exc:
-            log.exception("replay %d failed", started.id)
+            log.exception("%s %d failed", started.kind, started.id)
             self.registry.evaluations.finish(started.id, None, None, error=repr(exc))
-            raise InvalidInput(f"replay {started.id} failed: {exc!r}") from exc
+            raise InvalidInput(f"{started.kind} {started.id} failed: {exc!r}") from exc
+        self.registry.evaluations.finish(started.id, result, render_html(result, title))
+        return result
 
     def replay(
         self, deployment: str, ref: ModelRef, window: str | None, limit: int | None
@@ -191,6 +196,10 @@ class PromotionService:
         if order is None and policy.data is None:
             raise InvalidInput(f"policy {policy.name!r} names no data: give --data and --label "
                                "(or data: {path, label} in the policy)")  # fmt: skip
+        holder = self.champion(version.model, policy.alias)
+        if holder is not None and holder.version == version.version:
+            raise Conflict(f"{version.model}@{policy.alias} is version {version.version} "
+                           "already: nothing to promote")  # fmt: skip
         revision = self.registry.policies.apply(policy.name, policy.document())
         return self.registry.promotions.start(version.model, version.version, revision,
                                               policy.alias)  # fmt: skip
