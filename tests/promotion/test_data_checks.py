@@ -136,3 +136,22 @@ def test_thresholds_are_passed_to_the_drift_tests() -> None:
     strict = data_checks({"x": reference}, {"x": holdout}, DriftThresholds(psi=0.01))
     assert check(lax, "drift", "x")["passed"] is True
     assert check(strict, "drift", "x")["passed"] is False
+
+
+def test_one_drifted_feature_of_four_is_reported_but_the_holdout_passes() -> None:
+    # Default share 0.5 (config.DEFAULT_DRIFT_SHARE): the set drifts when 2 of 4 features do.
+    reference = {name: normal(0, seed=10 + i) for i, name in enumerate("abcd")}
+    one_moved = {name: normal(0, seed=20 + i) for i, name in enumerate("abcd")}
+    narrow = np.random.default_rng(30).normal(0.0, 0.4, N)  # inside the range, yet moved
+    one_moved["a"] = narrow
+    two_moved = {**one_moved, "b": np.random.default_rng(31).normal(0.0, 0.4, N)}
+
+    calm = data_checks(reference, one_moved)
+    moved = data_checks(reference, two_moved)
+
+    assert calm["passed"] is True
+    assert "does not drift (25% of features did, 50% needed)" in check(calm, "drift", "a")["detail"]
+    assert moved["passed"] is False
+    assert check(moved, "drift", "a")["passed"] is False
+    assert check(moved, "drift", "b")["passed"] is False
+    assert check(moved, "drift", "c")["passed"] is True
