@@ -360,6 +360,14 @@ class Settings(BaseSettings):
     jwt_audience: str | None = Field(default=None, description="Required `aud` of JWTs.")
     jwt_issuer: str | None = Field(default=None, description="Required `iss` of JWTs.")
     jwt_roles_claim: str = Field(default="roles", description="JWT claim listing roles.")
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs web console sessions (32+ characters); default: a random secret kept "
+        "in the home (`session.secret`). Set the same one on every replica of a fleet.",
+    )
+    session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="How long a console sign-in lasts."
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
     tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
     rollout_tick: float = Field(

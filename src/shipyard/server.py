@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -47,6 +48,8 @@ from shipyard.scaling.autoscaler import Autoscaler
 from shipyard.scaling.membership import Member, heartbeat, rate_share, watch_fleet
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import REFRESH_SECONDS
+from shipyard.security.sessions import SessionSigner
+from shipyard.ui.app import router as console_routes
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.attached import ATTACH_TIMEOUT_SECONDS, Channel, FrontSide, PrimarySide
 from shipyard.serving.cache import ResultCache
@@ -146,6 +149,7 @@ def build_services(
         failure_burst=settings.auth_failure_burst,
         failure_window=settings.auth_failure_audit_seconds,
     )
+    gatekeeper.sessions = SessionSigner(_session_secret(settings), settings.session_hours * 3600)
     # `_created` series would double every labelled series; Prometheus does not need them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = CollectorRegistry(auto_describe=False)
@@ -211,10 +215,37 @@ def build_services(
     )  # fmt: skip
 
 
+def _session_secret(settings: Settings) -> str:
+    """The console's signing secret: the setting, else one made once and kept in the home
+    (readable by its owner only), so sessions survive a restart."""
+    if settings.session_secret is not None:
+        return settings.session_secret.get_secret_value()
+    path = settings.home / "session.secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    settings.home.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    draft = path.with_name(f".session.secret.{os.getpid()}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secret)
+    try:
+        os.link(draft, path)  # whole or not at all: another process never reads half
+    except FileExistsError:  # another process of this home made it first
+        secret = path.read_text().strip()
+    finally:
+        draft.unlink()
+    return secret
+
+
 def build_api(services: Services, lifespan: Lifespan | None = None) -> FastAPI:
     """The FastAPI application: control plane, read-only data-plane routes, /metrics."""
     api = create_app(services.control, lifespan=lifespan)
     api.include_router(inference_routes(services.dataplane, services.metrics))
+    api.state.gatekeeper = services.gatekeeper  # the console signs people in with it
+    api.include_router(console_routes)
     document_inference(api)
     return api
 

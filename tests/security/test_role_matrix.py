@@ -25,7 +25,7 @@ IDENTITIES = ["anonymous", "viewer", "predictor", "deployer", "admin", "revoked"
 PARAMS = {
     "name": "nomodel", "version": "1", "key": "k", "alias": "a", "key_id": "nokey",
     "action": "pause", "deployment": "nodeploy", "report_id": "999999",
-    "evaluation_id": "999999", "promotion_id": "999999",
+    "evaluation_id": "999999", "promotion_id": "999999", "job_id": "nojob", "file": "none",
 }  # fmt: skip
 
 

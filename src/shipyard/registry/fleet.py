@@ -124,6 +124,19 @@ class FleetRepository:
         return [_report(row) for row in rows]
 
 
+    def timeline(self, deployment: str, since: datetime) -> list[tuple[datetime, ArmReport]]:
+        """Every replica's reports on every arm of a deployment since `since`, oldest first,
+        with when each was written: what the console charts."""
+        query = (
+            sa.select(ArmReportRow)
+            .where(ArmReportRow.deployment == deployment, ArmReportRow.at >= since)
+            .order_by(ArmReportRow.at)
+        )
+        with self._sessions() as session:
+            rows = session.scalars(query).all()
+        return [(row.at, _report(row)) for row in rows]
+
+
 def _samples(report: ArmReport) -> dict[str, Any]:
     return {
         "latencies": report.latencies,

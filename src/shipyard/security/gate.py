@@ -37,6 +37,7 @@ from shipyard.registry.audit import AuditLog, EventTally
 from shipyard.security.keys import PREFIX, KeyStore, Principal
 from shipyard.security.limits import Buckets, client_host
 from shipyard.security.policy import Permission, allows
+from shipyard.security.sessions import Session, SessionSigner
 from shipyard.security.tokens import TokenVerifier
 
 log = logging.getLogger("shipyard.security")
@@ -103,6 +104,8 @@ class Gatekeeper:
         self.failure_burst = failure_burst
         self.failures = EventTally(audit, failure_window)
         """Refused logins, written by `flush` (a background task's job)."""
+        self.sessions: SessionSigner | None = None
+        """Signs and reads console session cookies (set by the composition)."""
         self._open = tokens is None and not keys.any_active()
         self.share = 1.0
         """This process's share of each key's rate: 1 / (live replicas * HTTP processes),
@@ -138,6 +141,30 @@ class Gatekeeper:
         principal = self.keys.recall(token)  # the hot path: dictionary lookups
         if principal is None:
             principal = await self._authenticate(token, source)
+        return self._admitted(principal, permission, model)
+
+    async def check_session(
+        self, permission: Permission, session: Session, model: str | None = None
+    ) -> Principal:
+        """The caller behind a console session, if it may do this. A session made from a
+        key lasts only while the key does: revoked or expired, the session ends with it."""
+        if permission is Permission.PUBLIC or self.open:
+            return OPEN if self.open else ANONYMOUS
+        principal = self.keys.active(session.key_id) if session.key_id else session.principal()
+        if principal is None:
+            raise Unauthenticated("the key this session was made from is revoked or expired")
+        return self._admitted(principal, permission, model)
+
+    async def sign_in(self, token: str, source: str) -> Principal:
+        """Who a key or JWT belongs to, with every check a request's credentials get."""
+        principal = self.keys.recall(token)
+        if principal is None:
+            principal = await self._authenticate(token, source)
+        self._limit(principal)
+        return principal
+
+    def _admitted(self, principal: Principal, permission: Permission, model: str | None
+                  ) -> Principal:  # fmt: skip
         if not allows(principal.role, permission):
             raise Forbidden(f"role {principal.role!r} may not do this (needs {permission.value})")
         if model is not None:

@@ -58,6 +58,16 @@ def _hash(secret: str, salt: str) -> str:
     return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
 
 
+def _principal(row: ApiKeyRow) -> Principal:
+    return Principal(
+        name=f"key:{row.id}" + (f" ({row.name})" if row.name else ""),
+        role=row.role,
+        key_id=row.id,
+        models=frozenset(row.models) if row.models else None,
+        rate_per_second=row.rate_per_second,
+    )
+
+
 def _record(row: ApiKeyRow) -> records.ApiKey:
     return records.ApiKey(
         id=row.id,
@@ -214,6 +224,16 @@ class KeyStore:
         self._used.add(row.id)
         return principal
 
+    def active(self, key_id: str) -> Principal | None:
+        """The principal of a key that is neither revoked nor expired, by its id (from
+        memory): what a console session made from that key still stands for."""
+        row = self._table().get(key_id)
+        now = datetime.now(UTC)
+        if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
+            return None
+        self._used.add(row.id)
+        return _principal(row)
+
     def known_id(self, token: str) -> str | None:
         """The id of the key this token names, if it has a key's shape and the key exists."""
         parts = token.split("_", 2)
@@ -268,13 +288,7 @@ class KeyStore:
             return None
         if not hmac.compare_digest(_hash(parts[2], row.salt), row.secret_hash):
             return None
-        return Principal(
-            name=f"key:{row.id}" + (f" ({row.name})" if row.name else ""),
-            role=row.role,
-            key_id=row.id,
-            models=frozenset(row.models) if row.models else None,
-            rate_per_second=row.rate_per_second,
-        )
+        return _principal(row)
 
     def flush_last_used(self) -> None:
         """Write the keys used since the last flush (one UPDATE, off the hot path)."""

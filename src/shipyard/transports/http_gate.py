@@ -9,15 +9,18 @@ monitoring/requests.py).
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 
-from shipyard.errors import ShipyardError
+from shipyard.errors import Forbidden, ShipyardError, Unauthenticated
 from shipyard.registry.audit import Actor, acting_as
 from shipyard.security.gate import Gatekeeper, calling_as
 from shipyard.security.keys import Principal
 from shipyard.security.policy import Permission
+from shipyard.security.sessions import CSRF_HEADER, cookie_value
 from shipyard.transports.http import (
+    Answer,
     ASGIApp,
     Message,
     Receive,
@@ -31,6 +34,8 @@ from shipyard.transports.http import (
 from shipyard.transports.routes import ROUTES, RouteMatch
 
 ACCESS = logging.getLogger("shipyard.access")
+_SAFE = ("GET", "HEAD", "OPTIONS")
+_TO_SIGN_IN = {"location": "/ui/login"}
 _MODEL_NAMED = ("/api/models/{name}", "/v2/repository/models/{name}/")
 """Routes whose `{name}` is a model's: the gate holds a key's model scope on them. A
 name under /v2/models/ may be a deployment's, so the data plane checks the model it
@@ -47,8 +52,24 @@ class HttpGate:
         return self.gatekeeper.open
 
     async def admit(self, permission: Permission, model: str | None, scope: Scope) -> Principal:
-        """The caller, if the gate lets it through; else 401/403/429 is raised."""
+        """The caller, if the gate lets it through; else 401/403/429 is raised. Without an
+        Authorization header, a console session cookie may stand for one; then a request
+        that changes anything must carry the session's CSRF token too."""
         authorization = header(scope, b"authorization")
+        sessions = self.gatekeeper.sessions
+        if authorization is None and sessions is not None and not self.open:
+            cookie = cookie_value(header(scope, b"cookie"))
+            if cookie is not None and permission is not Permission.PUBLIC:
+                session = sessions.verify(cookie)
+                if session is None:
+                    raise Unauthenticated("the console session ended: sign in again")
+                if scope["method"] not in _SAFE and not hmac.compare_digest(
+                    header(scope, CSRF_HEADER) or "", session.csrf
+                ):
+                    raise Forbidden("a console request that changes something needs the "
+                                    "session's CSRF token (x-csrf-token)")  # fmt: skip
+                scope["shipyard.session"] = session
+                return await self.gatekeeper.check_session(permission, session, model)
         source = client_address(scope)
         return await self.gatekeeper.check(permission, authorization, model, source)
 
@@ -76,6 +97,10 @@ class HttpGate:
                 caller = await self.admit(route.permission, model, scope)
             except ShipyardError as exc:
                 status = int(exc.status)
+                if status == 401 and route.template.startswith("/ui") and scope["method"] == "GET":
+                    status = 303  # a person at the console: to the sign-in page
+                    await send_answer(send, status, Answer(b"", "text/plain", _TO_SIGN_IN))
+                    return
                 await send_answer(send, status, error_answer(status, exc.message))
                 return
             actor = Actor(caller.name, caller.role, client_address(scope))

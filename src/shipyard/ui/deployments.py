@@ -1,0 +1,7 @@
+"""Console pages: deployments (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
