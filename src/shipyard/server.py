@@ -49,7 +49,6 @@ from shipyard.scaling.membership import Member, heartbeat, rate_share, watch_fle
 from shipyard.security.gate import Gatekeeper
 from shipyard.security.keys import REFRESH_SECONDS
 from shipyard.security.sessions import SessionSigner
-from shipyard.ui.app import router as console_routes
 from shipyard.security.tokens import TokenVerifier
 from shipyard.serving.attached import ATTACH_TIMEOUT_SECONDS, Channel, FrontSide, PrimarySide
 from shipyard.serving.cache import ResultCache
@@ -68,6 +67,7 @@ from shipyard.transports.http_protocol import guarded_protocol
 from shipyard.transports.limits import BodyLimit, BodyLimits
 from shipyard.transports.proxy import FromFronts, PassingGate, PrimaryProxy
 from shipyard.transports.rest import RestLimits, document_inference, inference_routes
+from shipyard.ui.app import router as console_routes
 
 log = logging.getLogger("shipyard.server")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]

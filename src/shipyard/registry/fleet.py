@@ -123,7 +123,6 @@ class FleetRepository:
             rows = session.scalars(query).all()
         return [_report(row) for row in rows]
 
-
     def timeline(self, deployment: str, since: datetime) -> list[tuple[datetime, ArmReport]]:
         """Every replica's reports on every arm of a deployment since `since`, oldest first,
         with when each was written: what the console charts."""

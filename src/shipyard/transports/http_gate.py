@@ -36,7 +36,7 @@ from shipyard.transports.routes import ROUTES, RouteMatch
 ACCESS = logging.getLogger("shipyard.access")
 _SAFE = ("GET", "HEAD", "OPTIONS")
 _TO_SIGN_IN = {"location": "/ui/login"}
-_MODEL_NAMED = ("/api/models/{name}", "/v2/repository/models/{name}/")
+_MODEL_NAMED = ("/api/models/{name}", "/v2/repository/models/{name}/", "/ui/models/{name}")
 """Routes whose `{name}` is a model's: the gate holds a key's model scope on them. A
 name under /v2/models/ may be a deployment's, so the data plane checks the model it
 resolves to instead."""

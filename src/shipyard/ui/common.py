@@ -102,3 +102,48 @@ def _spark(values: Sequence[float | None], label: str) -> Markup:
 
 
 TEMPLATES.env.globals["spark"] = _spark
+
+
+# ---- console-a (deployment page): a larger chart with its scale written out ----------
+
+
+def chart(values: Sequence[float | None], label: str, unit: str = "", width: int = 320,
+          height: int = 96) -> str:  # fmt: skip
+    """A line chart of `values` (None: a gap) with its peak and latest value as text in
+    the SVG, so the numbers read without the line; attributes only (CSP)."""
+    title = html.escape(label)
+    unit_text = html.escape(unit)
+    points = [(i, v) for i, v in enumerate(values) if v is not None]
+    frame = (f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="none" '
+             'stroke="currentColor" stroke-opacity="0.3"/>')  # fmt: skip
+    if not points:
+        return (f'<svg class="chart" width="{width}" height="{height}" '
+                f'viewBox="0 0 {width} {height}" role="img" aria-label="{title}: no data">'
+                f"<title>{title}: no data</title>{frame}"
+                f'<text x="8" y="{height // 2}" font-size="12" fill="currentColor">'
+                "no requests</text></svg>")  # fmt: skip
+    top = max(v for _, v in points) or 1.0
+    plot_top, plot_bottom = 18, height - 4
+    step = (width - 8) / max(len(values) - 1, 1)
+    ys = [plot_bottom - (v / top) * (plot_bottom - plot_top) for _, v in points]
+    path = " ".join(f"{'M' if n == 0 else 'L'}{4 + i * step:.1f},{y:.1f}"
+                    for n, ((i, _), y) in enumerate(zip(points, ys, strict=True)))  # fmt: skip
+    last = points[-1][1]
+    summary = f"{title}: latest {last:.3g}{unit_text}, peak {top:.3g}{unit_text}"
+    return (f'<svg class="chart" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{summary}">'
+            f"<title>{summary}</title>{frame}"
+            f'<line x1="4" y1="{plot_top}" x2="{width - 4}" y2="{plot_top}" '
+            'stroke="currentColor" stroke-opacity="0.2" stroke-dasharray="3 3"/>'
+            f'<text x="6" y="13" font-size="11" fill="currentColor">peak {top:.3g}{unit_text}'
+            f'</text><text x="{width - 6}" y="13" font-size="11" fill="currentColor" '
+            f'text-anchor="end">now {last:.3g}{unit_text}</text>'
+            f'<path d="{path}" fill="none" stroke="currentColor" '
+            'stroke-width="2"/></svg>')  # fmt: skip
+
+
+def _chart(values: Sequence[float | None], label: str, unit: str = "") -> Markup:
+    return Markup(chart(values, label, unit))  # built from numbers and escaped text
+
+
+TEMPLATES.env.globals["chart"] = _chart
