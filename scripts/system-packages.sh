@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real (PostgreSQL server binaries,
-# redis-server) when they are missing. Called by `make test` and by .ci/run.
+# redis-server, chromium) when they are missing. Called by `make test` and by .ci/run.
 # Where it cannot install (not root, no apt-get), it names the package and goes on: those
 # tests then skip locally, and fail under CI=true, as the suite's fixtures decide.
 set -euo pipefail
@@ -17,6 +17,9 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
 fi
 if ! command -v promtool >/dev/null 2>&1; then
     missing+=(prometheus)  # promtool: checks and unit-tests deploy/prometheus/alerts.yml
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    missing+=(chromium)  # tests/ui drive the web console in it through Playwright
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
