@@ -49,7 +49,10 @@ MANIFEST = "name: svc-api\nmodel: svc\nroutes: [{version: 1}]\n"
 # Round robin over three replicas hands the controller's replica a third of the traffic,
 # so a third of the candidate's requests: the step's threshold counts all three.
 MIN_REQUESTS = 90
-ROLLOUT = {"to": 2, "steps": [50, 100], "bake_seconds": 0.5, "min_requests": MIN_REQUESTS}
+# A bake longer than two report intervals (each replica writes about once a second): the
+# step cannot end on the controller's own traffic before any other replica has reported,
+# whatever the load on the machine does to the request rate.
+ROLLOUT = {"to": 2, "steps": [50, 100], "bake_seconds": 2.5, "min_requests": MIN_REQUESTS}
 CLIENTS = 4
 NAMES = ["r0", "r1", "r2"]
 ROWS = ([[1.0, 2.0, 3.0]], [[-1.0, -2.0, -3.0]])  # every other request negative
