@@ -17,6 +17,7 @@ from shipyard.serving.attached import AttachedPool, Channel, FrontSide, PrimaryS
 from shipyard.serving.types import ModelKey
 from shipyard.serving.worker_process import WORKER_SOCKETS_ENV
 from shipyard.serving.workers import WorkerPool
+from tests.polling import eventually
 from tests.serving.test_pool_scaling import one_row, running, slow_spec  # noqa: F401
 
 
@@ -111,6 +112,7 @@ class Counting:
 
     def predict(self, inputs):
         (values,) = inputs.values()
+        open("MARKER_PATH", "a").close()  # tells the test a predict has begun
         time.sleep(0.3)
         return {"double": values * 2, "rows_in_call": np.full(len(values), len(values))}
 '''
@@ -121,7 +123,8 @@ def test_batches_that_wait_together_run_as_one_predict(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     folder = tmp_path_factory.mktemp("counting")
-    (folder / "counting.py").write_text(COUNTING)
+    begun = folder / "begun"
+    (folder / "counting.py").write_text(COUNTING.replace("MARKER_PATH", str(begun)))
     spec = VersionSpec(
         model="slow", version=1, flavor="python", path=str(folder),
         details={"module": "counting.py", "class": "Counting"},
@@ -134,8 +137,10 @@ def test_batches_that_wait_together_run_as_one_predict(
             first, _ = await _front_over(pool)
             second, _ = await _front_over(pool)
             busy = asyncio.ensure_future(pool.predict({"x": np.array([[1.0]])}, None, 30))
-            while not pool.workers[0].pending:
-                await asyncio.sleep(0)  # the worker is busy with the primary's batch
+            # The worker is inside the primary's predict (not merely sent it: a worker that
+            # has not read it yet would take the fronts' batches with it in one call).
+            await asyncio.to_thread(eventually, lambda: begun.exists() or None,
+                                    "the primary's batch being predicted")  # fmt: skip
             one = asyncio.ensure_future(first.predict({"x": np.array([[2.0], [3.0]])}, None, 30))
             two = asyncio.ensure_future(second.predict({"x": np.array([[4.0]])}, None, 30))
             answers = await asyncio.gather(busy, one, two)
