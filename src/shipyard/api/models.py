@@ -220,9 +220,7 @@ def delete_version_tag(request: Request, name: str, version: str, key: str) -> r
 
 @router.put("/models/{name}/aliases/{alias}")
 def set_alias(request: Request, name: str, alias: str, body: AliasTarget) -> records.Alias:
-    moved = _registry(request).models.set_alias(name, alias, body.version)
-    control_plane(request).jobs.on_alias(moved.model, moved.alias, moved.version)
-    return moved
+    return control_plane(request).jobs.set_alias(name, alias, body.version)
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=204)

@@ -13,7 +13,7 @@ import functools
 import logging
 import shutil
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ class PromotionJobs:
         # Two at once: each job's work is a child process; more would crowd the workers
         # that serve traffic on the same cores.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shipyard-job")
-        self._futures: set[Future[Any]] = set()
 
     def submit(self, work: Callable[[], Any], scratch: Path | None = None) -> None:
         context = contextvars.copy_context()  # the caller stays the actor in the thread
@@ -45,9 +44,7 @@ class PromotionJobs:
                 if scratch is not None:
                     shutil.rmtree(scratch, ignore_errors=True)
 
-        future = self._pool.submit(run)
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
+        self._pool.submit(run)
 
     def evaluate(
         self, ref: ModelRef, order: EvaluationOrder, against: str | int | None,
@@ -72,6 +69,13 @@ class PromotionJobs:
         promotion = self.service.begin_promotion(ref, policy, order)
         self.submit(lambda: self.service.run_promotion(promotion, order), scratch)
         return promotion
+
+    def set_alias(self, model: str, alias: str, version: int) -> records.Alias:
+        """Point an alias at a version, then start what stored policies' `on_register`
+        asks of that alias (the API and the console both move aliases through here)."""
+        moved = self.service.registry.models.set_alias(model, alias, version)
+        self.on_alias(moved.model, moved.alias, moved.version)
+        return moved
 
     def on_alias(self, model: str, alias: str, version: int) -> list[records.Evaluation]:
         """A version got an alias a stored policy's `on_register` names: evaluate it with

@@ -273,12 +273,6 @@ class PromotionService:
                                                    reason or "approved", **decided)  # fmt: skip
         return self._act(approved, policy)
 
-    def waiting(self, ref: ModelRef) -> records.Promotion:
-        """The promotion of NAME:V waiting for approval (for `shipyard approve NAME:V`)."""
-        version = self.registry.models.get_version(ref)
-        promotion = self.registry.promotions.latest_for(version.model, version.version)
-        return promotion
-
     def policy_of(self, promotion: records.Promotion) -> PromotionPolicy:
         stored = self.registry.policies.get(promotion.policy, promotion.policy_revision)
         return policy_from_document(stored.document, f"policy {stored.name}#{stored.revision}")

@@ -266,18 +266,6 @@ class PromotionRepository:
         with self._sessions() as session:
             return _promotion(self._row(session, promotion_id))
 
-    def latest_for(self, model: str, version: int) -> records.Promotion:
-        with self._sessions() as session:
-            row = session.scalar(
-                sa.select(PromotionRow)
-                .where((PromotionRow.model == model) & (PromotionRow.version == version))
-                .order_by(PromotionRow.id.desc())
-                .limit(1)
-            )
-            if row is None:
-                raise NotFound(f"{model}:{version} has no promotion")
-            return _promotion(row)
-
     def recent(
         self, model: str | None = None, state: PromotionState | None = None, limit: int = 50
     ) -> list[records.Promotion]:

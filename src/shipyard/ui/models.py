@@ -73,9 +73,7 @@ async def model_page(request: Request, name: str) -> HTMLResponse:
 
 
 def _move_alias(request: Request, name: str, alias: str, version: int) -> records.Alias:
-    moved = plane(request).registry.models.set_alias(name, alias, version)
-    plane(request).jobs.on_alias(moved.model, moved.alias, moved.version)
-    return moved
+    return plane(request).jobs.set_alias(name, alias, version)
 
 
 @router.post("/models/{name}/aliases", response_class=HTMLResponse)
