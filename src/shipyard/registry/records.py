@@ -24,6 +24,26 @@ class Lineage(BaseModel):
     data_hash: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    derived_from: str | None = Field(
+        default=None, description="NAME:VERSION this version was converted from (an export)."
+    )
+    derivation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How it was derived: converter and library versions, options, the "
+        "equivalence gate's result.",
+    )
+
+
+class Environment(BaseModel):
+    """The Python packages a version needs, recorded at registration."""
+
+    requirements: list[str] = Field(description="Pinned requirements, one per entry.")
+    source: str = Field(
+        description="Where they came from: requirements.txt, conda.yaml, --requirements "
+        "or detected (the flavor libraries found when the model was inspected)."
+    )
+    digest: str = Field(description="sha256 of the Python version and the sorted pins.")
+    python: str = Field(description="Python major.minor the version was registered under.")
 
 
 class ArtifactInfo(BaseModel):
@@ -50,6 +70,7 @@ class ModelVersion(BaseModel):
     signature: Signature | None = None
     reference_sample: ReferenceSample | None = None
     lineage: Lineage = Field(default_factory=Lineage)
+    environment: Environment | None = None
     description: str = ""
     aliases: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -98,6 +119,11 @@ class RegistrationOptions(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict, description="Tags on the new version.")
     description: str = ""
     lineage: Lineage = Field(default_factory=Lineage)
+    requirements: list[str] | None = Field(
+        default=None,
+        description="Pinned requirements of the version (None: read from an MLflow folder or "
+        "detected from the model).",
+    )
     created_by: str = ""
     skip_unchanged: bool = Field(
         default=False,

@@ -54,6 +54,7 @@ class NewVersion:
     signature: Signature | None = None
     reference_sample: records.ReferenceSample | None = None
     lineage: records.Lineage = field(default_factory=records.Lineage)
+    environment: records.Environment | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     created_by: str = ""
@@ -228,6 +229,9 @@ class ModelRepository:
                 data_hash=new.lineage.data_hash,
                 params=new.lineage.params,
                 metrics=new.lineage.metrics,
+                derived_from=new.lineage.derived_from,
+                derivation=new.lineage.derivation or None,
+                environment=new.environment.model_dump() if new.environment else None,
                 description=new.description,
                 created_by=new.created_by,
             )
@@ -247,6 +251,11 @@ class ModelRepository:
                     "digest": new.artifact_digest,
                     "unsafe_format": new.unsafe_format,
                     "aliases": list(new.aliases),
+                    **(
+                        {"derived_from": new.lineage.derived_from}
+                        if new.lineage.derived_from
+                        else {}
+                    ),
                 },
             )
         return self.get_version(ModelRef(name, version=number))
@@ -514,6 +523,11 @@ class ModelRepository:
                 data_hash=row.data_hash,
                 params=row.params,
                 metrics=row.metrics,
+                derived_from=row.derived_from,
+                derivation=row.derivation or {},
+            ),
+            environment=(
+                records.Environment.model_validate(row.environment) if row.environment else None
             ),
             description=row.description,
             aliases=aliases.get(row.id, []),
