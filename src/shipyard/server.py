@@ -694,6 +694,8 @@ def serve_app(
     trust = Registry.open(trust_settings) if trust_settings is not None else None
     count = settings.http_process_count
     listener = _bind(host, port)
+    if grpc_port:
+        _check_free(host, grpc_port, "gRPC", "--grpc-port N, or -1 to turn gRPC off")
     address = _advertised(settings, listener)
     if count <= 1:
         app = build_app(settings, registry, default_model, grpc_address, trust, address=address)
@@ -741,6 +743,23 @@ class _AnnouncingServer(uvicorn.Server):
         await super().startup(sockets)
         if sockets and not self.should_exit:
             self._log_started_message(sockets[:1])
+
+
+def _check_free(host: str, port: int, what: str, hint: str) -> None:
+    """Fail before starting when a port a later component binds is taken, with words a
+    person can act on (the gRPC server binds it only once the app has started)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind(("127.0.0.1" if host == "localhost" else host, port))
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot listen on {host}:{port} for {what}: {exc.strerror} "
+            f"(another server is using it?); choose {hint}"
+        ) from None
+    finally:
+        probe.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -12,7 +12,11 @@ def serve(
     model: str = typer.Argument(..., help="A model file or folder, or NAME[:VERSION|@ALIAS]."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="REST port."),
-    grpc_port: int = typer.Option(8001, help="gRPC port (-1 turns gRPC off)."),
+    grpc_port: int | None = typer.Option(
+        None,
+        help="gRPC port (-1 turns gRPC off) [default: the REST port + 1, so that two "
+        "servers on different REST ports never meet on one gRPC port].",
+    ),
     workers: int | None = typer.Option(
         None, min=1, help="Worker processes for the model [default: one per core]."
     ),
@@ -88,9 +92,15 @@ def serve(
         settings,
         host=host,
         port=port,
-        grpc_port=grpc_port if grpc_port >= 0 else None,
+        grpc_port=_grpc_port(port, grpc_port),
         insecure=insecure,
         registry=registry,
         default_model=ref,
         trust_settings=trust_settings,
     )
+
+
+def _grpc_port(rest_port: int, given: int | None) -> int | None:
+    if given is None:
+        return rest_port + 1 if rest_port else 0  # REST on any free port: gRPC too
+    return given if given >= 0 else None

@@ -231,6 +231,9 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would
+            # silently take a share of the calls (issue 22). A busy port must fail instead.
+            ("grpc.so_reuseport", 0),
         ]
     )
     from grpc_reflection.v1alpha import reflection
@@ -245,5 +248,7 @@ async def start_grpc_server(
         bound = server.add_secure_port(f"{host}:{port}", credentials)
     else:
         bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:  # older grpcio answers 0 where newer ones raise
+        raise RuntimeError(f"Failed to bind to address {host}:{port}")
     await server.start()
     return server, bound
