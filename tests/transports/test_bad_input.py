@@ -230,6 +230,7 @@ def test_model_refusing_its_input_is_a_400_and_its_words_go_to_the_log(
     picky: RunningServer,
 ) -> None:
     response = picky_infer(picky, -1)
+    assert response.headers["x-shipyard-model-version"] == "picky:1"
     assert error_of(response, 400) == (
         "model picky:1 refused the input (ValueError); the server log has the model's "
         "message under this request's x-request-id"
@@ -246,6 +247,8 @@ def test_model_failing_is_a_500_without_its_words(picky: RunningServer) -> None:
         "model picky:1 failed (RuntimeError); the server log has the model's message under "
         "this request's x-request-id"
     )
+    # Which version failed, as on a 200: what tells a canary's 500s from the stable's.
+    assert response.headers["x-shipyard-model-version"] == "picky:1"
     wait_for_log(picky, response.headers["x-request-id"], "lost the ledger at /srv/secret")
 
 

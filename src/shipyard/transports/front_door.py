@@ -30,7 +30,13 @@ from shipyard.transports.http import (
     send_answer,
 )
 from shipyard.transports.http_gate import HttpGate
-from shipyard.transports.rest import INFERENCE, RestLimits, mlflow_invocations, v2_infer
+from shipyard.transports.rest import (
+    INFERENCE,
+    VERSION_HEADER,
+    RestLimits,
+    mlflow_invocations,
+    v2_infer,
+)
 from shipyard.transports.routes import ROUTES, RouteMatch
 
 # The only request headers the inference handlers look at (ASGI gives them lower-case).
@@ -155,6 +161,9 @@ class FrontDoor:
             status, message = failure(exc, "POST", scope["path"])
             context.error = message
             answer = error_answer(status, message)
+            if context.model is not None and context.version is not None:
+                # Which version failed matters most on an error (a canary's 500s).
+                answer.headers[VERSION_HEADER] = f"{context.model}:{context.version}"
         context.status = status
         context.finished = time.perf_counter()
         await send_answer(send, status, answer, context.request_id)

@@ -83,6 +83,8 @@ class RestLimits:
 
 
 BodyReader = Callable[[], Awaitable[bytes]]
+VERSION_HEADER = "x-shipyard-model-version"
+"""Which version answered (or failed): on every inference answer that reached one."""
 
 
 def _stamp_decoded(hints: RequestHints) -> None:
@@ -114,7 +116,7 @@ async def v2_infer(
     response = await dataplane.infer(name, version, decode, hints)
     payload, json_length = codec.encode_response(response, decoded[0])
     answer_headers = {
-        "x-shipyard-model-version": f"{response.model_name}:{response.model_version}",
+        VERSION_HEADER: f"{response.model_name}:{response.model_version}",
         "x-shipyard-cache": "hit" if response.cached else "miss",
     }
     if json_length is None:
@@ -160,7 +162,7 @@ async def mlflow_invocations(
     return Answer(
         mlflow_protocol.encode_predictions(response.outputs),
         "application/json",
-        {"x-shipyard-model-version": f"{response.model_name}:{response.model_version}"},
+        {VERSION_HEADER: f"{response.model_name}:{response.model_version}"},
     )
 
 
