@@ -80,15 +80,23 @@ def test_binary_inputs_are_views_of_the_body() -> None:
         (body({"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2]}), "needs 3"),
         (body({"name": "x", "shape": [2], "datatype": "FP9", "data": [1, 2]}), "unknown datatype"),
         (body({"name": "x", "shape": [-1], "datatype": "FP64", "data": [1]}), "non-negative"),
-        (body({"name": "x", "shape": [2], "datatype": "INT64", "data": [1.5, 2]}), "not INT64"),
-        (body({"name": "x", "shape": [2], "datatype": "FP64", "data": ["a", "b"]}), "not FP64"),
+        (body({"name": "x", "shape": [2], "datatype": "INT64", "data": [1.5, 2]}),
+         "holds decimal numbers where INT64 needs whole numbers"),
+        (body({"name": "x", "shape": [2], "datatype": "FP64", "data": ["a", "b"]}),
+         "input 'x': 'data' holds text where FP64 needs decimal numbers"),
+        (body({"name": "x", "shape": [2], "data": [1, 2]}), "input 'x' has no datatype"),
+        (b'{"dataframe_split": {"columns": ["a"], "data": [[1]]}}',
+         "'dataframe_split' is MLflow's format: send it to /invocations"),
+        (b'{"inputs": {"a": [1, 2]}}', "'inputs' is MLflow's format: send it to /invocations"),
+        (b'{"inputs": [[1, 2], [3, 4]]}', "MLflow's 'inputs' format: send them to /invocations"),
         (body({"name": "x", "shape": [1], "datatype": "UINT8", "data": [300]}), "do not fit"),
-        (body({"name": "x", "shape": [2], "datatype": "BOOL", "data": [1, 0]}), "not BOOL"),
+        (body({"name": "x", "shape": [2], "datatype": "BOOL", "data": [1, 0]}),
+         "holds whole numbers where BOOL needs true/false values"),
         (body({"name": "x", "shape": [2], "datatype": "FP64", "data": [[1], [2, 3]]}), "regular"),
         (body({"name": "x", "shape": [1], "datatype": "FP64"}), "needs 'data'"),
         (body({"name": "", "shape": [1], "datatype": "FP64", "data": [1]}), "'name'"),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_say_what_and_where(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         decode_request(raw)

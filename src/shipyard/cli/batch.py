@@ -70,7 +70,7 @@ def run(
         fail_on_error=fail_on_error,
         ray_address=ray_address,
     )
-    registry = local_registry()
+    registry = local_registry("batch run")
     request = JobRequest(ref, input_uri, output_uri, input_format, output_format, options, executor)
     job = create_job(registry, request, default_user(Settings()))
     typer.echo(f"{job.id}: {job.model}:{job.version} {job.input_uri} -> {job.output_uri}", err=True)
@@ -83,7 +83,7 @@ def resume(
     as_json: bool = JsonOption,
 ) -> None:
     """Finish a job that stopped (killed, interrupted, failed): done parts are kept."""
-    _run(local_registry(), job_id, as_json)
+    _run(local_registry("batch resume"), job_id, as_json)
 
 
 @app.command("status")
@@ -91,7 +91,7 @@ def status(job_id: str = typer.Argument(...), as_json: bool = JsonOption) -> Non
     """One job: state, version, input, output, counts."""
     from shipyard.batch.jobs import JobStore
 
-    job = JobStore(local_registry().sessions).get(job_id)
+    job = JobStore(local_registry("batch status").sessions).get(job_id)
     if as_json:
         _print_job_json(job)
         return
@@ -127,7 +127,7 @@ def list_jobs(
     """Recent jobs, newest first."""
     from shipyard.batch.jobs import JobStore
 
-    jobs = JobStore(local_registry().sessions).list(limit=limit, state=state)
+    jobs = JobStore(local_registry("batch list").sessions).list(limit=limit, state=state)
     if as_json:
         from shipyard.cli.output import print_json
 

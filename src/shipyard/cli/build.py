@@ -269,7 +269,7 @@ def build(
     from shipyard.cli.models import local_registry
     from shipyard.registry.refs import parse_ref
 
-    registry = local_registry()
+    registry = local_registry("build")
     try:
         version = registry.models.serving_version(parse_ref(ref))
         manifest = write_context(registry, version, output)

@@ -39,15 +39,23 @@ def list_deployments(json_output: bool = JsonOption) -> None:
     if json_output:
         typer.echo("[" + ",".join(r.model_dump_json() for r in rows) + "]")
         return
-    from rich.console import Console
-    from rich.table import Table
+    from shipyard.cli.output import print_table
 
-    table = Table("deployment", "revision", "model", "routes", "by", "at")
-    for r in rows:
-        routes = ", ".join(f"{route.target}:{route.weight:g}" for route in r.manifest.routes)
-        table.add_row(r.deployment, str(r.revision), r.manifest.model, routes,
-                      r.created_by, f"{r.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
-    Console().print(table)
+    print_table(
+        None,
+        ["deployment", "revision", "model", "routes", "by", "at"],
+        [
+            [
+                r.deployment,
+                r.revision,
+                r.manifest.model,
+                ", ".join(f"{route.target}:{route.weight:g}" for route in r.manifest.routes),
+                r.created_by,
+                f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 @app.command("show")
@@ -82,13 +90,13 @@ def history(name: str, json_output: bool = JsonOption) -> None:
     if json_output:
         typer.echo("[" + ",".join(r.model_dump_json() for r in rows) + "]")
         return
-    from rich.console import Console
-    from rich.table import Table
+    from shipyard.cli.output import print_table
 
-    table = Table("revision", "reason", "by", "at")
-    for r in rows:
-        table.add_row(str(r.revision), r.reason, r.created_by, f"{r.created_at:%Y-%m-%d %H:%M:%S}")
-    Console().print(table)
+    print_table(
+        None,
+        ["revision", "reason", "by", "at"],
+        [[r.revision, r.reason, r.created_by, f"{r.created_at:%Y-%m-%d %H:%M:%S}"] for r in rows],
+    )
 
 
 @app.command("rollback")

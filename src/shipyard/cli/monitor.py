@@ -67,6 +67,10 @@ def _read_labels(file: Path, id_column: str, label_column: str) -> list[dict[str
     ]
 
 
+DRIFT_EXIT = 3
+"""`monitor drift`'s exit status when a version drifted (1 and 2 are errors and usage)."""
+
+
 @app.command("drift")
 def drift(
     deployment: str,
@@ -77,7 +81,8 @@ def drift(
     ),
     json_output: bool = JsonOption,
 ) -> None:
-    """Check logged inputs against the reference sample now; write the HTML report."""
+    """Check logged inputs against the reference sample now; write the HTML report.
+    Exits 3 when a version drifted (0: none did), for scripts."""
     with connect() as client:
         reports = client.check_drift(deployment, window, version)
         pages = {report["id"]: client.drift_report_html(report["id"]) for report in reports}
@@ -92,6 +97,8 @@ def drift(
         if not json_output:
             _print_report(report)
         typer.echo(f"report: {path}", err=True)
+    if any(report["drifted"] for report in reports):
+        raise typer.Exit(DRIFT_EXIT)  # for scripts: `shipyard monitor drift fraud || alert`
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -104,9 +111,12 @@ def _print_report(report: dict[str, Any]) -> None:
     features = list(result.get("features", []))
     if result.get("output"):
         features.append({**result["output"], "name": "(output)"})
+    from shipyard.monitoring.drift_report import rows_described
+
+    rows = rows_described(report["current_rows"], result)
     print_table(
         f"{report['deployment']} {report['model']}:{report['version']}: {verdict}, "
-        f"{report['share']:.0%} of features drifted ({report['current_rows']} rows)",
+        f"{report['share']:.0%} of features drifted ({rows})",
         ["feature", "kind", "test", "statistic", "p-value", "PSI", "drifted"],
         [
             [
@@ -182,6 +192,15 @@ def quality(
             for version, m in sorted(by_version.items())
         ],
     )
+    if "auc" in metrics and any(
+        m.get("auc") is None and m.get("count") for m in by_version.values()
+    ):
+        typer.echo(
+            "auc is empty where the logged predictions carry no scores: it needs the model's "
+            "predict_proba in the prediction log (a classifier with predict_proba, asked "
+            "for that output or all outputs), and both classes among the labels",
+            err=True,
+        )
     for entry in answer.get("over_time", []):
         shown = {k: v for k, v in entry.items() if k not in ("version", "start", "end")}
         values = ", ".join(f"{k}={_number(v)}" for k, v in shown.items())

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from shipyard.cli.models import local_registry
+from shipyard.cli.models import JsonOption, local_registry, server_client
+
+if TYPE_CHECKING:
+    from shipyard.registry import records
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -24,7 +29,19 @@ def create(
     from shipyard.security.keys import KeyStore
 
     lifetime = parse_duration(expires, "expiry") if expires else None
-    registry = local_registry()
+    remote = server_client()
+    if remote is not None:
+        with remote:
+            token, record = remote.create_key(
+                role, name=name, models=model or None, expires=expires, rate_per_second=rate
+            )
+        typer.echo(token)
+        typer.echo(
+            f"key {record.id} ({record.role}) created; this is the only time it is shown",
+            err=True,
+        )
+        return
+    registry = local_registry("keys create", create=True)
     try:
         token, record = KeyStore(registry.sessions).create(
             role,
@@ -43,30 +60,44 @@ def create(
 
 
 @keys_app.command("list")
-def list_keys() -> None:
+def list_keys(as_json: bool = JsonOption) -> None:
     """Every key, without secrets."""
-    from rich.console import Console
-    from rich.table import Table
+    from shipyard.cli.output import print_json, print_table
 
+    rows = _keys()
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        None,
+        ["id", "name", "role", "models", "expires", "revoked", "last used"],
+        [
+            [
+                r.id,
+                r.name,
+                r.role,
+                ", ".join(r.models or []) or "all",
+                f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "never",
+                f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
+                f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _keys() -> list[records.ApiKey]:
     from shipyard.security.keys import KeyStore
 
-    registry = local_registry()
+    remote = server_client()
+    if remote is not None:
+        with remote:
+            return remote.list_keys()
+    registry = local_registry("keys list")
     try:
-        rows = KeyStore(registry.sessions).list()
+        return KeyStore(registry.sessions).list()
     finally:
         registry.close()
-    table = Table("id", "name", "role", "models", "expires", "revoked", "last used")
-    for r in rows:
-        table.add_row(
-            r.id,
-            r.name,
-            r.role,
-            ", ".join(r.models or []) or "all",
-            f"{r.expires_at:%Y-%m-%d %H:%M}" if r.expires_at else "never",
-            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
-            f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "",
-        )
-    Console().print(table)
 
 
 @keys_app.command("revoke")
@@ -76,13 +107,18 @@ def revoke(
     """Revoke a key; servers stop accepting it within seconds."""
     from shipyard.security.keys import KeyStore
 
-    registry = local_registry()
-    try:
-        keys = KeyStore(registry.sessions)
-        keys.revoke(key_id)
-        warning = keys.lockout_warning()
-    finally:
-        registry.close()
+    remote = server_client()
+    if remote is not None:
+        with remote:
+            warning = remote.revoke_key(key_id)
+    else:
+        registry = local_registry("keys revoke")
+        try:
+            keys = KeyStore(registry.sessions)
+            keys.revoke(key_id)
+            warning = keys.lockout_warning()
+        finally:
+            registry.close()
     typer.echo(f"key {key_id} revoked")
     if warning:
         typer.echo(f"warning: {warning}", err=True)
@@ -111,27 +147,35 @@ def audit(
                 raise InvalidInput(
                     f"--since {since!r} is neither an ISO time nor like 30m"
                 ) from None
-    registry = local_registry()
-    try:
-        events = registry.audit.events(since=start, limit=limit)
-    finally:
-        registry.close()
+    remote = server_client()
+    if remote is not None:
+        with remote:
+            events = remote.audit_events(since=start, limit=limit)
+    else:
+        registry = local_registry("audit")
+        try:
+            events = registry.audit.events(since=start, limit=limit)
+        finally:
+            registry.close()
     if json_output:
         for event in events:
             typer.echo(event.model_dump_json())
         return
-    from rich.console import Console
-    from rich.table import Table
+    from shipyard.cli.output import print_table
 
-    table = Table("at", "actor", "source", "action", "target", "before", "after")
-    for e in events:
-        table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S}",
-            e.actor,
-            e.source,
-            e.action,
-            e.target,
-            str(e.before or ""),
-            str(e.after or ""),
-        )
-    Console().print(table)
+    print_table(
+        None,
+        ["at", "actor", "source", "action", "target", "before", "after"],
+        [
+            [
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                e.actor,
+                e.source,
+                e.action,
+                e.target,
+                e.before or "",
+                e.after or "",
+            ]
+            for e in events
+        ],
+    )

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from shipyard.config import Settings
+    from shipyard.registry.refs import ModelRef
 
 
 def serve(
@@ -53,7 +57,7 @@ def serve(
     from shipyard.config import Settings
     from shipyard.logs import configure_logging
     from shipyard.registry.records import RegistrationOptions
-    from shipyard.registry.refs import ModelRef, parse_ref
+    from shipyard.registry.refs import ModelRef
     from shipyard.registry.service import Registry
     from shipyard.server import serve_app
 
@@ -86,7 +90,7 @@ def serve(
         version = registry.register(path, RegistrationOptions(name=name), signature_from)
         ref = ModelRef(name, version=version.version)
     else:
-        ref = parse_ref(model)
+        ref = _registered(model, settings)
         registry = Registry.open(settings)
     serve_app(
         settings,
@@ -104,3 +108,36 @@ def _grpc_port(rest_port: int, given: int | None) -> int | None:
     if given is None:
         return rest_port + 1 if rest_port else 0  # REST on any free port: gRPC too
     return given if given >= 0 else None
+
+
+MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops", ".json", ".ubj", ".txt", ".onnx",
+                  ".pt", ".pth", ".torchscript", ".py")  # fmt: skip
+
+
+def _registered(model: str, settings: Settings) -> ModelRef:
+    """The registry reference `model` names, checked before anything starts: a typo'd
+    file name is "no such file or model", never a server that fails to start."""
+    from shipyard.errors import NotFound
+    from shipyard.registry.refs import parse_ref
+    from shipyard.registry.service import Registry
+
+    missing = f"no such file or model: {model!r}"
+    if "/" in model or model.startswith(".") or model.endswith(MODEL_SUFFIXES):
+        raise NotFound(f"{missing} (there is no file at {Path(model).resolve()})")
+    ref = parse_ref(model)
+    if not Registry.exists(settings):
+        raise NotFound(
+            f"{missing}: no file of that name here, and no registry in "
+            f"{settings.home.resolve()} to look it up in (set SHIPYARD_HOME)"
+        )
+    registry = Registry.open(settings)
+    try:
+        registry.models.get_version(ref)
+    except NotFound:
+        raise NotFound(
+            f"{missing}: no file of that name here, and the registry in "
+            f"{settings.home.resolve()} has no such model version"
+        ) from None
+    finally:
+        registry.close()
+    return ref

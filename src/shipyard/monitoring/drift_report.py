@@ -7,7 +7,9 @@ served as it is.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from html import escape
+from typing import Any
 
 from shipyard.monitoring.drift import DriftResult, FeatureDrift, Histogram
 
@@ -26,6 +28,19 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.drifted td { background: #fff1f0; }
 section { margin: 1.5rem 0; } svg text { font-size: 11px; fill: #333; }
 """
+
+
+def rows_described(current_rows: int, result: Mapping[str, Any]) -> str:
+    """How many rows a stored drift result tested, and how many of them came from
+    requests the version failed on (their inputs are logged too, with no outputs)."""
+    failed = int(result.get("failed_rows", 0))
+    text = f"{current_rows} rows"
+    if failed:
+        text += (
+            f", {failed} of them from requests the version failed on: inputs logged, no "
+            "outputs, so the output test uses answered rows only"
+        )
+    return text
 
 
 def render_html(result: DriftResult, title: str, subtitle: str = "") -> str:

@@ -73,6 +73,7 @@ class _Record:
     rows: int
     inputs: Tensors
     outputs: Tensors
+    failed: bool
 
 
 @dataclass
@@ -117,7 +118,10 @@ class PredictionLog:
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, context: RequestContext, inputs: Tensors, outputs: Tensors) -> None:
+    def offer(
+        self, context: RequestContext, inputs: Tensors, outputs: Tensors, failed: bool = False
+    ) -> None:
+        """Keep the exchange (sampled); a failed one has inputs and no outputs."""
         rate = self.sample_rate(context.deployment)
         if rate <= 0.0 or (rate < 1.0 and random.random() >= rate):
             return
@@ -137,6 +141,7 @@ class PredictionLog:
                 context.rows,
                 inputs,
                 outputs,
+                failed,
             )
         )
         if len(self._filling) >= self.batch_rows:
@@ -158,6 +163,7 @@ class PredictionLog:
                 "rows": r.rows,
                 "inputs": encode_tensors(r.inputs),
                 "outputs": encode_tensors(r.outputs),
+                "failed": r.failed,
             }
             for r in batch
         ]

@@ -15,7 +15,7 @@ from typing import Any
 from shipyard.errors import Forbidden, InvalidInput
 from shipyard.monitoring.drift import DriftResult
 from shipyard.monitoring.drift_monitor import DriftMonitor
-from shipyard.monitoring.drift_report import render_html
+from shipyard.monitoring.drift_report import render_html, rows_described
 from shipyard.monitoring.quality import quality_by_version, quality_over_time
 from shipyard.monitoring.store import (
     DriftReport,
@@ -124,9 +124,10 @@ class MonitoringService:
     def drift_html(self, report_id: int) -> str:
         report = self.store.drift_report(report_id)
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.at))
+        rows = rows_described(report.current_rows, report.result)
         return render_html(
             DriftResult.from_dict(report.result),
             title=f"Drift: {report.deployment} ({report.model}:{report.version})",
             subtitle=f"{when}, last {report.window_seconds:g} s of logged inputs "
-            f"({report.current_rows} rows) against the version's reference sample",
+            f"({rows}) against the version's reference sample",
         )

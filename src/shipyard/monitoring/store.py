@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import orjson
@@ -41,6 +41,9 @@ class PredictionRecord(BaseModel):
     rows: int
     inputs: dict[str, Any]
     outputs: dict[str, Any]
+    failed: bool = Field(
+        default=False, description="The version failed on these inputs: there are no outputs."
+    )
 
 
 class FeedbackItem(BaseModel):
@@ -74,9 +77,13 @@ class PredictionFilter:
     version: int | None = None
     since: float | None = None
     until: float | None = None
+    answered_only: bool = False
+    """Leave out failed requests (they have inputs, no outputs)."""
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         clauses: list[sa.ColumnElement[bool]] = []
+        if self.answered_only:
+            clauses.append(PREDICTIONS.c.failed.is_(False))
         if self.deployment is not None:
             clauses.append(PREDICTIONS.c.deployment == self.deployment)
         if self.model is not None:
@@ -102,7 +109,17 @@ def _record(row: sa.Row[Any]) -> PredictionRecord:
         rows=row.rows,
         inputs=orjson.loads(row.inputs),
         outputs=orjson.loads(row.outputs),
+        failed=row.failed,
     )
+
+
+class LoggedWindow(NamedTuple):
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    """Answered requests' outputs only."""
+    rows: int
+    failed_rows: int
+    """Rows of `rows` whose request failed (inputs kept, no outputs)."""
 
 
 class MonitoringStore:
@@ -168,19 +185,21 @@ class MonitoringStore:
 
     def window(
         self, deployment: str, version: int, since: float, until: float | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-        """A version's logged inputs and outputs in a window, concatenated by name."""
+    ) -> LoggedWindow:
+        """A version's logged inputs (failed requests' too) and outputs in a window,
+        concatenated by name."""
         where = PredictionFilter(deployment=deployment, version=version, since=since, until=until)
         inputs: dict[str, list[np.ndarray]] = {}
         outputs: dict[str, list[np.ndarray]] = {}
-        rows = 0
+        rows = failed_rows = 0
         for row in self._scan(where):
             for name, array in decode_tensors(row.inputs).items():
                 inputs.setdefault(name, []).append(np.atleast_1d(array))
             for name, array in decode_tensors(row.outputs).items():
                 outputs.setdefault(name, []).append(np.atleast_1d(array))
             rows += row.rows
-        return _concat(inputs), _concat(outputs), rows
+            failed_rows += row.rows if row.failed else 0
+        return LoggedWindow(_concat(inputs), _concat(outputs), rows, failed_rows)
 
     def versions_seen(self, deployment: str, since: float) -> list[tuple[str, int]]:
         """(model, version) pairs that answered the deployment since `since`."""
@@ -360,6 +379,7 @@ def _flat_rows(row: sa.Row[Any]) -> Iterable[dict[str, Any]]:
         "model": row.model,
         "version": row.version,
         "latency_ms": row.latency_ms,
+        "failed": row.failed,
     }
     for i in range(row.rows):
         flat = dict(base, row=i)

@@ -297,7 +297,7 @@ class PromotionGuard:
         self, manifest: DeploymentManifest, version: int, since: float, until: float | None
     ) -> np.ndarray:
         """A version's logged predictions on a deployment (numbers only; none: empty)."""
-        _, outputs, _ = self.store.window(manifest.name, version, since, until)
+        outputs = self.store.window(manifest.name, version, since, until).outputs
         name = prediction_output(outputs, manifest.watch.prediction_output)
         if name is None or outputs[name].dtype.kind not in "biuf":
             return np.empty(0)

@@ -87,7 +87,8 @@ def logged_requests(
     store: MonitoringStore, deployment: str, since: float | None, limit: int | None
 ) -> list[PredictionRecord]:
     """The deployment's logged requests since `since`, oldest first: the newest `limit`."""
-    where = PredictionFilter(deployment=deployment, since=since)
+    # Failed requests have no answer to agree with (their inputs still count for drift).
+    where = PredictionFilter(deployment=deployment, since=since, answered_only=True)
     if limit is not None:
         return list(reversed(store.predictions(where, limit=limit)))
     records: list[PredictionRecord] = []

@@ -12,7 +12,7 @@ from shipyard.registry import records
 from shipyard.registry.audit import current_actor, record_event
 from shipyard.registry.db import write_session
 from shipyard.registry.records import RolloutGates, RolloutState
-from shipyard.registry.tables import RolloutRow, utcnow
+from shipyard.registry.tables import DeploymentRow, RolloutRow, utcnow
 
 ACTIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
 
@@ -99,6 +99,11 @@ class RolloutRepository:
                 .limit(1)
             )
             if row is None:
+                known = session.scalar(
+                    sa.select(DeploymentRow.id).where(DeploymentRow.name == deployment)
+                )
+                if known is None:  # a typo, most likely: say that, not "no rollout"
+                    raise NotFound(f"deployment {deployment!r} does not exist")
                 raise NotFound(f"{deployment} has had no rollout")
             return _record(row)
 

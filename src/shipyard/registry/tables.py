@@ -279,6 +279,9 @@ class PredictionRow(Base):
     rows: Mapped[int]
     inputs: Mapped[str] = mapped_column(sa.Text)
     outputs: Mapped[str] = mapped_column(sa.Text)
+    failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    """The version failed on these inputs (5xx, or it refused them): no outputs. Logged
+    so that drift sees every input a version was sent, not only those it answered."""
 
 
 class FeedbackRow(Base):

@@ -195,9 +195,13 @@ class DataPlane:
                 context.model, context.version = record.model, str(record.version)
             self.manager.refuse_if_full(record)  # before the body is read and decoded
             request = await decode(record)
-            loaded, inputs, result, cached, wanted = await self._predict(
-                record, request, context, deployed=hints.may_deploy
-            )
+            try:
+                loaded, inputs, result, cached, wanted = await self._predict(
+                    record, request, context, deployed=hints.may_deploy
+                )
+            except ShipyardError as exc:
+                self._observed_failure(exc, context, record, request)
+                raise
             self._observed(context, loaded, inputs, result, cached)
             return self._response(loaded, result, cached, wanted, request)
 
@@ -226,6 +230,7 @@ class DataPlane:
             # gates count both (input every arm refuses raises every arm's rate alike).
             if exc.status >= 500 or isinstance(exc, ModelRefusedInput):
                 routed.observe(chosen, time.perf_counter() - started, None, copy)
+            self._observed_failure(exc, context, chosen, request)
             raise
         routed.observe(chosen, time.perf_counter() - started, result, copy)
         self._observed(context, loaded, inputs, result, cached)
@@ -247,6 +252,30 @@ class DataPlane:
         context.rows = int(first.shape[0]) if first is not None and first.ndim else 1
         if self.predictions is not None:
             self.predictions.offer(context, inputs, result)
+
+    def _observed_failure(
+        self,
+        exc: ShipyardError,
+        context: RequestContext | None,
+        record: ModelVersion,
+        request: InferRequest,
+    ) -> None:
+        """Offer a request the version failed on (5xx, or it refused the input) to the
+        prediction log, inputs only: drift then sees all a version was sent, not a sample
+        biased to what it could answer. A caller's own mistakes (4xx before the model)
+        and load shedding are not the version's."""
+        if context is None or self.predictions is None:
+            return
+        shed = exc.status == 503  # overload: never ran; logging it would add load
+        if shed or not (exc.status >= 500 or isinstance(exc, ModelRefusedInput)):
+            return
+        try:
+            inputs = conform(request.inputs, record.signature)
+        except ShipyardError:
+            return
+        first = next(iter(inputs.values()), None)
+        context.rows = int(first.shape[0]) if first is not None and first.ndim else 1
+        self.predictions.offer(context, inputs, {}, failed=True)
 
     async def _predict(
         self,

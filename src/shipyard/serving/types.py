@@ -160,10 +160,14 @@ class Routed(Protocol):
 
 
 class PredictionSink(Protocol):
-    """Where answered requests go to be sampled into the prediction log (monitoring)."""
+    """Where requests a version answered, or failed on, go to be sampled into the
+    prediction log (monitoring)."""
 
-    def offer(self, context: RequestContext, inputs: Tensors, outputs: Tensors) -> None:
-        """Take the request or not (sampling); never blocks, never raises."""
+    def offer(
+        self, context: RequestContext, inputs: Tensors, outputs: Tensors, failed: bool = False
+    ) -> None:
+        """Take the request or not (sampling); never blocks, never raises. A failed one
+        has inputs and no outputs."""
 
 
 class VersionSource(Protocol):

@@ -72,6 +72,28 @@ def check_shape(shape: tuple[int, ...], where: str, max_elements: int) -> None:
         )
 
 
+MLFLOW_BODY_KEYS = frozenset({"dataframe_split", "dataframe_records", "instances"})
+"""Top-level keys of MLflow's scoring format (its "inputs" is a dict or plain list)."""
+_KIND_WORDS = {
+    "U": "text",
+    "S": "text",
+    "O": "mixed values (text, nulls or nested lists)",
+    "f": "decimal numbers",
+    "i": "whole numbers",
+    "u": "whole numbers",
+    "b": "true/false values",
+    "c": "complex numbers",
+}
+
+
+def _wanted_kind(datatype: str) -> str:
+    if datatype == "BOOL":
+        return "b"
+    if datatype == "BYTES":
+        return "U"
+    return "i" if datatype.startswith(("INT", "UINT")) else "f"
+
+
 def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
     try:
         parsed = np.asarray(data) if datatype != "BYTES" else np.asarray(data, dtype=object)
@@ -87,7 +109,10 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], where: str
         datatype, _INT_KINDS if datatype.startswith(("INT", "UINT")) else _FLOAT_KINDS
     )
     if parsed.size and kind not in allowed and not (datatype == "BYTES" and kind == "O"):
-        raise InvalidInput(f"{where}: 'data' holds {parsed.dtype.name} values, not {datatype}")
+        raise InvalidInput(
+            f"{where}: 'data' holds {_KIND_WORDS.get(kind, parsed.dtype.name)} where "
+            f"{datatype} needs {_KIND_WORDS[_wanted_kind(datatype)]}"
+        )
     if (
         datatype == "BYTES"
         and parsed.size
@@ -161,6 +186,15 @@ def decode_request(
         raise InvalidInput("request body must be a JSON object with an 'inputs' list")
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
+        mlflow_keys = set(MLFLOW_BODY_KEYS.intersection(document))
+        if isinstance(raw_inputs, dict):
+            mlflow_keys = {"inputs"}
+        if mlflow_keys:  # an MLflow scoring body sent to the V2 route
+            raise InvalidInput(
+                f"this is the Open Inference Protocol route, which takes 'inputs' as a list "
+                f"of tensors; a body with {sorted(mlflow_keys)[0]!r} is MLflow's format: send "
+                "it to /invocations (or /deployments/NAME/invocations)"
+            )
         raise InvalidInput("'inputs' must be a non-empty list")
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     offset = 0
@@ -169,7 +203,10 @@ def decode_request(
     for index, raw in enumerate(raw_inputs):
         where = f"inputs[{index}]"
         if not isinstance(raw, dict):
-            raise InvalidInput(f"{where} must be an object")
+            raise InvalidInput(
+                f"{where} must be an object with name, datatype, shape and data (rows of "
+                "values are MLflow's 'inputs' format: send them to /invocations)"
+            )
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}: 'name' must be a non-empty string")
@@ -178,8 +215,16 @@ def decode_request(
             raise InvalidInput(f"{where} appears twice")
         seen.add(name)
         datatype = raw.get("datatype")
+        if datatype is None:
+            raise InvalidInput(
+                f'{where} has no datatype: add one, e.g. "datatype": "FP64" '
+                "(see GET /v2/models/NAME for what the model takes)"
+            )
         if datatype not in NUMPY_DTYPES:
-            raise InvalidInput(f"{where}: unknown datatype {str(datatype)[:20]!r}")
+            raise InvalidInput(
+                f"{where}: unknown datatype {str(datatype)[:20]!r} (one of "
+                f"{', '.join(NUMPY_DTYPES)})"
+            )
         shape = _shape(raw.get("shape"), where)
         check_shape(shape, where, max_elements)
         parameters = raw.get("parameters") or {}
