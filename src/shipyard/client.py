@@ -6,19 +6,28 @@ which is what the CLI uses when SHIPYARD_URL is not set.
 
 from __future__ import annotations
 
+import ssl
 import tarfile
 import tempfile
 from contextlib import ExitStack
 from dataclasses import asdict
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from shipyard.errors import Conflict, Forbidden, InvalidInput, NotFound, ShipyardError
+from shipyard.errors import (
+    Conflict,
+    EnvironmentUnavailable,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ShipyardError,
+)
 from shipyard.registry import records
 from shipyard.registry.lineage import detect_code_commit, source_uri
 from shipyard.registry.refs import ModelRef, parse_ref
@@ -27,6 +36,7 @@ from shipyard.signature import datatype_from_numpy
 if TYPE_CHECKING:
     from shipyard.config import Settings
     from shipyard.monitoring.service import MonitoringService
+    from shipyard.packaging.service import ExportOptions, ExportResult
     from shipyard.promotion.service import PromotionService
     from shipyard.registry.service import Registry
 
@@ -38,6 +48,7 @@ _ERRORS_BY_STATUS: dict[int, type[ShipyardError]] = {
     404: NotFound,
     409: Conflict,
     422: InvalidInput,
+    424: EnvironmentUnavailable,
 }
 
 
@@ -63,10 +74,41 @@ def _version_segment(ref: ModelRef) -> str:
 
 
 class Client:
-    """Talks to a Shipyard server's control plane."""
+    """Talks to a Shipyard server's control plane.
 
-    def __init__(self, url: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None):
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+    What is not given comes from the environment, as for the CLI: the URL from
+    SHIPYARD_URL, the key from SHIPYARD_API_KEY, the trusted CAs from SHIPYARD_CA_BUNDLE.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        ca_bundle: str | Path | None = None,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+    ):
+        from shipyard.config import Settings
+
+        settings = Settings()
+        url = url or settings.url
+        if not url:
+            raise InvalidInput("no server URL: pass Client(url) or set SHIPYARD_URL")
+        if api_key is None and settings.api_key is not None:
+            api_key = settings.api_key.get_secret_value()
+        sent = dict(headers or {})
+        if api_key and not any(k.lower() == "authorization" for k in sent):
+            sent["authorization"] = f"Bearer {api_key}"
+        ca_bundle = ca_bundle or settings.ca_bundle
+        verify: ssl.SSLContext | bool = True
+        if ca_bundle:
+            if not Path(ca_bundle).is_file():
+                raise InvalidInput(f"CA bundle {ca_bundle} (SHIPYARD_CA_BUNDLE) does not exist")
+            verify = ssl.create_default_context(cafile=str(ca_bundle))
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), timeout=timeout, headers=sent, verify=verify
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -92,6 +134,8 @@ class Client:
             message = str(response.json()["error"])
         except (ValueError, KeyError, TypeError):
             message = response.text or response.reason_phrase
+        if response.status_code == 401:
+            message += " (set SHIPYARD_API_KEY to a key from `shipyard keys create`)"
         error_class = _ERRORS_BY_STATUS.get(response.status_code)
         if error_class is not None:
             raise error_class(message)
@@ -104,6 +148,44 @@ class Client:
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/api/health").json()
         return result
+
+    def list_keys(self) -> list[records.ApiKey]:
+        return [records.ApiKey.model_validate(k) for k in self._call("GET", "/api/keys").json()]
+
+    def create_key(
+        self,
+        role: str,
+        *,
+        name: str = "",
+        models: list[str] | None = None,
+        expires: str | None = None,
+        rate_per_second: float | None = None,
+    ) -> tuple[str, records.ApiKey]:
+        """A new key: its token (shown once) and its record."""
+        body = {
+            "role": role,
+            "name": name,
+            "models": models,
+            "expires": expires,
+            "rate_per_second": rate_per_second,
+        }
+        created = self._call("POST", "/api/keys", json=body).json()
+        return str(created["key"]), records.ApiKey.model_validate(created["record"])
+
+    def revoke_key(self, key_id: str) -> str | None:
+        """Revoke a key; the server's warning when no admin key is left, else None."""
+        revoked = self._call("POST", f"/api/keys/{key_id}/revoke").json()
+        warning = revoked.get("warning")
+        return str(warning) if warning else None
+
+    def audit_events(
+        self, *, since: datetime | None = None, limit: int = 100
+    ) -> list[records.AuditEvent]:
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            params["since"] = since.isoformat()
+        events = self._call("GET", "/api/audit", params=params).json()
+        return [records.AuditEvent.model_validate(e) for e in events]
 
     def list_models(
         self,
@@ -151,6 +233,20 @@ class Client:
         return self._get(
             f"/api/models/{ref.name}/versions/{_version_segment(ref)}", records.ModelVersion
         )
+
+    def environment(self, ref: str | ModelRef) -> dict[str, Any]:
+        """A version's recorded environment and where it stands on the server's host."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        path = f"/api/models/{ref.name}/versions/{_version_segment(ref)}/environment"
+        result: dict[str, Any] = self._call("GET", path).json()
+        return result
+
+    def build_environment(self, ref: str | ModelRef, timeout: float = 1800) -> dict[str, Any]:
+        """Build a version's environment on the server's host now (424 if the build fails)."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        path = f"/api/models/{ref.name}/versions/{_version_segment(ref)}/environment"
+        result: dict[str, Any] = self._call("POST", path, timeout=timeout).json()
+        return result
 
     def register(
         self,
@@ -247,6 +343,32 @@ class Client:
         result: dict[str, Any] = self._call("POST", path, json=body, timeout=None).json()
         return result
 
+    # ---- edge bundles -----------------------------------------------------
+
+    def bundle_info(self, name: str, segment: str) -> dict[str, Any]:
+        """What a device polls for NAME and an alias (or version number): digest,
+        signature, key id and manifest of the signed bundle (packaging/bundle.py)."""
+        result: dict[str, Any] = self._call("GET", f"/api/models/{name}/bundles/{segment}").json()
+        return result
+
+    def download_bundle(self, name: str, segment: str, sink: BinaryIO) -> int:
+        """Stream the bundle's zip into `sink`; the bytes written come back. A transfer
+        that breaks off raises ShipyardError (what was written is incomplete)."""
+        path = f"/api/models/{name}/bundles/{segment}/download"
+        written = 0
+        try:
+            with self._http.stream("GET", path, timeout=None) as response:
+                if response.is_error:
+                    response.read()
+                    self._raise_for(response)
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise ShipyardError(f"download of {path} broke off after {written} bytes: {exc}"
+                                ) from exc  # fmt: skip
+        return written
+
     # ---- data plane -------------------------------------------------------
 
     # ---- deployments ----------------------------------------------------
@@ -325,6 +447,25 @@ class Client:
             )  # fmt: skip
         started = records.Evaluation.model_validate(answer.json())
         return self._wait(f"/api/evaluations/{started.id}", records.Evaluation, "running", wait)
+
+    def export(
+        self, ref: str | ModelRef, options: ExportOptions, data: str | Path | None = None
+    ) -> ExportResult:
+        """Export a version to ONNX on the server, gated on `data` (uploaded) or the
+        version's reference sample; registers the derived version."""
+        from shipyard.packaging.service import ExportResult
+
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        path = f"/api/models/{ref.name}/versions/{_version_segment(ref)}/export"
+        with ExitStack() as opened:
+            files = None
+            if data is not None:
+                files = {"data": (Path(data).name, opened.enter_context(Path(data).open("rb")))}
+            answer = self._call(
+                "POST", path, files=files, data={"options": options.model_dump_json()},
+                timeout=None,
+            )  # fmt: skip
+        return ExportResult.model_validate(answer.json())
 
     def replay(
         self, deployment: str, to: str, window: str | None = "24h", limit: int | None = None,
@@ -606,6 +747,19 @@ class LocalClient:
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         order = EvaluationOrder(str(data), label, slice_by, max_rows)
         return self._promotion.evaluate(ref, order, against or "production")
+
+    def export(
+        self, ref: str | ModelRef, options: ExportOptions, data: str | Path | None = None
+    ) -> ExportResult:
+        from shipyard.config import Settings
+        from shipyard.packaging.service import export_version
+        from shipyard.registry.audit import current_actor
+
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        return export_version(
+            self.registry, ref, options, Settings().isolation_limits,
+            data=Path(data) if data is not None else None, created_by=current_actor().name,
+        )  # fmt: skip
 
     def replay(
         self, deployment: str, to: str, window: str | None = "24h", limit: int | None = None,

@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="API key the CLI sends to SHIPYARD_URL (never printed)."
     )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities the CLI and shipyard.Client "
+        "trust for an https SHIPYARD_URL (e.g. a private CA's certificate).",
+    )
     user: str | None = Field(
         default=None,
         description="Name recorded as created_by; default is the operating-system user.",
@@ -370,6 +375,11 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
     tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 private key file (PEM PKCS8) that signs edge bundles, e.g. a "
+        "mounted secret shared by a fleet; default: the home's `signing/default.key`.",
+    )
     rollout_tick: float = Field(
         default=0.5, gt=0, le=60, description="Seconds between rollout controller checks."
     )
@@ -495,6 +505,17 @@ class Settings(BaseSettings):
         description="Address space (RLIMIT_AS) of that process; over it, refused (400). "
         "0 = no limit.",
     )
+    env_manager: Literal["auto", "local", "uv"] = Field(
+        default="auto",
+        description="Where a version whose requirements this server's packages do not "
+        "satisfy runs: `uv` builds an environment from its pins (once per host), `local` "
+        "runs it here anyway, `auto` is uv when needed and installed.",
+    )
+    env_root: Path | None = Field(
+        default=None,
+        description="Folder of the per-version environments and their build logs; "
+        "default: envs/ in the home.",
+    )
 
     @field_validator("prediction_log_retention")
     @classmethod
@@ -581,6 +602,11 @@ class Settings(BaseSettings):
         if self.artifact_root:
             return self.artifact_root
         return str((self.home / "artifacts").resolve())
+
+    @property
+    def env_root_path(self) -> Path:
+        """Where per-version environments are built (SHIPYARD_ENV_ROOT, else home/envs)."""
+        return (self.env_root or self.home / "envs").resolve()
 
     @cached_property
     def cache_dir(self) -> Path:

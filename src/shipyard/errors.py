@@ -80,6 +80,13 @@ class RequestTimeout(ShipyardError):
     status = HTTPStatus.REQUEST_TIMEOUT
 
 
+class EnvironmentUnavailable(ShipyardError):
+    """A version's Python environment cannot be had here: uv is missing, or building it
+    from the version's pins failed (the message quotes the build log's last lines)."""
+
+    status = HTTPStatus.FAILED_DEPENDENCY
+
+
 class ModelNotReady(ShipyardError):
     """The model is still loading (or failed to load); try again shortly."""
 

@@ -17,9 +17,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+if TYPE_CHECKING:
+    import grpc
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
@@ -43,6 +46,7 @@ from shipyard.registry.service import Registry
 from shipyard.routing.deployments import DeploymentRouter
 from shipyard.routing.fleet_gates import report_arms
 from shipyard.routing.rollouts import RolloutController
+from shipyard.runtimes.environments import EnvironmentBuilder
 from shipyard.runtimes.lifetime import die_with_parent
 from shipyard.scaling.autoscaler import Autoscaler
 from shipyard.scaling.membership import Member, heartbeat, rate_share, watch_fleet
@@ -174,6 +178,7 @@ def build_services(
             spares=Spares(settings.spare_workers),
             memory_budget=settings.memory_budget_bytes,
             max_workers=settings.max_workers,
+            environments=EnvironmentBuilder.from_settings(settings),
         )
     else:  # the primary runs the workers, budgets their memory and scales them
         manager = ModelManager(registry, serving_for=settings.serving_for, attach=front.pool_for)
@@ -283,27 +288,14 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
     """Start the background work, the default model and gRPC; stop them all on exit."""
     settings, control = services.settings, services.control
     services.predictions.start()
-    default_model = services.default_model
-    if default_model is not None:
-        version = None
-        if default_model.version is not None:
-            version = str(default_model.version)
-        elif default_model.alias is not None:
-            version = default_model.alias
-        await services.manager.load(default_model.name, version)
-    grpc_server = None
-    if grpc_address is not None:
-        grpc_server, port = await start_grpc_server(
-            services.dataplane,
-            grpc_address[0],
-            grpc_address[1],
-            max_message_bytes=settings.max_body_bytes,
-            max_elements=settings.max_tensor_elements,
-            gate=services.gatekeeper,
-            tls=_tls_pair(settings),
-            observer=services.observer,
-        )
-        log.info("gRPC running on %s:%d", grpc_address[0], port)
+    try:
+        await _load_default_model(services)
+        grpc_server = await _start_grpc(services, grpc_address)
+    except BaseException:
+        # Stop what started (the prediction log's thread would keep the process alive
+        # after uvicorn gave up: `shipyard serve` with a missing model used to hang).
+        await _close(services)
+        raise
     # Everything allocated so far (frameworks, registry, models' metadata) lives as
     # long as the server: move it out of the collector's sight, so full collections
     # during traffic stay short.
@@ -344,6 +336,38 @@ async def _running(services: Services, grpc_address: tuple[str, int] | None) -> 
         if grpc_server is not None:
             await grpc_server.stop(grace=2)
         await _close(services)
+
+
+async def _load_default_model(services: Services) -> None:
+    default_model = services.default_model
+    if default_model is None:
+        return
+    version = None
+    if default_model.version is not None:
+        version = str(default_model.version)
+    elif default_model.alias is not None:
+        version = default_model.alias
+    await services.manager.load(default_model.name, version)
+
+
+async def _start_grpc(
+    services: Services, grpc_address: tuple[str, int] | None
+) -> grpc.aio.Server | None:
+    if grpc_address is None:
+        return None
+    settings = services.settings
+    grpc_server, port = await start_grpc_server(
+        services.dataplane,
+        grpc_address[0],
+        grpc_address[1],
+        max_message_bytes=settings.max_body_bytes,
+        max_elements=settings.max_tensor_elements,
+        gate=services.gatekeeper,
+        tls=_tls_pair(settings),
+        observer=services.observer,
+    )
+    log.info("gRPC running on %s:%d", grpc_address[0], port)
+    return grpc_server
 
 
 async def _close(services: Services) -> None:

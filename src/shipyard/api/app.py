@@ -9,9 +9,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from shipyard import __version__
+from shipyard.api.bundles import router as bundles_router
 from shipyard.api.cluster import router as cluster_router
 from shipyard.api.deployments import router as deployments_router
+from shipyard.api.environments import router as environments_router
 from shipyard.api.errors import install_error_handlers
+from shipyard.api.export import router as export_router
 from shipyard.api.models import router as models_router
 from shipyard.api.monitoring import router as monitoring_router
 from shipyard.api.promotion import router as promotion_router
@@ -35,10 +38,13 @@ def create_app(
     app.state.control_plane = control
     install_error_handlers(app)
     app.include_router(models_router)
+    app.include_router(environments_router)
     app.include_router(deployments_router)
     app.include_router(security_router)
     app.include_router(monitoring_router)
     app.include_router(scaling_router)
     app.include_router(cluster_router)
     app.include_router(promotion_router)
+    app.include_router(bundles_router)
+    app.include_router(export_router)
     return app

@@ -11,6 +11,9 @@ from shipyard.cli import (
     build,
     cluster,
     deployments,
+    edge,
+    env,
+    export,
     k8s,
     models,
     monitor,
@@ -19,6 +22,7 @@ from shipyard.cli import (
     security,
     serve,
     server,
+    signing,
     stream,
 )
 
@@ -30,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(env.app, name="env")
 app.add_typer(security.keys_app, name="keys")
 app.add_typer(deployments.app, name="deployments")
 app.command("apply")(deployments.apply)
@@ -54,6 +59,10 @@ app.command("reject")(promotion.reject)
 app.add_typer(promotion.evaluations_app, name="evaluations")
 app.add_typer(promotion.policies_app, name="policies")
 app.add_typer(promotion.promotions_app, name="promotions")
+app.command("export")(export.export)
+security.keys_app.add_typer(signing.app, name="signing")
+app.command("bundle")(edge.bundle)
+app.add_typer(edge.app, name="edge")
 
 
 def main() -> None:
@@ -73,13 +82,14 @@ def main() -> None:
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and anything unexpected: one line, non-zero
-        import click
+    except Exception as exc:  # usage errors and anything unexpected: one line, non-zero
+        from typer.exceptions import TyperException
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # Typer carries its own copy of click: its usage errors are not click's classes.
+        if isinstance(exc, TyperException) and hasattr(exc, "show"):
+            exc.show()  # "Usage: … Try '… --help' … Error: Missing argument 'REF'."
+            sys.exit(int(getattr(exc, "exit_code", 2)))
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
 

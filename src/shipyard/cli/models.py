@@ -24,18 +24,42 @@ def connect() -> Client | LocalClient:
 
     settings = Settings()
     if settings.url:
-        key = settings.api_key.get_secret_value() if settings.api_key else None
-        return Client(settings.url, headers={"authorization": f"Bearer {key}"} if key else None)
+        return Client(settings.url)  # SHIPYARD_API_KEY and SHIPYARD_CA_BUNDLE too
     return LocalClient.open(settings)
 
 
-def local_registry() -> Registry:
+def local_registry(command: str, *, create: bool = False) -> Registry:
     """The registry in SHIPYARD_HOME (or SHIPYARD_DATABASE_URL), acting as the local user:
-    for commands that work next to the database (keys, audit, batch jobs)."""
+    for commands that work next to the database (batch jobs, image builds).
+
+    Never an empty registry made up on the spot (printing empty tables from it would
+    look like an answer): one that does not exist is an error, unless `create`."""
     from shipyard.client import LocalClient
     from shipyard.config import Settings
+    from shipyard.errors import InvalidInput, NotFound
+    from shipyard.registry.service import Registry
 
-    return LocalClient.open(Settings()).registry
+    settings = Settings()
+    if settings.url and not settings.database_url:
+        raise InvalidInput(
+            f"`shipyard {command}` works next to the registry database, not through a "
+            f"server: unset SHIPYARD_URL ({settings.url}) and set SHIPYARD_HOME or "
+            "SHIPYARD_DATABASE_URL where it runs"
+        )
+    if not create and not Registry.exists(settings):
+        raise NotFound(
+            f"no Shipyard registry in {settings.home.resolve()}: set SHIPYARD_HOME to "
+            "your home (or SHIPYARD_URL to a server)"
+        )
+    return LocalClient.open(settings).registry
+
+
+def server_client() -> Client | None:
+    """A client for SHIPYARD_URL when it is set (commands with a local and a remote path)."""
+    from shipyard.client import Client
+    from shipyard.config import Settings
+
+    return Client() if Settings().url else None
 
 
 def parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
@@ -80,12 +104,19 @@ def register(
     skip_unchanged: bool = typer.Option(
         False, help="Reuse the newest version if its artifact is byte-identical."
     ),
+    requirements: Path | None = typer.Option(
+        None,
+        "--requirements",
+        help="A requirements file pinning the packages the model needs (default: an MLflow "
+        "folder's own, else the framework releases detected in the model).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Register a model file or folder as a new immutable version."""
     from shipyard.config import Settings
     from shipyard.registry import records
     from shipyard.registry.service import default_user
+    from shipyard.runtimes.environments import read_requirements_file
 
     options = records.RegistrationOptions(
         name=name,
@@ -101,6 +132,7 @@ def register(
         ),
         created_by=default_user(Settings()),
         skip_unchanged=skip_unchanged,
+        requirements=read_requirements_file(requirements) if requirements else None,
     )
     with connect() as client:
         version = client.register(path, options, signature_from)
@@ -338,6 +370,31 @@ def _print_json(value: Any) -> None:
     print_json(value)
 
 
+def _environment_fields(environment: records.Environment | None) -> list[tuple[str, Any]]:
+    """The version's recorded requirements (`shipyard env show` says how this host has them)."""
+    if environment is None:
+        return [("environment", "not recorded")]
+    pins = ", ".join(environment.requirements) or "(none)"
+    return [
+        ("requirements", f"{pins} (from {environment.source}, Python {environment.python})"),
+        ("environment", environment.digest),
+    ]
+
+
+def _converter(derivation: dict[str, Any]) -> str:
+    """ "skl2onnx 1.20.0, opset 17, float32" from an export's derivation record."""
+    converter = str(derivation.get("converter", "?"))
+    versions = derivation.get("versions") or {}
+    parts = [f"{converter} {versions.get(converter, '')}".strip()]
+    opset = derivation.get("opset")
+    if isinstance(opset, dict):  # by domain: the main one is "" (ai.onnx)
+        opset = opset.get("") or opset.get("ai.onnx")
+    if opset:
+        parts.append(f"opset {opset}")
+    parts.append(str(derivation.get("quantize") or "float32"))
+    return ", ".join(parts)
+
+
 def _show_version(version: records.ModelVersion) -> None:
     from shipyard.cli.output import print_fields, print_table
 
@@ -350,16 +407,25 @@ def _show_version(version: records.ModelVersion) -> None:
             ("size", f"{version.artifact.size} bytes"),
             ("aliases", ", ".join(version.aliases)),
             ("tags", ", ".join(f"{k}={v}" for k, v in version.tags.items())),
-            ("metrics", ", ".join(f"{k}={v}" for k, v in lineage.metrics.items())),
-            ("params", ", ".join(f"{k}={v}" for k, v in lineage.params.items())),
-            ("source", lineage.source_uri),
-            ("code commit", lineage.code_commit),
-            ("data", " ".join(filter(None, [lineage.data_uri, lineage.data_hash]))),
             ("reference rows", version.reference_sample.rows if version.reference_sample else None),
             ("unsafe format", "yes (runs code when loaded)" if version.unsafe_format else "no"),
+            *_environment_fields(version.environment),
             ("description", version.description),
             ("created", f"{version.created_at:%Y-%m-%d %H:%M:%S} by {version.created_by}"),
             ("state", "archived" if version.archived else "live"),
+        ],
+    )
+    derivation = lineage.derivation
+    print_fields(
+        "lineage",
+        [
+            ("source", lineage.source_uri),
+            ("code commit", lineage.code_commit or "(not in a git repository)"),
+            ("data", " ".join(filter(None, [lineage.data_uri, lineage.data_hash]))),
+            ("params", ", ".join(f"{k}={v}" for k, v in lineage.params.items())),
+            ("metrics", ", ".join(f"{k}={v}" for k, v in lineage.metrics.items())),
+            *([("derived from", lineage.derived_from)] if lineage.derived_from else []),
+            *([("converter", _converter(derivation))] if derivation else []),
         ],
     )
     if version.signature:

@@ -70,7 +70,7 @@ class DriftMonitor:
         reports = []
         for number in versions:
             record = self.registry.models.get_version(ModelRef(manifest.model, number))
-            result, rows = self._check_version(deployment, manifest, record, since, policy)
+            result, rows, failed = self._check_version(deployment, manifest, record, since, policy)
             report_id = self.store.save_drift(
                 {
                     "deployment": deployment,
@@ -82,7 +82,9 @@ class DriftMonitor:
                     "drifted": result.drifted,
                     "share": result.share,
                     "trigger": trigger,
-                    "result": result.to_dict(),
+                    # Failed requests' inputs are in the sample (the prediction log keeps
+                    # them): said, so a failed canary's report is read for what it is.
+                    "result": {**result.to_dict(), "failed_rows": failed},
                 }
             )
             report = self.store.drift_report(report_id)
@@ -97,7 +99,7 @@ class DriftMonitor:
         record: ModelVersion,
         since: float,
         policy: DriftPolicy,
-    ) -> tuple[DriftResult, int]:
+    ) -> tuple[DriftResult, int, int]:
         if record.reference_sample is None:
             raise InvalidInput(
                 f"{record.model}:{record.version} has no reference sample to compare with: "
@@ -106,7 +108,7 @@ class DriftMonitor:
         table = self.registry.artifacts.read_table(record.reference_sample.digest)
         reference = {name: table.column(name).to_numpy(zero_copy_only=False)
                      for name in table.column_names}  # fmt: skip
-        inputs, outputs, rows = self.store.window(deployment, record.version, since)
+        inputs, outputs, rows, failed = self.store.window(deployment, record.version, since)
         current = _by_reference_columns(inputs, list(reference))
         thresholds = DriftThresholds(
             p_value=policy.p_value, psi=policy.psi, share=policy.share, min_rows=policy.min_rows
@@ -126,6 +128,7 @@ class DriftMonitor:
                 current_output=outputs[output_name] if output_name is not None else None,
             ),
             rows,
+            failed,
         )
 
     def _reference_output(
@@ -143,18 +146,23 @@ class DriftMonitor:
     ) -> np.ndarray | None:
         from shipyard.config import Settings
         from shipyard.runtimes import VersionSpec
+        from shipyard.runtimes.environments import EnvironmentBuilder
         from shipyard.runtimes.isolated import predict_isolated
 
         try:
             path = self.registry.artifacts.materialize(record.artifact.digest)
             inputs = _signature_inputs(record, reference)
-            # The model's own code: run in a throw-away process, never in the server.
+            spec = VersionSpec.of(record, path)
+            settings = Settings()
+            # The model's own code: run in a throw-away process, never in the server, on
+            # the version's own environment when the server's packages do not suit it.
             answer = predict_isolated(
-                VersionSpec.of(record, path),
+                spec,
                 inputs,
                 [output],
-                Settings().isolation_limits,
+                settings.isolation_limits,
                 task=f"predicting {record.model}:{record.version}'s reference sample",
+                python=EnvironmentBuilder.from_settings(settings).python_for(spec.environment),
             )
             return np.asarray(answer[output])
         except Exception as exc:  # output drift is a bonus; the input check stands alone

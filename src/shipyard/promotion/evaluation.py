@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from shipyard.config import IsolationLimits
+from shipyard.config import IsolationLimits, Settings
 from shipyard.errors import InvalidInput, UnsupportedModel
 from shipyard.promotion.metrics import Metrics, classification_metrics, regression_metrics
 from shipyard.runtimes.base import Tensors, VersionSpec
+from shipyard.runtimes.environments import EnvironmentBuilder
 from shipyard.runtimes.isolated import _decode_array, _encode_array, run_isolated
 from shipyard.signature import Signature
 
@@ -184,9 +185,11 @@ def _predict(
     spec = VersionSpec.of(record, registry.artifacts.materialize(record.artifact.digest))
     label_output, score_output = _outputs(record.signature)
     wanted = [name for name in (label_output, score_output) if name is not None]
+    # A version whose pins this interpreter does not satisfy scores in its own environment.
+    python = EnvironmentBuilder.from_settings(Settings()).python_for(spec.environment)
     answer = run_isolated(
         _score_here, spec, _features(holdout, record, request), wanted or None,
-        limits=limits, task=f"evaluating {key} on {request.data_uri}",
+        limits=limits, task=f"evaluating {key} on {request.data_uri}", python=python,
     )  # fmt: skip
     try:
         rows = _decode_array(answer["rows"]).astype(np.int64)

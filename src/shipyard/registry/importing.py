@@ -17,6 +17,7 @@ from shipyard.registry.lineage import detect_code_commit, source_uri
 from shipyard.registry.refs import check_alias, check_model_name
 from shipyard.registry.repository import ModelRepository, NewVersion
 from shipyard.runtimes.detect import inspect_model
+from shipyard.runtimes.environments import environment_digest, python_minor, read_requirements
 from shipyard.signature import Signature, TensorSpec, inputs_from_table
 
 REFERENCE_SAMPLE_ROWS = 10_000
@@ -82,6 +83,15 @@ def register_model(
     for alias in options.aliases:
         check_alias(alias, assigning=True)
     inspection = inspect_model(path, limits or Settings().isolation_limits)
+    requirements, requirements_source = read_requirements(
+        path, options.requirements, inspection.requirements
+    )
+    environment = records.Environment(
+        requirements=requirements,
+        source=requirements_source,
+        digest=environment_digest(requirements),
+        python=python_minor(),
+    )
 
     signature = inspection.signature
     example = inspection.input_example
@@ -125,5 +135,6 @@ def register_model(
             tags=options.tags,
             created_by=options.created_by,
             aliases=options.aliases,
+            environment=environment,
         ),
     )

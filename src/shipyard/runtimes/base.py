@@ -40,6 +40,9 @@ class Inspection:
     """An example the model ships with (MLflow's input example), if any."""
     unsafe_format: bool = False
     """True for formats that execute code when loaded (pickle, joblib, plain Python)."""
+    requirements: list[str] = field(default_factory=list)
+    """Pins of the libraries the model needs, as found at inspection (`scikit-learn==1.5.2`
+    for a pickle that release saved); see runtimes.environments."""
 
 
 Tensors = dict[str, np.ndarray]
@@ -78,10 +81,14 @@ class VersionSpec:
     signature: Signature | None = None
     details: dict[str, Any] = field(default_factory=dict)
     """The flavor's facts recorded at registration (`ModelVersion.flavor_details`)."""
+    environment: list[str] = field(default_factory=list)
+    """The version's recorded requirements (pins); see runtimes.environments."""
+    environment_digest: str | None = None
 
     @classmethod
     def of(cls, record: ModelVersion, path: Path | str) -> VersionSpec:
         """The spec of a registered version whose artifact is materialised at `path`."""
+        environment = record.environment
         return cls(
             model=record.model,
             version=record.version,
@@ -89,6 +96,8 @@ class VersionSpec:
             path=str(path),
             signature=record.signature,
             details=dict(record.flavor_details),
+            environment=list(environment.requirements) if environment is not None else [],
+            environment_digest=environment.digest if environment is not None else None,
         )
 
     @property

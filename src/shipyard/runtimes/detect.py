@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from shipyard.config import DEFAULT_ISOLATION, IsolationLimits
 from shipyard.errors import InvalidInput, UnsupportedModel
 from shipyard.runtimes.base import Flavor, Inspection, NotThisFlavor
+from shipyard.runtimes.environments import installed_pin, parse_requirements
 from shipyard.runtimes.isolated import run_isolated
 from shipyard.runtimes.lightgbm import LightGBMFlavor
 from shipyard.runtimes.mlflow import MLflowFlavor
@@ -61,8 +62,30 @@ def flavor_named(name: str) -> Flavor:
     raise InvalidInput(f"unknown flavor {name!r}")
 
 
+# The library whose installed release a flavor's model needs (sklearn and skops pin the
+# release that saved the model themselves; MLflow folders list their own; plain Python
+# needs none that can be known).
+_FLAVOR_LIBRARIES = {
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "onnx": "onnxruntime",
+    "torchscript": "torch",
+}
+_MAX_REQUIREMENTS = 200
+"""Most requirements a child's inspection may report."""
+
+
 def inspect_model(path: Path, limits: IsolationLimits = DEFAULT_ISOLATION) -> Inspection:
     """Describe the model at `path`, or refuse it naming every flavor tried."""
+    inspection = _inspect_model(path, limits)
+    library = _FLAVOR_LIBRARIES.get(inspection.flavor)
+    if library is not None and not inspection.requirements:
+        pin = installed_pin(library)
+        inspection.requirements = [pin] if pin is not None else []
+    return inspection
+
+
+def _inspect_model(path: Path, limits: IsolationLimits) -> Inspection:
     if not path.exists():
         raise InvalidInput(f"no such file or folder: {path}")
     reasons: dict[str, str] = {}
@@ -112,6 +135,7 @@ def _inspection_to_json(inspection: Inspection) -> dict[str, Any]:
         if example is not None
         else None,
         "unsafe_format": inspection.unsafe_format,
+        "requirements": inspection.requirements,
     }
 
 
@@ -136,6 +160,17 @@ def _inspection_from_json(document: dict[str, Any], path: Path) -> Inspection:
         )
     except (ValidationError, TypeError, ValueError, pa.ArrowException) as exc:
         raise UnsupportedModel(f"inspecting the model gave an unreadable answer: {exc}") from None
+    requirements = document.get("requirements", [])
+    if (
+        not isinstance(requirements, list)
+        or len(requirements) > _MAX_REQUIREMENTS
+        or not all(isinstance(pin, str) for pin in requirements)
+    ):
+        raise UnsupportedModel("inspecting the model gave requirements that are not strings")
+    try:
+        inspection.requirements = parse_requirements(requirements, "detected requirements")
+    except InvalidInput as exc:
+        raise UnsupportedModel(f"inspecting the model gave {exc.message}") from None
     claims_safe = document.get("unsafe_format") is False
     may_be_safe = _MAY_BE_SAFE.get(inspection.flavor)
     inspection.unsafe_format = not (claims_safe and may_be_safe is not None and may_be_safe(path))

@@ -37,6 +37,7 @@ from shipyard import errors
 from shipyard.config import IsolationLimits
 from shipyard.errors import MissingExtra, ShipyardError, UnsupportedModel
 from shipyard.runtimes.base import Tensors, VersionSpec
+from shipyard.runtimes.environments import foreign_import_path
 from shipyard.runtimes.threads import NATIVE_THREAD_ENV
 
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
@@ -54,9 +55,16 @@ _CHILD_ENV = {
 _CRASH_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
 
 
-def run_isolated(fn: Callable[..., Any], *args: Any, limits: IsolationLimits, task: str) -> Any:
+def run_isolated(
+    fn: Callable[..., Any],
+    *args: Any,
+    limits: IsolationLimits,
+    task: str,
+    python: str | None = None,
+) -> Any:
     """`fn(*args)` in a child process; its JSON-shaped return value, or a 4xx saying why not.
 
+    `python`: the child's interpreter, a version's own environment (None: the server's).
     `task` names the work in errors ("inspecting the model took longer than 60 s"). A
     ShipyardError with a 4xx (or 501) status raised in the child is raised here as the
     same class; any other failure (timeout, memory, a crash, an exception) as
@@ -72,14 +80,14 @@ def run_isolated(fn: Callable[..., Any], *args: Any, limits: IsolationLimits, ta
         work.mkdir()
         request.write_bytes(pickle.dumps((fn, args)))
         command = [
-            sys.executable, "-m", __name__,
+            python or sys.executable, "-m", __name__,
             str(request), str(answer), str(limits.memory_bytes), str(os.getpid()),
         ]  # fmt: skip
         with output.open("wb") as log:
             child = subprocess.Popen(
                 command,
                 cwd=work,
-                env=_child_env(work),
+                env=_child_env(work, own_site=python is None),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -105,11 +113,12 @@ def predict_isolated(
     outputs: Sequence[str] | None,
     limits: IsolationLimits,
     task: str | None = None,
+    python: str | None = None,
 ) -> Tensors:
     """Load the version and predict on `inputs` in a child process (see `run_isolated`)."""
     answer = run_isolated(
         _predict_here, spec, inputs, list(outputs) if outputs is not None else None,
-        limits=limits, task=task or f"predicting with {spec.key}",
+        limits=limits, task=task or f"predicting with {spec.key}", python=python,
     )  # fmt: skip
     if not isinstance(answer, dict) or not all(isinstance(v, str) for v in answer.values()):
         raise UnsupportedModel(f"predicting with {spec.key} gave an answer of the wrong shape")
@@ -142,11 +151,15 @@ def _decode_array(text: str) -> np.ndarray:
     return decoded
 
 
-def _child_env(work: Path) -> dict[str, str]:
+def _child_env(work: Path, own_site: bool = True) -> dict[str, str]:
     env = {name: os.environ[name] for name in _KEPT_ENV if name in os.environ}
     # The server's import path (its working folder too), as serving workers get it, so
-    # a model that imports a module the server can import loads the same way here.
+    # a model that imports a module the server can import loads the same way here. On
+    # an environment's interpreter, less the server's site-packages: the environment
+    # appends those after its own pins.
     path = [os.path.abspath(entry) if entry else os.getcwd() for entry in sys.path]
+    if not own_site:
+        path = foreign_import_path()
     return {
         **env,
         **_CHILD_ENV,

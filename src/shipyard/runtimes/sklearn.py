@@ -104,6 +104,26 @@ def _describe(model: Any, flavor: str, fmt: str, path: Path, unsafe: bool) -> In
     )
 
 
+def _pinned(inspection: Inspection, caught: list[warnings.WarningMessage]) -> Inspection:
+    """Pin the scikit-learn release that saved the model: the estimators' own
+    `_sklearn_version`, which scikit-learn reports (InconsistentVersionWarning) when it
+    differs from the release installed here; else the installed one."""
+    import sklearn
+
+    saved = next(
+        (
+            str(found.message.original_sklearn_version)
+            for found in caught
+            if hasattr(found.message, "original_sklearn_version")
+        ),
+        None,
+    )
+    if saved is not None:
+        inspection.details["saved_with"] = saved
+    inspection.requirements = [f"scikit-learn=={saved or sklearn.__version__}"]
+    return inspection
+
+
 class EstimatorRuntime:
     """Any estimator with the scikit-learn API.
 
@@ -146,12 +166,15 @@ class SklearnFlavor:
         except ImportError:
             raise MissingExtra("joblib", self.extra) from None
         try:
-            model = joblib.load(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = joblib.load(path)
         except MemoryError:  # the memory limit of the inspecting process: said as such
             raise
         except Exception as exc:  # a corrupt pickle can raise almost anything
             raise NotThisFlavor(f"cannot unpickle: {type(exc).__name__}: {exc}") from None
-        return _describe(model, self.name, path.suffix.lower().lstrip("."), path, unsafe=True)
+        inspection = _describe(model, self.name, path.suffix.lower().lstrip("."), path, unsafe=True)
+        return _pinned(inspection, caught)
 
     def load(self, spec: LoadSpec) -> EstimatorRuntime:
         try:
@@ -181,10 +204,12 @@ class SkopsFlavor:
             raise
         except Exception as exc:
             raise NotThisFlavor(f"not a readable skops file: {exc}") from None
-        model = sio.load(path, trusted=untrusted)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = sio.load(path, trusted=untrusted)
         inspection = _describe(model, self.name, "skops", path, unsafe=False)
         inspection.details["trusted_types"] = untrusted
-        return inspection
+        return _pinned(inspection, caught)
 
     def load(self, spec: LoadSpec) -> EstimatorRuntime:
         try:

@@ -20,14 +20,18 @@ class Permission(StrEnum):
     """Call models: inference and model metadata/readiness."""
     DEPLOY = "deploy"
     """Change the registry and what is loaded."""
+    BUNDLE = "bundle"
+    """Fetch a model's signed edge bundle: what viewers and predictors (devices) poll."""
     ADMIN = "admin"
     """Keys and the audit trail."""
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "viewer": frozenset({Permission.READ}),
-    "predictor": frozenset({Permission.INFER}),
-    "deployer": frozenset({Permission.READ, Permission.INFER, Permission.DEPLOY}),
+    "viewer": frozenset({Permission.READ, Permission.BUNDLE}),
+    "predictor": frozenset({Permission.INFER, Permission.BUNDLE}),
+    "deployer": frozenset(
+        {Permission.READ, Permission.INFER, Permission.DEPLOY, Permission.BUNDLE}
+    ),
     "admin": frozenset(Permission),
 }
 
@@ -76,6 +80,12 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("DELETE", "/api/models/{name}/aliases/{alias}"): P.DEPLOY,
     ("POST", "/api/models/{name}/scaling"): P.DEPLOY,
     ("POST", "/api/models/{name}/versions/{version}/scaling"): P.DEPLOY,
+    # a version's Python environment: building one costs the replica minutes and disk
+    ("GET", "/api/models/{name}/versions/{version}/environment"): P.READ,
+    ("POST", "/api/models/{name}/versions/{version}/environment"): P.DEPLOY,
+    # edge bundles: a predictor key limited to models reaches only theirs (http_gate scope)
+    ("GET", "/api/models/{name}/bundles/{alias}"): P.BUNDLE,
+    ("GET", "/api/models/{name}/bundles/{alias}/download"): P.BUNDLE,
     # deployments
     ("GET", "/api/deployments"): P.READ,
     ("POST", "/api/deployments"): P.DEPLOY,
@@ -97,6 +107,7 @@ REST_RULES: dict[tuple[str, str], Permission] = {
     ("GET", "/api/monitoring/cost"): P.READ,
     # evaluation and promotion (a policy may narrow who approves further)
     ("POST", "/api/models/{name}/versions/{version}/evaluations"): P.DEPLOY,
+    ("POST", "/api/models/{name}/versions/{version}/export"): P.DEPLOY,  # registers a version
     ("GET", "/api/models/{name}/versions/{version}/evaluations"): P.READ,
     ("GET", "/api/evaluations/{evaluation_id}"): P.READ,
     ("GET", "/api/evaluations/{evaluation_id}/report"): P.READ,

@@ -45,6 +45,7 @@ from shipyard.registry.records import ModelVersion
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
 from shipyard.registry.service import Registry
 from shipyard.runtimes.base import VersionSpec
+from shipyard.runtimes.environments import EnvironmentBuilder
 from shipyard.serving.memory import resident_bytes
 from shipyard.serving.spares import Spare, Spares
 from shipyard.serving.types import (
@@ -136,8 +137,12 @@ class ModelManager:
         memory_budget: int | None = None,
         max_workers: int | None = None,
         attach: Callable[[ModelVersion, ModelServing], WorkerPool] | None = None,
+        environments: EnvironmentBuilder | None = None,
     ) -> None:
         self.registry = registry
+        self.environments = environments
+        """Builds the environment of a version whose pins this interpreter does not
+        satisfy (None: every version runs in the server's own)."""
         self.attach = attach
         """In a front process (serving/attached.py): the pool of a version whose workers
         another process runs. None: this manager starts its own workers."""
@@ -352,10 +357,16 @@ class ModelManager:
             self.registry.artifacts.materialize, loaded.record.artifact.digest
         )
         loaded.fetch_seconds = time.perf_counter() - started
-        if self.spares is not None:
+        spec = VersionSpec.of(loaded.record, path)
+        python = None
+        if self.environments is not None and spec.environment:
+            # A build takes seconds to minutes: in a thread, while other versions serve.
+            python = await asyncio.to_thread(self.environments.python_for, spec.environment)
+        if self.spares is not None and python is None:
             self.spares.keep(loaded.record.flavor)
         return WorkerPool(
-            VersionSpec.of(loaded.record, path),
+            spec,
+            python=python,
             processes=loaded.serving.workers,
             max_batch_rows=loaded.serving.max_batch_size,
             max_batch_delay=loaded.serving.max_batch_delay,

@@ -10,15 +10,23 @@ frameworks of versions this server has loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
+import socket
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Protocol
 
+from shipyard.runtimes.base import VersionSpec
+from shipyard.runtimes.environments import foreign_import_path
 from shipyard.runtimes.threads import limit_native_threads
 from shipyard.serving.worker_process import spare_main
 
@@ -56,6 +64,87 @@ def start_process(
     process.start()
     child.close()
     return process, connection
+
+
+class ProcessHandle(Protocol):
+    """What the pools use of a worker's process: multiprocessing's BaseProcess has it, and
+    so does `InterpreterProcess`."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+class InterpreterProcess:
+    """A worker running on another interpreter (its version's own environment), seen
+    through the BaseProcess methods the pools use."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        # Like BaseProcess.join: no error on timeout; the caller asks is_alive() next.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+
+def start_in_environment(python: str, spec: VersionSpec) -> tuple[InterpreterProcess, Connection]:
+    """Start a worker for `spec` on `python`, an environment's interpreter.
+
+    Not multiprocessing's spawn: spawn hands the child the server's import path, and the
+    child would import the server's copies of the very libraries the environment pins.
+    A plain subprocess gets the server's path less its site-packages (the environment
+    appends those after its own), one end of a socket pair wrapped as the same
+    Connection a spawned worker has (so the pickle protocol on it is unchanged), and the
+    server's resource tracker (which removes shared-memory segments a crash leaves)."""
+    limit_native_threads(1)
+    ours, theirs = socket.socketpair()
+    resource_tracker.ensure_running()
+    tracker = resource_tracker.getfd()
+    passed = (theirs.fileno(),) if tracker is None else (theirs.fileno(), tracker)
+    try:
+        popen = subprocess.Popen(
+            [python, "-m", "shipyard.serving.worker_process",
+             str(theirs.fileno()), str(-1 if tracker is None else tracker), str(os.getpid())],
+            pass_fds=passed,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(foreign_import_path())},
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    connection = Connection(ours.detach())
+    connection.send((spec, time.time()))
+    return InterpreterProcess(popen), connection
 
 
 class Spares:

@@ -267,3 +267,27 @@ def predict_failure(exc: Exception) -> tuple[bool, str]:
     except Exception:  # an exception whose __str__ raises still gets reported
         words = type(exc).__name__
     return refused, words[:_MODEL_WORDS_LIMIT]
+
+
+def _environment_worker_main(descriptor: int, tracker: int, parent: int) -> None:
+    """Entry point of a worker on a version's own interpreter (spares.start_in_environment):
+    the server's pipe is an inherited socket, the first message on it the version."""
+    from multiprocessing import resource_tracker
+
+    die_with_parent(parent)
+    # The server's tracker, as a spawned child would have it: segments this worker
+    # creates are removed by it if both processes crash.
+    if tracker >= 0:
+        resource_tracker._resource_tracker._fd = tracker  # type: ignore[attr-defined]
+    connection = Connection(descriptor)
+    try:
+        spec, spawned_at = connection.recv()
+    except EOFError:
+        return  # the server went away before it sent the version
+    worker_main(connection, spec, spawned_at)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _environment_worker_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -37,7 +37,14 @@ from shipyard.runtimes.base import Tensors, VersionSpec
 from shipyard.serving.batching import Pending, concat, split, take_batch
 from shipyard.serving.memory import resident_bytes
 from shipyard.serving.shared_tensors import share, take, unlink
-from shipyard.serving.spares import Spare, Spares, hand_over, start_process
+from shipyard.serving.spares import (
+    ProcessHandle,
+    Spare,
+    Spares,
+    hand_over,
+    start_in_environment,
+    start_process,
+)
 from shipyard.serving.types import (
     BATCH_SIZE_BOUNDS,
     LoadSample,
@@ -84,19 +91,27 @@ class Worker:
     """The server's handle on one worker process."""
 
     def __init__(
-        self, spec: VersionSpec, loop: asyncio.AbstractEventLoop, spare: Spare | None = None
+        self,
+        spec: VersionSpec,
+        loop: asyncio.AbstractEventLoop,
+        spare: Spare | None = None,
+        python: str | None = None,
     ) -> None:
         self.spec = spec
         self.loop = loop
         self.started = time.perf_counter()
-        if spare is not None:
+        self.process: ProcessHandle
+        if python is not None:  # the version's own environment: never a spare
+            self.process, self.connection = start_in_environment(python, spec)
+            spare = None
+        elif spare is not None:
             try:
                 hand_over(spare, spec)
                 self.process, self.connection = spare.process, spare.connection
             except OSError:  # the spare died since it was taken: start afresh
                 spare.connection.close()
                 spare = None
-        if spare is None:
+        if spare is None and python is None:
             self.process, self.connection = start_process(
                 worker_main, (spec, time.time()), f"shipyard-{spec.key}"
             )
@@ -300,8 +315,11 @@ class WorkerPool:
         max_batch_delay: float = DEFAULT_SERVING.max_batch_delay,
         spares: Spares | None = None,
         max_queue_batches: int = DEFAULT_SERVING.max_queue_batches,
+        python: str | None = None,
     ) -> None:
         self.spec = spec
+        self.python = python
+        """The interpreter of the version's own environment (None: the server's)."""
         self.size = max(1, processes)
         self.desired = self.size
         self.wanted = self.size
@@ -381,8 +399,10 @@ class WorkerPool:
         two decisions in a row never start the same missing worker twice)."""
         loop = asyncio.get_running_loop()
         try:
-            spare = self.spares.take(self.spec.flavor) if self.spares is not None else None
-            worker = Worker(self.spec, loop, spare)
+            spare = None
+            if self.spares is not None and self.python is None:
+                spare = self.spares.take(self.spec.flavor)
+            worker = Worker(self.spec, loop, spare, self.python)
         except BaseException:
             self.starting -= 1
             raise
