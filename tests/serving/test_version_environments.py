@@ -175,3 +175,54 @@ def test_an_environment_that_cannot_be_built_fails_only_its_version(
         with pytest.raises(EnvironmentUnavailable, match=r"0\.0\.999"):
             client.build_environment("broken:1")
         assert client.environment("broken:1")["here"]["failure"] is not None
+
+
+@pytest.mark.timeout(900)
+def test_a_batch_job_scores_an_older_release_on_its_own_environment(
+    tmp_path: Path, old_release_model: tuple[Path, dict[str, object]]
+) -> None:
+    """Batch workers run on the environment's interpreter too (not multiprocessing's spawn,
+    which would import the server's scikit-learn): the answers are the old release's, and
+    the model is unpickled by the release that saved it (no InconsistentVersionWarning,
+    which the server's release raises when it unpickles the file: shown with
+    SHIPYARD_ENV_MANAGER=local)."""
+    model, expected = old_release_model
+    home = tmp_path / "home"
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b\n" + "".join(f"{a},{b}\n" for a, b in ROWS))
+    env = {**os.environ, "SHIPYARD_HOME": str(home)}
+    env.pop("SHIPYARD_URL", None)
+
+    def batch(manager: str, output: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*shipyard_command(), "batch", "run", "old:1", "--input", str(rows),
+             "--output", str(output), "--format", "jsonl", "--outputs", "predict,predict_proba",
+             "--workers", "1"],
+            env={**env, "SHIPYARD_ENV_MANAGER": manager}, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+
+    subprocess.run(
+        [*shipyard_command(), "models", "register", str(model), "--name", "old"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    own = batch("uv", tmp_path / "own")
+    assert own.returncode == 0, own.stderr
+    assert "InconsistentVersionWarning" not in own.stderr
+    lines = (tmp_path / "own" / "part-000000.jsonl").read_text().splitlines()
+    scored = [json.loads(line) for line in lines]
+    assert [r["predict"] for r in scored] == expected["predict"]
+    probabilities = [[r["predict_proba_0"], r["predict_proba_1"]] for r in scored]
+    np.testing.assert_allclose(probabilities, expected["predict_proba"], rtol=0, atol=1e-12)
+
+    # Export converts it on its own environment too: the converter saw the old release.
+    exported = subprocess.run(
+        [*shipyard_command(), "export", "old:1", "--to", "onnx", "--data", str(rows)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert f"sklearn {OLD_RELEASE}" in exported.stdout
+
+    here = batch("local", tmp_path / "here")  # the server's release, for contrast
+    assert here.returncode == 0, here.stderr
+    assert "InconsistentVersionWarning" in here.stderr

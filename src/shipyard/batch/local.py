@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from shipyard.batch.files import Segment, Sink, Source
+from shipyard.batch.interpreters import InterpreterPool
 from shipyard.batch.model import Scorer
 from shipyard.batch.options import JobOptions
 from shipyard.errors import InvalidInput, ShipyardError
@@ -129,12 +130,16 @@ class LocalExecutor:
         sink: Sink,
         options: JobOptions,
         on_progress: Callable[[Counts], None] = lambda _: None,
+        python: str | None = None,
     ) -> None:
+        """`python`: the interpreter of the version's own environment, when the
+        server's packages do not suit it (runtimes/environments.py); None: this one."""
         self.setup = _WorkerSetup(spec, source, sink, options)
+        self.python = python
         self.options = options
         self.on_progress = on_progress
         self.counts = Counts()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | InterpreterPool | None = None
 
     def run(self, done: set[int]) -> Counts:
         """Score every chunk whose part is not in `done`; raise if a chunk keeps failing."""
@@ -253,9 +258,9 @@ class LocalExecutor:
         with sink.fs.open(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
 
-    def _pool_now(self) -> ProcessPoolExecutor:
+    def _pool_now(self) -> ProcessPoolExecutor | InterpreterPool:
         if self._pool is None:
-            self._pool = _make_pool(self.setup, self.options.workers)
+            self._pool = _make_pool(self.setup, self.options.workers, self.python)
         return self._pool
 
     def _close_pool(self, wait: bool) -> None:
@@ -268,14 +273,19 @@ class ChunkFailed(Exception):
     """A chunk failed every attempt it was allowed."""
 
 
-def _make_pool(setup: _WorkerSetup, workers: int) -> ProcessPoolExecutor:
+def _make_pool(
+    setup: _WorkerSetup, workers: int, python: str | None
+) -> ProcessPoolExecutor | InterpreterPool:
     """Workers are started by the thread that submits (the one in `run`), which outlives
     them: the kernel ties their lifetime to that thread (see runtimes/lifetime.py)."""
     import multiprocessing
 
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    if python is not None:
+        return InterpreterPool(python, workers, _start_worker, (setup, threads))
     return ProcessPoolExecutor(
         max_workers=max(1, workers),
         mp_context=multiprocessing.get_context("spawn"),  # fork would copy the parent's threads
         initializer=_start_worker,
-        initargs=(setup, max(1, (os.cpu_count() or 1) // max(1, workers))),
+        initargs=(setup, threads),
     )

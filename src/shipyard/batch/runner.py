@@ -86,7 +86,9 @@ def run_job(
         if job.executor == "ray":
             counts = _run_on_ray(job, spec, source, sink, recorder, rerun)
         else:
-            executor = LocalExecutor(spec, source, sink, job.options, recorder)
+            executor = LocalExecutor(
+                spec, source, sink, job.options, recorder, python=_interpreter_for(spec)
+            )
             counts = executor.run(sink.done_parts())
     except KeyboardInterrupt:
         recorder.finish("interrupted")
@@ -212,3 +214,12 @@ def _refuse_if_alive(job: JobRecord) -> None:
         alive = False
     if alive and int(pid) != os.getpid():
         raise Conflict(f"{job.id} is still running in process {pid}")
+
+
+def _interpreter_for(spec: VersionSpec) -> str | None:
+    """The version's own environment's interpreter when this one's packages do not suit
+    it (built on first use on this host), else None."""
+    from shipyard.config import Settings
+    from shipyard.runtimes.environments import EnvironmentBuilder
+
+    return EnvironmentBuilder.from_settings(Settings()).python_for(spec.environment)

@@ -97,11 +97,16 @@ def export_version(
     thresholds = thresholds_for(options.quantize, options.min_agreement, options.max_abs_diff)
     inputs = gate_inputs(_gate_table(registry, record, data, key), record.signature, key)
     spec = VersionSpec.of(record, registry.artifacts.materialize(record.artifact.digest))
+    from shipyard.config import Settings
     from shipyard.packaging.export import export_here
+    from shipyard.runtimes.environments import EnvironmentBuilder
 
+    # The original loads as it serves: on its own environment when it has one (whose
+    # fallback to the server's packages brings the converters).
+    python = EnvironmentBuilder.from_settings(Settings()).python_for(spec.environment)
     answer = run_isolated(
         export_here, spec, inputs, options.model_dump(),
-        limits=limits, task=f"exporting {key} to ONNX",
+        limits=limits, task=f"exporting {key} to ONNX", python=python,
     )  # fmt: skip
     try:
         graph = base64.b64decode(answer["onnx"], validate=True)
