@@ -281,6 +281,20 @@ def test_unsupported_upload_does_not_name_the_servers_scratch_folder(
     assert "shipyard-upload-" not in message
 
 
+def test_an_uploaded_folder_is_named_as_the_users_folder(client: httpx.Client) -> None:
+    """A folder travels as NAME.tar; what is said about it names NAME (issue 22: the
+    server said "model is not a model", its own scratch name)."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        broken = tarfile.TarInfo("./MLmodel")
+        broken.size = 9
+        tar.addfile(broken, io.BytesIO(b"flavors: ["))
+    message = error_of(register(client, "churn-model.tar", archive.getvalue(), folder="true"), 400)
+    assert message.startswith("churn-model is not a model Shipyard can register"), message
+    assert "tried mlflow: MLmodel" in message
+    assert "shipyard-upload-" not in message and "/tmp" not in message
+
+
 def test_refused_tar_member_does_not_name_the_servers_scratch_folder(
     client: httpx.Client,
 ) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from shipyard.api.errors import describe_problems
 from shipyard.api.state import control_plane
 from shipyard.config import UnpackLimits
-from shipyard.errors import InvalidInput, PayloadTooLarge
+from shipyard.errors import InvalidInput, PayloadTooLarge, ShipyardError
 from shipyard.registry import records
 from shipyard.registry.audit import current_actor
 from shipyard.registry.refs import ModelRef, check_model_name, parse_version_or_alias
@@ -127,12 +127,27 @@ def register_version(
         parsed = parsed.model_copy(update={"created_by": actor.name})
     with tempfile.TemporaryDirectory(prefix="shipyard-upload-") as scratch:
         unpack = control_plane(request).unpack
-        model_path = _receive_artifact(artifact, Path(scratch), folder, unpack)
-        example_path = receive_file(example, Path(scratch) / "example") if example else None
-        registered = _registry(request).register(model_path, parsed, example_path)
+        try:
+            model_path = _receive_artifact(artifact, Path(scratch), folder, unpack)
+            example_path = receive_file(example, Path(scratch) / "example") if example else None
+            registered = _registry(request).register(model_path, parsed, example_path)
+        except ShipyardError as exc:
+            raise without_scratch(exc, Path(scratch)) from None
     for alias in registered.aliases:
         control_plane(request).jobs.on_alias(registered.model, alias, registered.version)
     return registered
+
+
+def without_scratch(exc: ShipyardError, scratch: Path) -> ShipyardError:
+    """The same error with the server's scratch folders cut out of its words: the caller
+    knows their files by name (`model.joblib`), and the server's paths are not theirs."""
+    message = exc.message
+    for folder in sorted(scratch.rglob("*"), key=lambda p: -len(str(p))):
+        if folder.is_dir():
+            message = message.replace(f"{folder}/", "")
+    exc.message = message.replace(f"{scratch}/", "").replace(str(scratch), "the upload")
+    exc.args = (exc.message,)
+    return exc
 
 
 def _safe_name(upload: UploadFile, fallback: str) -> str:
@@ -154,7 +169,10 @@ def _receive_artifact(
     received = receive_file(upload, scratch / "upload")
     if not folder:
         return received
-    unpacked = scratch / "model"
+    # Named as the user's folder (the client sends "NAME.tar"), so errors about it say
+    # "badfolder is not a model…", not the server's scratch name.
+    name = received.name.removesuffix(".tar") or "model"
+    unpacked = scratch / "model" / (name if name not in ("upload", "example") else "model")
     try:
         with tarfile.open(received) as archive:
             archive.extractall(unpacked, filter=_UnpackBudget(limits))
