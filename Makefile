@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/build/iris.joblib
 EXAMPLE_DATA := examples/build/iris-example.csv
 
-.PHONY: serve test check lint typecheck install install-dev bench overload clean
+.PHONY: serve test check lint typecheck install install-dev bench overload mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench: $(VENV)/.installed-dev $(MLSERVER)
 # Overload held: `heavy` on one worker offered 4x its capacity open loop (needs wrk and hey).
 overload: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/overload.py --factor 4 --seconds 10
+
+# Realistic one-line bugs in the decisions that matter, each against the tests meant to
+# catch it (scripts/mutate.py; minutes, by hand, not part of `make test`).
+mutate: $(VENV)/.installed-dev
+	$(BIN)/python scripts/mutate.py
 
 clean:
 	rm -rf $(VENV) .shipyard examples/build .pytest_cache .mypy_cache .ruff_cache
