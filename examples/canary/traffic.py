@@ -1,11 +1,13 @@
 """Send iris rows to a deployment for a while and count who answered how.
 
 Usage: python examples/canary/traffic.py [URL] [SECONDS]
+Sends SHIPYARD_API_KEY as a bearer token when it is set (a server with keys needs one).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from collections import Counter
@@ -21,7 +23,9 @@ def main(url: str, seconds: float) -> None:
         rows = list(csv.DictReader(examples))
     answered: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
-    with httpx.Client(timeout=30) as http:
+    key = os.environ.get("SHIPYARD_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(timeout=30, headers=headers) as http:
         while time.monotonic() < deadline:
             for row in rows:
                 body = {"inputs": [{"name": f, "shape": [1], "datatype": "FP64",
