@@ -129,3 +129,23 @@ def test_help_fits_80_columns(tmp_path: Path, command: list[str]) -> None:
     lines = done.stdout.splitlines()
     assert lines and max(len(line) for line in lines) <= 80
     assert not any(c in done.stdout for c in "╭│╰")  # plain text, no boxes
+
+
+def test_serve_exits_when_its_model_cannot_load(tmp_path: Path) -> None:
+    """A default model that fails to load ends the process with the reason; it used to
+    log "Application startup failed. Exiting." and hang, kept alive by the prediction
+    log's thread."""
+    model = tmp_path / "broken.py"
+    model.write_text(
+        "class Broken:\n"
+        "    def load(self):\n"
+        "        raise RuntimeError('weights missing')\n"
+        "    def predict(self, inputs):\n"
+        "        return inputs\n"
+    )
+    home = {"SHIPYARD_HOME": str(tmp_path / "home"), "SHIPYARD_SPARE_WORKERS": "0"}
+    registered = run_cli(home, tmp_path, "models", "register", str(model), "--name", "broken")
+    assert registered.returncode == 0, registered.stderr
+    done = run_cli(home, tmp_path, "serve", "broken", "--port", "0", "--grpc-port", "-1")
+    assert done.returncode != 0
+    assert "broken:1" in done.stdout + done.stderr
