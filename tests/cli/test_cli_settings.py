@@ -156,3 +156,24 @@ def test_list_outputs_never_cut_an_id_at_80_columns(tmp_path: Path) -> None:
     for output in (keys.stdout, jobs.stdout):
         assert "…" not in output
         assert max(len(line) for line in output.splitlines()) <= 80
+
+
+def test_audit_prints_each_change_readably(tmp_path: Path) -> None:
+    home = {"SHIPYARD_HOME": str(tmp_path / "home")}
+    first = write_sklearn_model(tmp_path / "a")
+    second = write_sklearn_model(tmp_path / "b", seed=1)
+    for model in (first, second):
+        done = run_cli(home, tmp_path, "models", "register", str(model), "--name", "fraud")
+        assert done.returncode == 0, done.stderr
+    for version in ("1", "2"):
+        done = run_cli(home, tmp_path, "models", "alias", "fraud", "production", version)
+        assert done.returncode == 0, done.stderr
+    shown = run_cli(home, tmp_path, "audit", columns=80)
+    assert shown.returncode == 0, shown.stderr
+    blocks = shown.stdout.split("\n2")  # one block per event, each starting with its time
+    moved = [b for b in blocks if "alias.set  fraud@production" in b]
+    assert len(moved) == 2
+    assert "  version: 1 -> 2" in moved[1].splitlines()
+    assert "  version=1" in moved[0].splitlines()
+    registered = [b for b in blocks if "version.register  fraud:2" in b]
+    assert registered and "  flavor=sklearn" in registered[0].splitlines()

@@ -161,21 +161,39 @@ def audit(
         for event in events:
             typer.echo(event.model_dump_json())
         return
-    from shipyard.cli.output import print_table
+    # One block per event rather than a table: its changes are data of any length,
+    # and a seven-column table at 80 columns wrapped them a few letters per line.
+    for e in events:
+        typer.echo(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.action}  {e.target}")
+        typer.echo(f"  by {e.actor} from {e.source}")
+        for line in _change(e.before, e.after).splitlines():
+            typer.echo(f"  {line}")
 
-    print_table(
-        None,
-        ["at", "actor", "source", "action", "target", "before", "after"],
-        [
-            [
-                f"{e.at:%Y-%m-%d %H:%M:%S}",
-                e.actor,
-                e.source,
-                e.action,
-                e.target,
-                e.before or "",
-                e.after or "",
-            ]
-            for e in events
-        ],
-    )
+
+def _change(before: object, after: object) -> str:
+    """`key: old -> new` for what changed, `key=value` for what is new, one per line
+    (`--json` has the records whole)."""
+    before = {} if before is None and isinstance(after, dict) else before
+    after = {} if after is None and isinstance(before, dict) else after
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        shown = [_plain(v) for v in (before, after) if v not in (None, {}, [])]
+        return " -> ".join(shown)
+    lines = []
+    for key in dict.fromkeys([*before, *after]):
+        old, new = before.get(key), after.get(key)
+        if key in before and key in after:
+            if old != new:
+                lines.append(f"{key}: {_plain(old)} -> {_plain(new)}")
+        elif key in after:
+            lines.append(f"{key}={_plain(new)}")
+        else:
+            lines.append(f"{key}: {_plain(old)} -> (removed)")
+    return "\n".join(lines)
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "{}"
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value) or "[]"
+    return str(value)
