@@ -1,9 +1,11 @@
 """Signature enforcement: a request is checked against the version's signature
 before it can reach a model. Every violation names the input, what was expected
-and what came; nothing of the payload itself is echoed.
+and what came; of the payload itself, only a value its type cannot hold is named.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -19,22 +21,56 @@ def _fits_shape(expected: list[int], actual: tuple[int, ...]) -> bool:
     )
 
 
+def out_of_range(array: np.ndarray, target: np.dtype[Any]) -> int | float | None:
+    """A value of `array` that `target` cannot hold (None: every one fits).
+
+    Integers must lie within the target's range (numpy would wrap 300 to 44 in INT8).
+    Floats must stay finite: 1e40 in FP32 is infinity. Rounding to the nearest value
+    the target holds is no loss here (FP64 -> FP32 is how float32 models are fed),
+    nor are NaN and infinities, which stay what they were.
+    """
+    if not array.size:
+        return None
+    if target.kind in "iu":
+        # Python ints: exact for every pair of integer types (UINT64 vs INT64 included).
+        lowest, highest = int(array.min()), int(array.max())
+        limits = np.iinfo(target)
+        if lowest < limits.min:
+            return lowest
+        return highest if highest > limits.max else None
+    with np.errstate(over="ignore"):  # the overflow is what is looked for
+        overflowed = np.isinf(array.astype(target)) & np.isfinite(array)
+    return float(array[overflowed].flat[0]) if overflowed.any() else None
+
+
+def _cast(array: np.ndarray, given: str, spec: TensorSpec, where: str) -> np.ndarray:
+    """`array`, sent as `given`, as the signature's datatype, if no value changes in kind
+    or range: INT32 -> FP64 always; INT64 -> INT8 and FP64 -> FP32 when the values fit;
+    FP64 -> INT8, INT64 -> FP32 and BYTES to or from anything never."""
+    target = NUMPY_DTYPES[spec.datatype]
+    if spec.datatype != "BYTES" and given != "BYTES":
+        if np.can_cast(array.dtype, target, casting="safe"):
+            return array.astype(target)
+        kinds = array.dtype.kind + target.kind
+        if kinds in ("ii", "iu", "ui", "uu", "ff"):  # one family: it depends on the values
+            value = out_of_range(array, target)
+            if value is not None:
+                raise InvalidInput(
+                    f"{where}: value {value!r} does not fit {spec.datatype} (sent as {given}); "
+                    "only casts that keep every value are applied"
+                )
+            return array.astype(target)
+    raise InvalidInput(
+        f"{where}: expected {spec.datatype}, got {given} "
+        f"(this cast could change values; send {spec.datatype})"
+    )
+
+
 def _conform_one(spec: TensorSpec, tensor: Tensor) -> np.ndarray:
     where = f"input {spec.name!r}"
     array = tensor.data
     if tensor.datatype != spec.datatype:
-        target = NUMPY_DTYPES[spec.datatype]
-        # Only casts that lose nothing: INT32 -> FP64 yes, FP64 -> INT8 no.
-        if (
-            spec.datatype == "BYTES"
-            or tensor.datatype == "BYTES"
-            or not np.can_cast(array.dtype, target, casting="safe")
-        ):
-            raise InvalidInput(
-                f"{where}: expected {spec.datatype}, got {tensor.datatype} "
-                "(only lossless casts are applied)"
-            )
-        array = array.astype(target)
+        array = _cast(array, tensor.datatype, spec, where)
     shape = array.shape
     # A column declared [-1] also accepts [n, 1]: how many clients send one column.
     if spec.shape == [-1] and array.ndim == 2 and shape[1] == 1:

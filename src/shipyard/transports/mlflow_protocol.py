@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 from shipyard.errors import InvalidInput
 from shipyard.runtimes.base import Tensors
 from shipyard.serving.types import InferRequest, RequestedOutput, Tensor
+from shipyard.serving.validation import out_of_range
 from shipyard.signature import (
     DEFAULT_INPUT,
     NUMPY_DTYPES,
@@ -133,7 +134,10 @@ def to_request(tensors: Tensors, signature: Signature | None) -> InferRequest:
         spec = specs.get(name)
         if spec is not None and spec.datatype != "BYTES" and array.dtype.kind in "biuf":
             target = NUMPY_DTYPES[spec.datatype]
-            if np.can_cast(array.dtype, target, casting="same_kind"):
+            # Only where every value survives: else the data plane refuses it, naming
+            # the value (300 would otherwise arrive as INT8 44, 1e40 as FP32 inf).
+            fits = out_of_range(array, target) is None
+            if np.can_cast(array.dtype, target, casting="same_kind") and fits:
                 array = array.astype(target)
         inputs.append(Tensor(name, datatype_from_numpy(array.dtype), array))
     outputs = None
