@@ -117,8 +117,8 @@ MUTANTS = (
     Mutant(
         "rollout-judged-early",
         "src/shipyard/routing/rollouts.py",
-        "if baked < rollout.bake_seconds or candidate.requests < rollout.min_requests:",
-        "if baked < rollout.bake_seconds and candidate.requests < rollout.min_requests:",
+        "return baked >= rollout.bake_seconds and candidate.requests >= rollout.min_requests",
+        "return baked >= rollout.bake_seconds or candidate.requests >= rollout.min_requests",
         ("tests/routing/test_bake_wait.py",),
         "a rollout step judged before its bake time or its minimum requests",
     ),

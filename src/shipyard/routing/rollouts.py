@@ -167,6 +167,15 @@ def evaluate(gates: RolloutGates, candidate: ArmWindow, stable: ArmWindow) -> st
     return "; ".join(failures) or None
 
 
+def ready_to_judge(rollout: records.Rollout, candidate: ArmWindow, now: datetime) -> bool:
+    """Whether the step has baked for `bake_seconds` and the candidate has answered
+    `min_requests` requests (errors count) in it: gates judge no thinner window."""
+    if rollout.step_started_at is None:
+        return False
+    baked = (now - rollout.step_started_at).total_seconds()
+    return baked >= rollout.bake_seconds and candidate.requests >= rollout.min_requests
+
+
 class RolloutController:
     """Advances running rollouts; one per server, acting only while it holds the lease."""
 
@@ -236,10 +245,11 @@ class RolloutController:
             self.router.reset_windows(name)
             await self._set(rollout, "rollout.step", step_started_at=datetime.now(UTC))
             return
-        baked = (datetime.now(UTC) - rollout.step_started_at).total_seconds()
+        now = datetime.now(UTC)
+        baked = (now - rollout.step_started_at).total_seconds()
         since = rollout.step_started_at
         candidate = await self._window(name, str(rollout.candidate_version), since)
-        if baked < rollout.bake_seconds or candidate.requests < rollout.min_requests:
+        if not ready_to_judge(rollout, candidate, now):
             return
         stable = await self._window(name, str(rollout.stable_version), since)
         failure = evaluate(rollout.gates, candidate, stable)
