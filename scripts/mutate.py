@@ -3,8 +3,9 @@
 
 Each mutant is a realistic one-line bug in security policy, routing, batching, validation,
 the cache key, the batch writer, the version counter or the rollout's gates. For each,
-the script copies the tracked tree to a scratch folder, puts the bug in, runs the tests
-that should catch it, and counts the mutant killed when they fail. The score is killed /
+the script copies the tracked tree to a scratch folder, checks that the tests meant to
+catch it pass, puts the bug in, runs them again, and counts the mutant killed when they
+fail. The score is killed /
 all. Run by hand (minutes), not by `make test`; the working tree is never touched.
 
 Why our own script rather than mutmut or cosmic-ray: those generate thousands of
@@ -148,24 +149,31 @@ def run(mutant: Mutant, scratch: Path) -> tuple[str, float]:
     missing = [t for t in mutant.tests if not (scratch / t).exists()]
     if missing:
         return f"invalid (no {missing[0]})", 0.0
+    # Without the bug the tests must pass, or a "kill" would mean nothing.
+    if not _passes(mutant.tests, scratch):
+        return "invalid (the tests fail without the bug)", 0.0
     path.write_text(original.replace(mutant.find, mutant.replace))
     started = time.monotonic()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
-            cwd=scratch,
-            # The scratch copy's sources, ahead of the editable install's.
-            env={**os.environ, "PYTHONPATH": str(scratch / "src") + os.pathsep + str(scratch)},
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        outcome = "survived" if done.returncode == 0 else "killed"
+        outcome = "survived" if _passes(mutant.tests, scratch) else "killed"
     except subprocess.TimeoutExpired:
         outcome = "killed (timeout)"
     finally:
         path.write_text(original)
     return outcome, time.monotonic() - started
+
+
+def _passes(tests: tuple[str, ...], scratch: Path) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=scratch,
+        # The scratch copy's sources, ahead of the editable install's.
+        env={**os.environ, "PYTHONPATH": str(scratch / "src") + os.pathsep + str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return done.returncode == 0
 
 
 def main() -> int:
