@@ -5,8 +5,7 @@ Each mutant is a realistic one-line bug in security policy, routing, batching, v
 the cache key, the batch writer, the version counter or the rollout's gates. For each,
 the script copies the tracked tree to a scratch folder, checks that the tests meant to
 catch it pass, puts the bug in, runs them again, and counts the mutant killed when they
-fail. The score is killed /
-all. Run by hand (minutes), not by `make test`; the working tree is never touched.
+fail. The score is killed / all. Run by hand (minutes), not by `make test`; the working tree is never touched.
 
 Why our own script rather than mutmut or cosmic-ray: those generate thousands of
 operator-level mutants over whole modules, which on this 2-core machine and a suite that
