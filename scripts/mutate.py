@@ -2,7 +2,7 @@
 """A small mutation run over the decisions that matter most (`make mutate`).
 
 Each mutant is a realistic one-line bug in security policy, routing, batching, validation,
-the cache key, the batch writer, the version counter or the rollout's gates. For each,
+the cache key, the batch and stream writers, the version counter or the rollout's gates. For each,
 the script copies the tracked tree to a scratch folder, checks that the tests meant to
 catch it pass, puts the bug in, runs them again, and counts the mutant killed when they
 fail. The score is killed / all. Run by hand (minutes), not by `make test`; the working tree is never touched.
@@ -72,6 +72,14 @@ MUTANTS = (
         "        if True:\n            with self.fs.open(path",
         ("tests/batch/test_exactly_once.py",),
         "output parts written straight to their final name (no temporary file + rename)",
+    ),
+    Mutant(
+        "stream-ack-without-result",
+        "src/shipyard/batch/stream.py",
+        "transaction = self._source.pipeline(transaction=True)",
+        "transaction = self._source.pipeline(transaction=False)",
+        ("tests/batch/test_stream_sink_atomic.py",),
+        "a stream's results and acknowledgement sent without MULTI/EXEC",
     ),
     Mutant(
         "sticky-input-random",
