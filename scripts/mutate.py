@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A small mutation run over the decisions that matter most (`make mutate`).
 
-Each mutant is a realistic one-line bug in security policy, routing, batching, validation,
-the cache key, the batch and stream writers, the version counter or the rollout's gates. For each,
-the script copies the tracked tree to a scratch folder, checks that the tests meant to
-catch it pass, puts the bug in, runs them again, and counts the mutant killed when they
-fail. The score is killed / all. Run by hand (minutes), not by `make test`; the working tree is never touched.
+Each mutant is a realistic one-line bug in security policy, routing, batching,
+validation, the cache key, the batch and stream writers, the version counter or the
+rollout's gates. For each, the script copies the tracked tree to a scratch folder, checks
+that the tests meant to catch it pass, puts the bug in, runs them again, and counts the
+mutant killed when they fail. The score is killed / all. Run by hand (minutes), not by
+`make test`; the working tree is never touched.
 
 Why our own script rather than mutmut or cosmic-ray: those generate thousands of
 operator-level mutants over whole modules, which on this 2-core machine and a suite that
