@@ -51,6 +51,30 @@ print(len(predictions) / seconds, peak_mib, seconds)
 """
 
 
+IO_LIMIT_SCRIPT = """
+import sys, tempfile, time, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+source, chunk = sys.argv[1], int(sys.argv[2])
+with tempfile.TemporaryDirectory() as out:
+    started = time.perf_counter()
+    rows = 0
+    for index, batch in enumerate(pq.ParquetFile(source).iter_batches(batch_size=chunk)):
+        n = batch.num_rows
+        features = np.column_stack([c.to_numpy() for c in batch.columns])  # what predict gets
+        part = pa.table({
+            "row_number": np.arange(rows, rows + n, dtype=np.int64),
+            "predict": (features[:, 0] > 0).astype(np.int64),
+            "predict_proba_0": np.zeros(n), "predict_proba_1": np.ones(n),
+        })
+        pq.write_table(part, f"{out}/part-{index:06d}.parquet")
+        rows += n
+    seconds = time.perf_counter() - started
+print(rows / seconds, seconds)
+"""
+"""The I/O limit: pyarrow alone reading the input in the job's chunks, stacking the
+features as a model would get them, and writing parts of the job's shape (row number,
+label, two probabilities): what a job whose predict costs nothing could reach."""
+
+
 def train(kind: str, folder: Path) -> tuple[Path, Path]:
     """A model on 20 features and an example CSV (its signature names the columns)."""
     import joblib
@@ -113,6 +137,16 @@ def measure_limit(model: Path, data: Path) -> tuple[float, float]:
     return rate, peak
 
 
+def measure_io_limit(data: Path, chunk: int) -> float:
+    done = subprocess.run(
+        [str(PYTHON_BIN / "python"), "-c", IO_LIMIT_SCRIPT, str(data), str(chunk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.split()[0])
+
+
 def measure_job(
     home: Path, data: Path, out: Path, workers: int, chunk: int
 ) -> tuple[float, float, float, float]:
@@ -158,7 +192,7 @@ def scoring_rate(out: Path, rows: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--rows", type=int, nargs="+", default=[3_000_000, 10_000_000])
     parser.add_argument("--model", nargs="+", default=["hgb", "logistic"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--chunk-rows", type=int, default=65_536)
@@ -181,19 +215,22 @@ def main() -> None:
             for rows in args.rows:
                 data = make_input(rows, args.data_dir)
                 limit_rate, limit_peak = measure_limit(model, data)
+                io_rate = measure_io_limit(data, args.chunk_rows)
                 out = Path(scratch) / f"out-{kind}-{rows}"
                 job_rate, job_peak, steady, seconds = measure_job(
                     home, data, out, args.workers, args.chunk_rows
                 )
                 shutil.rmtree(out, ignore_errors=True)
-                row = (kind, rows, limit_rate, limit_peak, job_rate, job_peak, steady, seconds)
+                row = (kind, rows, limit_rate, limit_peak, job_rate, job_peak, steady, seconds,
+                       io_rate)  # fmt: skip
                 results.append(row)
                 print(
                     f"{kind:8} {rows:>11,} rows  limit {limit_rate:>12,.0f} rows/s "
                     f"{limit_peak:>7,.0f} MiB   batch run {job_rate:>12,.0f} rows/s "
                     f"({seconds:.1f} s) {job_peak:>7,.0f} MiB  {job_rate / limit_rate:.0%} "
                     f"of the limit; while scoring {steady:,.0f} rows/s "
-                    f"{steady / limit_rate:.0%}",
+                    f"{steady / limit_rate:.0%}; I/O limit {io_rate:,.0f} rows/s, "
+                    f"{job_rate / io_rate:.0%} of it",
                     flush=True,
                 )
     write_table(results, args)
@@ -212,16 +249,19 @@ def write_table(results: list[tuple[Any, ...]], args: argparse.Namespace) -> Non
         "command, start to exit (CLI start, registry, worker processes loading the model, "
         "reading, scoring, writing parts, job record); *while scoring*: rows/s from the first "
         "part written to the last. Peak RSS: the limit's process; the job's whole process "
-        "tree (main process + workers), sampled every 20 ms.",
+        "tree (main process + workers), sampled every 20 ms. I/O limit: pyarrow alone "
+        "reading the input in the job's chunks, stacking the features and writing parts of "
+        "the job's shape, no model (what a job whose predict cost nothing could reach).",
         "",
         "| model | rows | limit rows/s | limit peak RSS | batch run rows/s (s) | of limit "
-        "| while scoring rows/s | of limit | batch peak RSS |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| while scoring rows/s | of limit | I/O limit rows/s | of I/O limit "
+        "| batch peak RSS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(
             f"| {names.get(kind, kind)} | {rows:,} | {lr:,.0f} | {lp:,.0f} MiB "
             f"| {jr:,.0f} ({secs:.1f} s) | {jr / lr:.0%} | {st:,.0f} | {st / lr:.0%} "
-            f"| {jp:,.0f} MiB |"
-            for kind, rows, lr, lp, jr, jp, st, secs in results
+            f"| {io:,.0f} | {jr / io:.0%} | {jp:,.0f} MiB |"
+            for kind, rows, lr, lp, jr, jp, st, secs, io in results
         ),
     ]
     write_section(START, END, lines)

@@ -47,8 +47,9 @@ def _deployment_in_scope(request: Request, name: str) -> None:
 
 
 def _described(where: PredictionFilter) -> dict[str, Any]:
-    """A filter as the audit trail records it: only the fields given."""
-    return {key: value for key, value in asdict(where).items() if value is not None}
+    """A filter as the audit trail records it: only the fields given (None and False
+    are the defaults: nothing narrowed)."""
+    return {k: v for k, v in asdict(where).items() if v is not None and v is not False}
 
 
 def _filter(

@@ -228,6 +228,8 @@ def foreign_import_path() -> list[str]:
             break  # entries from here on came with the site-packages (.pth files)
         if real in standard or real.endswith(".zip") or "lib-dynload" in real:
             continue
+        if any(real.startswith(site + os.sep) for site in site_dirs):
+            continue  # a package's own folder put in front (Ray adds its thirdparty_files)
         kept.append(path)
     return kept
 
