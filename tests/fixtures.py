@@ -187,3 +187,15 @@ def write_busy_model(folder: Path, seconds_per_row: float) -> Path:
     path = folder / "busy.py"
     path.write_text(BUSY_MODEL.replace("{seconds}", repr(seconds_per_row)))
     return path
+
+
+SCALE_MODEL = """
+class Scale:
+    def load(self):
+        pass
+
+    def predict(self, inputs):
+        return {"y": inputs["x"] * %d}
+"""
+"""A plain-Python model answering x times a number: `SCALE_MODEL % version` makes versions
+whose answers say which one answered."""

@@ -43,6 +43,21 @@ def shipyard_command() -> list[str]:
     return [sys.executable, "-m", "shipyard.cli.main"]
 
 
+def run_clean_cli(
+    env: dict[str, str], cwd: Path, *args: str, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    """`shipyard ARGS` in `cwd` with no SHIPYARD_* setting but `env`'s, at `columns` wide."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    return subprocess.run(
+        [*shipyard_command(), *args],
+        env={**clean, "COLUMNS": str(columns), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @contextmanager
 def running_server(
     env: dict[str, str],

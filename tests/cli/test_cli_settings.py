@@ -5,8 +5,6 @@ ignored the URL and printed empty tables from a fresh ./.shipyard)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -17,21 +15,9 @@ from shipyard.errors import ShipyardError
 from tests.certificates import make_certificates
 from tests.fixtures import write_example_csv, write_sklearn_model
 from tests.security.conftest import make_keyed_home
-from tests.server import running_server, shipyard_command
+from tests.server import run_clean_cli, running_server
 
-
-def run_cli(
-    env: dict[str, str], cwd: Path, *args: str, columns: int = 200
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    return subprocess.run(
-        [*shipyard_command(), *args],
-        env={**clean, "COLUMNS": str(columns), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+run_cli = run_clean_cli
 
 
 def test_commands_against_a_keyed_server_use_url_and_key_and_make_no_home(

@@ -3,7 +3,6 @@ in plain words, with no exception class names and no tracebacks (issue 22)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,21 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import write_example_csv, write_sklearn_model
-from tests.server import RunningServer, running_server, shipyard_command
+from tests.server import RunningServer, run_clean_cli, running_server
 
-
-def run_cli(
-    env: dict[str, str], cwd: Path, *args: str, columns: int = 200
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    return subprocess.run(
-        [*shipyard_command(), *args],
-        env={**clean, "COLUMNS": str(columns), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+run_cli = run_clean_cli
 
 
 @pytest.fixture(scope="module")

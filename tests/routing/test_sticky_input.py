@@ -13,16 +13,9 @@ from shipyard.config import Settings
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
+from tests.fixtures import SCALE_MODEL
 from tests.server import RunningServer, running_server
 
-MODEL = """
-class Scale:
-    def load(self):
-        pass
-
-    def predict(self, inputs):
-        return {"y": inputs["x"] * %d}
-"""
 MANIFEST = """
 name: shop-ab
 model: shop
@@ -44,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         for version in (1, 2):
             path = folder / f"v{version}" / "scale.py"
             path.parent.mkdir()
-            path.write_text(MODEL % version)
+            path.write_text(SCALE_MODEL % version)
             assert registry.register(path, RegistrationOptions(name="shop")).version == version
         registry.deployments.apply(parse_manifest(MANIFEST))
     finally:

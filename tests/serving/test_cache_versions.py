@@ -12,17 +12,10 @@ from shipyard.config import Settings
 from shipyard.registry.manifest import parse_manifest
 from shipyard.registry.records import RegistrationOptions
 from shipyard.registry.service import Registry
+from tests.fixtures import SCALE_MODEL
 from tests.polling import eventually
 from tests.server import running_server
 
-MODEL = """
-class Scale:
-    def load(self):
-        pass
-
-    def predict(self, inputs):
-        return {"y": inputs["x"] * %d}
-"""
 SPLIT = """
 name: scale-split
 model: scale
@@ -63,7 +56,7 @@ def test_each_version_answers_from_its_own_cache_entries(tmp_path: Path) -> None
         for version in (1, 2):
             path = tmp_path / f"v{version}" / "scale.py"
             path.parent.mkdir()
-            path.write_text(MODEL % version)
+            path.write_text(SCALE_MODEL % version)
             aliases = ["live"] if version == 1 else []
             options = RegistrationOptions(name="scale", aliases=aliases)
             assert registry.register(path, options).version == version
